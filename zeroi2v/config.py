@@ -1,0 +1,298 @@
+"""Typed, strict experiment configuration.
+
+One complete JSON file per experiment, layered as defaults < file < dotted overrides
+(``--optim.lr=3e-4``). The same `apply_overrides` serves the CLI, Ray Tune search spaces
+and MLflow params, so a key means the same thing everywhere. Unknown keys are errors that
+list the valid ones: a misspelled key must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+TemporalOp = Literal["stdha", "none", "cls_shift", "channel_shift", "kv_shift"]
+Strategy = Literal[
+    "zeroi2v",
+    "full_finetune",
+    "linear_probe",
+    "temporal_heads_only",
+    "lora",
+    "gelu_adapter",
+    "st_adapter",
+]
+MERGEABLE_STRATEGIES = ("zeroi2v", "full_finetune", "linear_probe", "temporal_heads_only", "lora")
+
+
+class ModelConfig(_Section):
+    backbone: str = "tiny_vit"
+    pretrained: str | None = None  # library tag ("openai", "augreg_in21k") or a local file
+    num_frames: int = Field(8, ge=1)
+    image_size: int = Field(224, ge=8)
+    num_classes: int = Field(400, ge=2)
+    temporal_op: TemporalOp = "stdha"
+    # One multiset for every block, one per block, or one per stage (Swin).
+    head_offsets: Any = [[1, 1], [-1, 1], [0, 2]]
+    temporal_patch_size: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class AdaptConfig(_Section):
+    strategy: Strategy = "zeroi2v"
+    num_adapters: Literal[4, 6] = 4
+    bottleneck_ratio: float = Field(0.25, gt=0.0)
+    bottleneck_width: int | None = Field(None, ge=1)  # overrides the ratio (paper Table 3)
+    lora_rank: int = Field(16, ge=1)
+
+
+class DataConfig(_Section):
+    train_shards: str = ""
+    val_shards: str = ""
+    sampling: Literal["dense", "uniform"] = "dense"
+    frame_interval: int = Field(16, ge=1)  # dense sampling only
+    num_clips: int = Field(1, ge=1)  # test views along time
+    num_crops: int = Field(1, ge=1)  # test views in space
+    short_side: int = Field(256, ge=8)
+    randaugment_m: int = Field(7, ge=0)
+    randaugment_n: int = Field(4, ge=0)  # 0 disables RandAugment
+    hflip: float = Field(0.5, ge=0.0, le=1.0)  # 0 for datasets with left/right classes
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    shuffle_buffer: int = Field(1000, ge=0)
+    num_workers: int = Field(2, ge=0)
+    eval_batch_size: int = Field(8, ge=1)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(5.0, ge=0.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(40, ge=1)
+    seed: int = 0
+    output_dir: str = "runs/default"
+    eval_every_epochs: int = Field(1, ge=1)
+    checkpoint_every_steps: int = Field(500, ge=1)
+    activation_checkpointing: bool = False
+    log_every_steps: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # None: samples in the manifest // batch
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local SQLite file
+    artifact_location: str = "mlartifacts"
+    experiment: str = "zeroi2v"
+    model_name: str = "zeroi2v"
+    register_model: bool = True  # register the merged model in the Model Registry
+
+
+class TuneConfig(_Section):
+    """Ray Tune search: dotted config keys → search-space specs (see `zeroi2v.tune`)."""
+
+    search_space: dict[str, Any] = {}
+    head_allocation: dict[str, Any] | None = None
+    num_samples: int = Field(8, ge=1)
+    metric: str = "val/top1"
+    mode: Literal["max", "min"] = "max"
+    scheduler: dict[str, Any] = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+    resources_per_trial: dict[str, float] = {"cpu": 1, "gpu": 0}
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    storage_path: str = "ray_results"
+    name: str = "zeroi2v_tune"
+
+
+def _default_deepspeed() -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 0},
+        "bf16": {"enabled": False},
+    }
+
+
+class Config(_Section):
+    """The whole experiment. Each component receives only its own section."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    comment: str = Field("", alias="_comment")
+    model: ModelConfig = ModelConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    deepspeed: dict[str, Any] = Field(default_factory=_default_deepspeed)  # native DeepSpeed JSON
+    tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        from zeroi2v.models.offsets import offsets_per_block
+        from zeroi2v.models.specs import BACKBONES
+
+        spec = BACKBONES.get(self.model.backbone)
+        if spec is None:
+            raise ConfigError(
+                f"model.backbone: unknown backbone '{self.model.backbone}'; "
+                f"choose one of {sorted(BACKBONES)}"
+            )
+        frames = self.model.num_frames // self.model.temporal_patch_size
+        if self.model.num_frames % self.model.temporal_patch_size:
+            raise ConfigError(
+                f"model.num_frames ({self.model.num_frames}) must be a multiple of "
+                f"model.temporal_patch_size ({self.model.temporal_patch_size})"
+            )
+        if self.model.temporal_patch_size > 1 and spec.family != "swin":
+            raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
+        if self.model.temporal_op == "stdha":
+            offsets_per_block(self.model.head_offsets, spec, frames)
+        check_batch_sizes(self.deepspeed)
+        return self
+
+
+def check_batch_sizes(ds: Mapping[str, Any], world_size: int | None = None) -> None:
+    """DeepSpeed's batch identity: train_batch_size = micro × accumulation × world size."""
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    accum = ds.get("gradient_accumulation_steps", 1)
+    total = ds.get("train_batch_size")
+    if micro is None:
+        raise ConfigError("deepspeed.train_micro_batch_size_per_gpu is required")
+    if total is None:
+        return
+    per_rank = micro * accum
+    if world_size is None:
+        if total % per_rank:
+            raise ConfigError(
+                f"deepspeed.train_batch_size ({total}) must be a multiple of "
+                f"train_micro_batch_size_per_gpu × gradient_accumulation_steps ({micro} × {accum})"
+            )
+    elif total != per_rank * world_size:
+        raise ConfigError(
+            f"deepspeed.train_batch_size ({total}) != train_micro_batch_size_per_gpu ({micro}) × "
+            f"gradient_accumulation_steps ({accum}) × world size ({world_size})"
+        )
+
+
+def _parse_value(text: str) -> Any:
+    """Values are JSON when they parse as JSON (numbers, lists, true/null), else strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _override_pairs(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    pairs = []
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': write it as section.key=value")
+        pairs.append((key, _parse_value(value)))
+    return pairs
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None
+) -> dict:
+    """Set dotted keys (``optim.lr``) in a raw config dict; returns a new dict."""
+    result = json.loads(json.dumps(raw))
+    for key, value in _override_pairs(overrides or []):
+        *parents, leaf = key.split(".")
+        node = result
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+            node = child
+        node[leaf] = value
+    return result
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown key; valid keys: {_valid_keys(item['loc'])}")
+        elif isinstance(item.get("ctx", {}).get("error"), ConfigError):
+            lines.append(str(item["ctx"]["error"]))
+        else:
+            lines.append(f"{field}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def _valid_keys(loc: tuple) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+    names = [f.alias or name for name, f in model.model_fields.items()]
+    return ", ".join(sorted(names))
+
+
+def from_dict(
+    raw: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None = None
+) -> Config:
+    """Validate a raw dict (plus dotted overrides) into a `Config`."""
+    raw = dict(raw)
+    raw.setdefault("deepspeed", _default_deepspeed())  # so `deepspeed.x=...` overrides merge
+    try:
+        return Config.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error)) from None
+
+
+def load(
+    path: str | Path | None, overrides: Iterable[str] | Mapping[str, Any] | None = None
+) -> Config:
+    """Defaults < JSON file at `path` (None: defaults only) < dotted overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    return from_dict(raw, overrides)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (round-trips through `from_dict`)."""
+    return cfg.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+def flatten(cfg: Config | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys → leaf values: the names used for overrides and MLflow params."""
+    data = to_dict(cfg) if isinstance(cfg, Config) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
