@@ -1,0 +1,131 @@
+"""`python -m data_prep {shard,synthetic,inspect} ...`.
+
+Exit status of `shard`: 0 when every input was written, 3 when some inputs were skipped
+(listed in manifest.json; the count is printed), 1 on errors (bad arguments, unreadable
+annotations, a foreign output folder), 2 on usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_SKIPPED = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    shard = sub.add_parser("shard", help="videos + annotations -> {split}-NNNNNN.tar shards")
+    shard.add_argument(
+        "--source",
+        required=True,
+        choices=["folder", "k400", "ssv2", "ucf101", "hmdb51", "diving48"],
+    )
+    shard.add_argument("--root", required=True, type=Path, help="video folder")
+    shard.add_argument(
+        "--annotations",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="annotation file(s) of the source (not needed for folder)",
+    )
+    shard.add_argument("--classes", type=Path, help="class list, one per line (folder, k400)")
+    shard.add_argument("--out", required=True, type=Path)
+    shard.add_argument("--split", required=True, help="output split name, e.g. train / val")
+    shard.add_argument("--shard-size", type=int, default=100, help="samples per shard")
+    shard.add_argument("--workers", type=int, default=1, help="validation/encoding processes")
+    shard.add_argument("--short-side", type=int, help="downscale so the short side is this")
+    shard.add_argument("--fps", type=float, help="re-sample to this frame rate")
+    shard.add_argument("--crf", type=int, default=18, help="x264 quality when re-encoding")
+    shard.add_argument("--seed", type=int, default=0, help="shuffle seed for the sample order")
+    shard.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing shards of this split made with other inputs",
+    )
+    shard.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    syn = sub.add_parser("synthetic", help="motion-only labelled mp4s in root/split/class/")
+    syn.add_argument("--out", required=True, type=Path)
+    syn.add_argument("--per-class", type=int, default=32, help="train clips per class")
+    syn.add_argument("--val-per-class", type=int, default=8, help="val clips per class")
+    syn.add_argument("--frames", type=int, default=16)
+    syn.add_argument("--size", type=int, default=32)
+    syn.add_argument("--seed", type=int, default=0)
+
+    ins = sub.add_parser("inspect", help="counts per class/shard and a contact sheet")
+    ins.add_argument("shards", nargs="+", type=Path)
+    ins.add_argument("--out", type=Path, help="contact sheet PNG")
+    ins.add_argument("--clips", type=int, default=4, help="rows of the contact sheet")
+    ins.add_argument("--columns", type=int, default=8, help="frames per row")
+    return parser
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from data_prep.shard import shard_split
+    from data_prep.sources import load_source
+
+    source = load_source(args.source, args.root, args.annotations, args.split, args.classes)
+    result = shard_split(
+        source,
+        args.out,
+        args.split,
+        root=args.root,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        short_side=args.short_side,
+        fps=args.fps,
+        crf=args.crf,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress_bar=not args.no_progress,
+    )
+    skipped = result["skipped"]
+    for entry in skipped:
+        print(f"skipped {entry['source']}: {entry['reason']}", file=sys.stderr)
+    print(
+        f"{args.split}: {result['count']} samples in {len(result['shards'])} shards, "
+        f"{len(skipped)} skipped (see {args.out / 'manifest.json'})"
+    )
+    return EXIT_SKIPPED if skipped else 0
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from data_prep.synthetic import make_synthetic
+
+    out = make_synthetic(
+        args.out, args.per_class, args.frames, args.size, args.seed, args.val_per_class
+    )
+    print(f"wrote {out}/train and {out}/val ({args.per_class}/{args.val_per_class} per class)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from data_prep.inspect import contact_sheet, count, format_table
+
+    print(format_table(count(args.shards)))
+    if args.out:
+        contact_sheet(args.shards, args.clips, args.columns).save(args.out)
+        print(f"contact sheet: {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"shard": _shard, "synthetic": _synthetic, "inspect": _inspect}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Look at shards: per-shard / per-class counts and a contact sheet of a few clips.
+
+Reads the tars with `tarfile` (no webdataset needed), so it also checks that what the
+manifest promises is what the files hold.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from data_prep.video_io import decode_all
+
+LABEL_HEIGHT = 14  # pixels of caption above each row of the contact sheet
+
+
+def iter_samples(shard: Path) -> Iterator[dict]:
+    """Samples of one tar as {"__key__", ext: bytes, ...} (webdataset's grouping rule)."""
+    sample: dict = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample["__key__"] = key
+            sample[ext] = tar.extractfile(member).read()
+    if sample:
+        yield sample
+
+
+def count(shards: Sequence[Path]) -> dict[str, Counter]:
+    """{shard name: Counter(label → samples)}."""
+    return {
+        Path(s).name: Counter(json.loads(x["json"])["label"] for x in iter_samples(Path(s)))
+        for s in shards
+    }
+
+
+def format_table(counts: dict[str, Counter]) -> str:
+    """Rows = classes (+ total), columns = shards + total."""
+    labels = sorted({label for c in counts.values() for label in c})
+    names = list(counts)
+    width = max([len(label) for label in labels] + [5])
+    lines = [f"{'class':<{width}}  " + "  ".join(names) + "  total"]
+    for label in [*labels, "total"]:
+        cells = [sum(counts[n].values()) if label == "total" else counts[n][label] for n in names]
+        row = "  ".join(f"{v:>{len(n)}}" for v, n in zip(cells, names, strict=True))
+        lines.append(f"{label:<{width}}  {row}  {sum(cells):>5}")
+    return "\n".join(lines)
+
+
+def frame_indices(total: int, columns: int) -> list[int]:
+    """`columns` frames spread evenly over the clip."""
+    return sorted({int(i) for i in np.linspace(0, total - 1, min(columns, total))})
+
+
+def contact_sheet(
+    shards: Sequence[Path], clips: int = 4, columns: int = 8, scale: int = 2
+) -> Image.Image:
+    """Rows = the first `clips` samples, columns = evenly spaced frames, label caption per row.
+
+    Frames are enlarged `scale`× (nearest) so tiny test clips stay visible. Tile (r, c) sits at
+    x = c * W * scale, y = r * (H * scale + LABEL_HEIGHT) + LABEL_HEIGHT.
+    """
+    rows = []
+    for shard in shards:
+        for sample in iter_samples(Path(shard)):
+            video = decode_all(sample["mp4"])  # (T, H, W, 3)
+            rows.append(
+                (
+                    json.loads(sample["json"])["label"],
+                    sample["__key__"],
+                    video[frame_indices(len(video), columns)],
+                )
+            )
+            if len(rows) == clips:
+                break
+        if len(rows) == clips:
+            break
+    if not rows:
+        raise ValueError("no samples found in the given shards")
+    height, width = (s * scale for s in rows[0][2].shape[1:3])
+    cols = max(len(r[2]) for r in rows)
+    sheet = Image.new("RGB", (cols * width, len(rows) * (height + LABEL_HEIGHT)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, key, frames) in enumerate(rows):
+        top = r * (height + LABEL_HEIGHT)
+        draw.text((2, top + 1), f"{label}  ({key})", fill="black")
+        for c, frame in enumerate(frames):
+            tile = Image.fromarray(frame).resize((width, height), Image.NEAREST)
+            sheet.paste(tile, (c * width, top + LABEL_HEIGHT))
+    return sheet

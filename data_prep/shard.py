@@ -1,0 +1,325 @@
+"""Write one split of a source as deterministic, resumable WebDataset tar shards.
+
+Order: items are shuffled with `seed`, validated (decord) / re-encoded in worker processes in
+that order, and packed `shard_size` valid samples per shard. Tar headers are fixed (mtime 0,
+uid/gid 0, mode 0444) and x264 runs single-threaded, so the same inputs and options give
+byte-identical shards on every run.
+
+Crash safety: a shard is written to `name.tar.tmp` and `os.replace`d; only then is it recorded
+(name, count, sha256, input position) in `{split}.progress.json`. A re-run with the same inputs
+and options verifies the recorded shards by sha256 and continues after the last good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import signal
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep import video_io
+from data_prep.sources import Item, SourceList
+
+FORMAT_VERSION = 1
+KILL_HOOK = "DATA_PREP_KILL_AFTER_SAMPLES"  # test hook: SIGKILL self after N samples written
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    short_side: int | None = None
+    fps: float | None = None
+    crf: int = 18
+
+
+@dataclass
+class Prepared:
+    """A worker's answer for one item: mp4 bytes + metadata, or the reason it was skipped."""
+
+    item: Item
+    data: bytes | None = None
+    meta: dict | None = None
+    reason: str | None = None
+
+
+def prepare(item: Item, options: EncodeOptions) -> Prepared:
+    """Read, validate and (if needed) re-encode one video. Never raises for bad inputs."""
+    try:
+        data = item.path.read_bytes()
+    except OSError as err:
+        return Prepared(item, reason=f"cannot read: {err.strerror or err}")
+    try:
+        meta = video_io.probe(data)
+        if video_io.needs_reencode(data, meta, options.short_side, options.fps):
+            data = video_io.reencode(
+                data,
+                source_fps=meta.fps,
+                short_side=options.short_side,
+                fps=options.fps,
+                crf=options.crf,
+            )
+            meta = video_io.probe(data)  # describe (and check) what is actually stored
+    except Exception as err:  # any decoder failure makes the input invalid
+        return Prepared(item, reason=str(err) or type(err).__name__)
+    return Prepared(item, data, meta.as_dict())
+
+
+def _prepare_star(args: tuple[Item, EncodeOptions]) -> Prepared:
+    return prepare(*args)
+
+
+class DeterministicTar:
+    """A tar file whose bytes depend only on the members written (no times, owners)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.GNU_FORMAT)
+        self.count = 0
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        for ext, payload in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self.tar.addfile(info, io.BytesIO(payload))
+        self.count += 1
+
+    def close(self) -> None:
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _fingerprint(
+    source: SourceList, order: list[Item], shard_size: int, options: EncodeOptions, seed: int
+) -> str:
+    """Everything that decides the output bytes (besides file contents)."""
+    blob = json.dumps(
+        {
+            "version": FORMAT_VERSION,
+            "classes": source.classes,
+            "seed": seed,
+            "shard_size": shard_size,
+            "options": vars(options),
+            "items": [[i.key, str(i.path), i.label] for i in order],
+        }
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _load_progress(out: Path, split: str, fingerprint: str, overwrite: bool) -> dict:
+    """The verified progress of an earlier run, or a fresh one; stale shards are removed."""
+    path = out / f"{split}.progress.json"
+    existing = sorted(out.glob(f"{split}-*.tar"))
+    fresh = {"fingerprint": fingerprint, "shards": [], "position": 0, "skipped": [], "done": False}
+    progress = json.loads(path.read_text()) if path.exists() else None
+    if not overwrite:
+        if progress is None and existing:
+            raise ValueError(
+                f"{out} already has {split} shards but no {path.name}; "
+                "pass --overwrite to replace them"
+            )
+        if progress is not None and progress["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{out} has {split} shards from different inputs or options; "
+                "pass --overwrite to replace them or use another --out"
+            )
+    if overwrite or progress is None:
+        progress = fresh
+    good = []
+    for shard in progress["shards"]:  # keep the verified prefix
+        shard_path = out / shard["name"]
+        if not shard_path.exists() or sha256_file(shard_path) != shard["sha256"]:
+            break
+        good.append(shard)
+    if len(good) < len(progress["shards"]):
+        last = good[-1] if good else {"position": 0, "skipped": 0}
+        progress.update(
+            shards=good,
+            position=last["position"],
+            skipped=progress["skipped"][: last["skipped"]],
+            done=False,
+        )
+    keep = {s["name"] for s in good}
+    for stale in existing + sorted(out.glob(f"{split}-*.tar.tmp")):
+        if stale.name not in keep:
+            stale.unlink()
+    _write_json(path, progress)
+    return progress
+
+
+def _results(todo: list[Item], options: EncodeOptions, workers: int) -> Iterator[Prepared]:
+    """Prepared items in input order; `workers` > 1 uses a process pool (imap keeps order)."""
+    if workers <= 1:
+        yield from (prepare(item, options) for item in todo)
+        return
+    context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
+    with context.Pool(workers) as pool:
+        yield from pool.imap(_prepare_star, ((item, options) for item in todo), chunksize=1)
+
+
+def shard_split(
+    source: SourceList,
+    out: Path,
+    split: str,
+    *,
+    root: Path | None = None,
+    shard_size: int = 100,
+    workers: int = 1,
+    short_side: int | None = None,
+    fps: float | None = None,
+    crf: int = 18,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress_bar: bool = True,
+) -> dict:
+    """Shard `source.items` into `{out}/{split}-{index:06d}.tar` and update `{out}/manifest.json`.
+
+    Returns this split's manifest entry plus its `skipped` list. `root` makes the `source`
+    field in each sample's json relative (portable shards); defaults to absolute paths.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    dup = sorted(k for k, n in Counter(item.key for item in source.items).items() if n > 1)
+    if dup:
+        raise ValueError(f"{len(dup)} duplicate sample keys in the source, e.g. {dup[:5]}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = EncodeOptions(short_side, fps, crf)
+    order = list(source.items)
+    random.Random(seed).shuffle(order)
+    progress_path = out / f"{split}.progress.json"
+    progress = _load_progress(
+        out, split, _fingerprint(source, order, shard_size, options, seed), overwrite
+    )
+    class_index = {name: i for i, name in enumerate(source.classes)}
+    kill_after = int(os.environ.get(KILL_HOOK, "0"))
+    written = 0
+
+    if not progress["done"]:
+        position = progress["position"]
+        skipped = progress["skipped"]
+        pending_skips: list[dict] = []
+        todo = order[position:]
+        labelled = [item for item in todo if item.label in class_index]
+        writer: DeterministicTar | None = None
+        bar = tqdm(total=len(todo), desc=f"shard {split}", unit="video", disable=not progress_bar)
+        results = _results(labelled, options, workers)
+
+        def finish_shard(at: int) -> None:
+            nonlocal writer
+            assert writer is not None
+            writer.close()
+            final = writer.path.with_suffix("")  # drop ".tmp"
+            os.replace(writer.path, final)
+            skipped.extend(pending_skips)
+            pending_skips.clear()
+            progress["shards"].append(
+                {
+                    "name": final.name,
+                    "count": writer.count,
+                    "sha256": sha256_file(final),
+                    "position": at,
+                    "skipped": len(skipped),
+                }
+            )
+            progress["position"] = at
+            _write_json(progress_path, progress)
+            writer = None
+
+        for offset, item in enumerate(todo):
+            if item.label not in class_index:
+                result = Prepared(item, reason=f"label {item.label!r} not in class list")
+            else:
+                result = next(results)
+            bar.update()
+            if result.reason is not None:
+                pending_skips.append(
+                    {"source": _relative(item.path, root), "split": split, "reason": result.reason}
+                )
+                continue
+            if writer is None:
+                name = f"{split}-{len(progress['shards']):06d}.tar.tmp"
+                writer = DeterministicTar(out / name)
+            meta = {"label": item.label, "source": _relative(item.path, root), **result.meta}
+            writer.add(
+                item.key,
+                {
+                    "mp4": result.data,
+                    "cls": str(class_index[item.label]).encode(),
+                    "json": json.dumps(meta, sort_keys=True).encode(),
+                },
+            )
+            written += 1
+            if kill_after and written >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if writer.count == shard_size:
+                finish_shard(position + offset + 1)
+        bar.close()
+        results.close()  # shuts the worker pool down
+        if writer is not None:
+            finish_shard(len(order))
+        skipped.extend(pending_skips)
+        progress.update(position=len(order), skipped=skipped, done=True)
+        _write_json(progress_path, progress)
+
+    shards = [{k: s[k] for k in ("name", "count", "sha256")} for s in progress["shards"]]
+    entry = {"shards": shards, "count": sum(s["count"] for s in shards)}
+    update_manifest(out, source.classes, split, entry, progress["skipped"])
+    return {**entry, "skipped": progress["skipped"]}
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def update_manifest(
+    out: Path, classes: list[str], split: str, entry: dict, skipped: list[dict]
+) -> dict:
+    """Merge one split into `{out}/manifest.json` (run splits one after another, not at once)."""
+    path = Path(out) / "manifest.json"
+    manifest = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {"classes": classes, "splits": {}, "skipped": []}
+    )
+    if manifest["classes"] != classes:
+        raise ValueError(
+            f"{path} lists other classes than this source "
+            f"({len(manifest['classes'])} vs {len(classes)}); use another --out"
+        )
+    manifest["splits"][split] = entry
+    manifest["skipped"] = [s for s in manifest["skipped"] if s.get("split") != split] + skipped
+    _write_json(path, manifest)
+    return manifest
