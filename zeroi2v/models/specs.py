@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -22,6 +28,9 @@ class BackboneSpec:
     patch_size: int
     image_size: int
     window_size: int = 0  # Swin only
+    # Pixel normalisation the pretrained weights expect (CLIP's, ImageNet's or 0.5).
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
 
     @property
     def num_blocks(self) -> int:
@@ -40,7 +49,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     "clip_vit_b16": BackboneSpec("vit", "open_clip", "ViT-B-16", 768, (12,), (12,), 16, 224),
     "clip_vit_l14": BackboneSpec("vit", "open_clip", "ViT-L-14", 1024, (24,), (16,), 14, 224),
     "vit_b16_in21k": BackboneSpec(
-        "vit", "timm", "vit_base_patch16_224.augreg_in21k", 768, (12,), (12,), 16, 224
+        "vit",
+        "timm",
+        "vit_base_patch16_224.augreg_in21k",
+        768,
+        (12,),
+        (12,),
+        16,
+        224,
+        mean=HALF,
+        std=HALF,
     ),
     "swin_b": BackboneSpec(
         "swin",
@@ -52,9 +70,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         4,
         224,
         7,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     ),
     # Tiny variants: same factories, sizes small enough for CPU tests and the demo.
     "tiny_vit": BackboneSpec("vit", "open_clip", "", 64, (2,), (4,), 8, 32),
-    "tiny_vit_timm": BackboneSpec("vit", "timm", "", 64, (2,), (4,), 8, 32),
-    "tiny_swin": BackboneSpec("swin", "timm", "", 32, (2, 2), (2, 4), 4, 32, 4),
+    "tiny_vit_timm": BackboneSpec("vit", "timm", "", 64, (2,), (4,), 8, 32, mean=HALF, std=HALF),
+    "tiny_swin": BackboneSpec(
+        "swin", "timm", "", 32, (2, 2), (2, 4), 4, 32, 4, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
 }

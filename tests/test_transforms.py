@@ -1,0 +1,92 @@
+"""Clip-consistent augmentation (one draw per clip) and the test-view crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zeroi2v.config import ConfigError
+from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform
+
+
+def _frames(t: int = 6, h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+
+
+def _normalise(frames: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255  # (C, T, H, W)
+    return (x - torch.tensor(CLIP_MEAN)[:, None, None, None]) / torch.tensor(CLIP_STD)[
+        :, None, None, None
+    ]
+
+
+def test_every_frame_gets_the_same_crop_flip_randaugment_and_erasing() -> None:
+    """Identical input frames stay identical: one parameter draw per clip, not per frame."""
+    frames = np.repeat(_frames(1), 8, axis=0)
+    transform = TrainTransform(32, randaugment_n=4, randaugment_m=9, hflip=0.5, random_erasing=1.0)
+    outputs = []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out = transform(frames)
+        assert out.shape == (3, 8, 32, 32) and out.dtype == torch.float32
+        assert torch.equal(out, out[:, :1].expand_as(out)), f"frames differ for seed {seed}"
+        outputs.append(out[:, 0])
+    # ... and the draws are random across clips (else the check above would be vacuous).
+    distinct = {tuple(o.flatten().tolist()) for o in outputs}
+    assert len(distinct) == len(outputs)
+
+
+def test_same_seed_same_clip() -> None:
+    transform = TrainTransform(32, randaugment_n=2, randaugment_m=7, random_erasing=0.5)
+    frames = _frames()
+    torch.manual_seed(3)
+    first = transform(frames)
+    torch.manual_seed(3)
+    assert torch.equal(first, transform(frames))
+
+
+def test_hflip_switch() -> None:
+    """p=1 mirrors exactly what p=0 produces with the same crop; p=0 never flips."""
+    frames = _frames()
+    never = TrainTransform(32, randaugment_n=0, hflip=0.0)
+    always = TrainTransform(32, randaugment_n=0, hflip=1.0)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        plain = never(frames)
+        torch.manual_seed(seed)
+        flipped = always(frames)
+        assert torch.equal(flipped, plain.flip(-1))
+        assert not torch.equal(flipped, plain)
+
+
+def test_randaugment_magnitude_uses_timms_scale() -> None:
+    with pytest.raises(ConfigError, match="randaugment_m"):
+        TrainTransform(32, randaugment_m=11)
+    ra = TrainTransform(32, randaugment_m=7).transform.transforms[2]
+    assert ra.num_magnitude_bins == 11 and ra.magnitude == 7  # m7 → 0.7 of the max, like timm
+
+
+def test_three_crops_cover_left_centre_right() -> None:
+    frames = _frames(t=4, h=32, w=64)  # short side already 32: no resize
+    views = EvalTransform(32, 3)(frames)
+    assert views.shape == (3, 3, 4, 32, 32)
+    full = _normalise(frames)
+    for view, left in zip(views, (0, 16, 32), strict=True):
+        torch.testing.assert_close(view, full[..., left : left + 32])
+    portrait = EvalTransform(32, 3)(_frames(t=2, h=64, w=32))
+    torch.testing.assert_close(portrait[2], _normalise(_frames(t=2, h=64, w=32))[..., 32:, :])
+
+
+def test_centre_crop_after_short_side_resize() -> None:
+    frames = _frames(t=2, h=64, w=96)
+    view = EvalTransform(32, 1)(frames)
+    assert view.shape == (1, 3, 2, 32, 32)
+    reference = torch.nn.functional.interpolate(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).float(),
+        size=(32, 48),
+        mode="bilinear",
+        antialias=True,
+    )  # (T, C, 32, 48)
+    expected = _normalise(reference.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+    torch.testing.assert_close(view[0], expected[..., 8:40], atol=0.05, rtol=0)

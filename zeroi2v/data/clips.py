@@ -1,0 +1,146 @@
+"""One encoded sample → a training clip or its test views, with a per-sample seeded RNG."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zeroi2v.config import Config
+from zeroi2v.data.decode import CorruptVideoError, open_video, read_frames
+from zeroi2v.data.sampling import dense_indices, uniform_indices
+from zeroi2v.data.transforms import EvalTransform, TrainTransform
+from zeroi2v.models.specs import BACKBONES
+
+
+def seed_from(*parts: Any) -> int:
+    """A stable 63-bit seed from ``parts`` (Python's ``hash`` of str differs per process)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def worker_slot(rotation: int = 0) -> tuple[int, int]:
+    """(stream, number of streams) of this DataLoader worker; stream = (worker + rotation) % W."""
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+    return (worker + rotation) % workers, workers
+
+
+class ClipLoader:
+    """Decode a sample's frames (decord), sample them and augment: late, after shuffling."""
+
+    # What a broken sample raises (bad bytes, missing field, bad label); other errors are bugs.
+    errors = (CorruptVideoError, KeyError, ValueError)
+
+    def __init__(
+        self,
+        *,
+        sampling: str,
+        num_frames: int,
+        frame_interval: int,
+        short_side: int,
+        transform: TrainTransform | EvalTransform,
+        seed: int | None = None,
+        epoch: int = 0,
+        num_clips: int = 1,
+    ) -> None:
+        if sampling not in ("dense", "uniform"):
+            raise ValueError(f"data.sampling must be 'dense' or 'uniform', got {sampling!r}")
+        self.sampling = sampling
+        self.num_frames = num_frames
+        self.frame_interval = frame_interval
+        self.short_side = short_side
+        self.transform = transform
+        self.seed = seed  # None: test views (deterministic indices, no augmentation)
+        self.epoch = epoch
+        self.num_clips = num_clips
+
+    @classmethod
+    def for_training(cls, cfg: Config, *, epoch: int) -> ClipLoader:
+        data, backbone = cfg.data, BACKBONES[cfg.model.backbone]
+        transform = TrainTransform(
+            cfg.model.image_size,
+            randaugment_n=data.randaugment_n,
+            randaugment_m=data.randaugment_m,
+            hflip=data.hflip,
+            random_erasing=data.random_erasing,
+            mean=backbone.mean,
+            std=backbone.std,
+        )
+        return cls(
+            sampling=data.sampling,
+            num_frames=cfg.model.num_frames,
+            frame_interval=data.frame_interval,
+            short_side=data.short_side,
+            transform=transform,
+            seed=cfg.train.seed,
+            epoch=epoch,
+        )
+
+    @classmethod
+    def for_eval(cls, cfg: Config) -> ClipLoader:
+        """Test views: decode with the short side at the crop size (mmaction's test pipeline)."""
+        data, backbone = cfg.data, BACKBONES[cfg.model.backbone]
+        return cls(
+            sampling=data.sampling,
+            num_frames=cfg.model.num_frames,
+            frame_interval=data.frame_interval,
+            short_side=cfg.model.image_size,
+            transform=EvalTransform(
+                cfg.model.image_size, data.num_crops, mean=backbone.mean, std=backbone.std
+            ),
+            num_clips=data.num_clips,
+        )
+
+    def indices(
+        self, num_video_frames: int, rng: np.random.Generator | None, clip_index: int = 0
+    ) -> np.ndarray:
+        if self.sampling == "dense":
+            return dense_indices(
+                num_video_frames,
+                self.num_frames,
+                self.frame_interval,
+                rng,
+                clip_index,
+                self.num_clips,
+            )
+        return uniform_indices(num_video_frames, self.num_frames, rng, clip_index, self.num_clips)
+
+    def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Tensor, int]:
+        """Training: ((C, T, H, W), label). Test: ((num_clips × num_crops, C, T, H, W), label).
+
+        The training RNG is seeded by (seed, epoch, key, occurrence, salt), so a sample's frames
+        and augmentation do not depend on which worker decodes it or on what came before.
+        """
+        label = int(sample["cls"])
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        size = (meta["width"], meta["height"]) if "width" in meta and "height" in meta else None
+        reader = open_video(sample["mp4"], short_side=self.short_side, size=size)
+        if self.seed is None:
+            return self._views(reader), label
+        sample_seed = seed_from(
+            self.seed, self.epoch, sample["__key__"], sample.get("__occurrence__", 0), salt
+        )
+        frames = read_frames(reader, self.indices(len(reader), np.random.default_rng(sample_seed)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.transform(frames), label  # (C, T, H, W)
+
+    def _views(self, reader: Any) -> Tensor:
+        clips = [self.indices(len(reader), None, k) for k in range(self.num_clips)]
+        wanted = np.unique(np.concatenate(clips))  # decode each frame once
+        frames = read_frames(reader, wanted)  # (F, H, W, 3)
+        views = [self.transform(frames[np.searchsorted(wanted, clip)]) for clip in clips]
+        return torch.cat(views)  # (num_clips * num_crops, C, T, H, W), clip-major
+
+
+def collate_eval(
+    samples: list[tuple[Tensor, int, str]],
+) -> tuple[Tensor, Tensor, list[str]]:
+    """[(views, label, key)] → ((B, V, C, T, H, W), (B,) int64, keys)."""
+    views, labels, keys = zip(*samples, strict=True)
+    return torch.stack(views), torch.tensor(labels, dtype=torch.int64), list(keys)

@@ -1,0 +1,127 @@
+"""Clip-consistent augmentation: one crop, flip and RandAugment draw shared by all frames.
+
+torchvision v2 transforms treat a ``tv_tensors.Video`` (T, C, H, W) as one input and sample
+their random parameters once per call, so every frame of a clip gets the same crop box, flip,
+RandAugment ops/magnitudes and erasing box (paper: "the same RandAugment operation and crop
+must be applied to every frame"). Randomness comes from torch's global RNG; the pipeline seeds
+it per sample (``torch.random.fork_rng``) to make augmentation reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from zeroi2v.config import ConfigError
+from zeroi2v.models.specs import CLIP_MEAN, CLIP_STD
+
+# open_clip's OPENAI_DATASET_MEAN / OPENAI_DATASET_STD (CLIP's pre-training normalisation).
+
+# timm's RandAugment scale: magnitude m of 10 (``rand-m7-n4``). torchvision spreads its bins
+# over [0, max], so 11 bins make torchvision's magnitude m equal timm's m/10 of the max.
+RANDAUGMENT_BINS = 11
+
+
+def _as_video(frames: np.ndarray | Tensor) -> tv_tensors.Video:
+    """(T, H, W, 3) uint8 frames → (T, C, H, W) Video."""
+    tensor = torch.as_tensor(frames)
+    if tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) frames, got shape {tuple(tensor.shape)}")
+    return tv_tensors.Video(tensor.permute(0, 3, 1, 2))  # (T, C, H, W)
+
+
+def _to_cthw(video: Tensor) -> Tensor:
+    return video.as_subclass(Tensor).permute(1, 0, 2, 3).contiguous()  # (C, T, H, W)
+
+
+class TrainTransform:
+    """Random resized crop → flip → RandAugment → normalise → random erasing, per clip."""
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        randaugment_n: int = 4,
+        randaugment_m: int = 7,
+        hflip: float = 0.5,
+        random_erasing: float = 0.0,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+    ) -> None:
+        if not 0 <= randaugment_m < RANDAUGMENT_BINS:
+            raise ConfigError(
+                f"data.randaugment_m must be in 0..{RANDAUGMENT_BINS - 1} (timm's scale), "
+                f"got {randaugment_m}"
+            )
+        stages: list[v2.Transform] = [
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomHorizontalFlip(p=hflip),  # hflip=0 for SSv2 (left/right classes)
+        ]
+        if randaugment_n > 0:
+            stages.append(
+                v2.RandAugment(
+                    num_ops=randaugment_n,
+                    magnitude=randaugment_m,
+                    num_magnitude_bins=RANDAUGMENT_BINS,
+                )
+            )
+        stages += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        if random_erasing > 0:
+            # value="random": per-pixel N(0, 1) noise (timm's "pixel" mode), one box for the clip.
+            stages.append(v2.RandomErasing(p=random_erasing, value="random"))
+        self.transform = v2.Compose(stages)
+
+    def __call__(self, frames: np.ndarray | Tensor) -> Tensor:
+        """(T, H, W, 3) uint8 → (C, T, image_size, image_size) float32."""
+        return _to_cthw(self.transform(_as_video(frames)))
+
+
+class EvalTransform:
+    """Resize the short side to ``image_size``, then ``num_crops`` square crops.
+
+    One crop is the centre crop; several are evenly spaced along the long side (3 = left,
+    centre, right for landscape video, top/centre/bottom for portrait: mmaction's ThreeCrop).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        num_crops: int = 1,
+        *,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+    ) -> None:
+        if num_crops < 1:
+            raise ConfigError(f"data.num_crops must be >= 1, got {num_crops}")
+        self.image_size = image_size
+        self.num_crops = num_crops
+        self.prepare = v2.Compose(
+            [
+                v2.Resize(image_size, antialias=True),  # short side → image_size
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean, std),
+            ]
+        )
+
+    def crop_boxes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(top, left) of each crop in a frame whose short side is ``image_size``."""
+        size, n = self.image_size, self.num_crops
+        spare = max(height, width) - size
+        offsets = [spare // 2] if n == 1 else [round(i * spare / (n - 1)) for i in range(n)]
+        if width >= height:
+            return [((height - size) // 2, off) for off in offsets]
+        return [(off, (width - size) // 2) for off in offsets]
+
+    def __call__(self, frames: np.ndarray | Tensor) -> Tensor:
+        """(T, H, W, 3) uint8 → (num_crops, C, T, image_size, image_size) float32."""
+        video = self.prepare(_as_video(frames))  # (T, C, H', W'), short side = image_size
+        height, width = video.shape[-2:]
+        size = self.image_size
+        crops = [
+            _to_cthw(v2.functional.crop(video, top, left, size, size))
+            for top, left in self.crop_boxes(height, width)
+        ]
+        return torch.stack(crops)  # (num_crops, C, T, size, size)
