@@ -1,0 +1,227 @@
+"""STDHA: spatial-temporal dual-headed attention, swapped into open_clip and timm ViTs.
+
+Frames are in the batch: a block sees ``(B*T, N, C)``. After q, k, v are split into heads,
+the K and V of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`shift_kv`, one
+gather); then attention is the fused `F.scaled_dot_product_attention`. No parameter and no
+multiply-add is added. With all Δt = 0 the modules compute exactly the original attention.
+
+The modules reuse the original layers and parameter names (open_clip: ``in_proj_weight``,
+``in_proj_bias``, ``out_proj``; timm: ``qkv``, ``q_norm``, ``k_norm``, ``proj``), so
+pretrained checkpoints load with strict=True. The other Table 1 operators (``cls_shift``,
+``channel_shift``, ``kv_shift``) live in the same modules, selected by `temporal_op`.
+
+Temporal heads see the K/V of another frame at the same token positions, [cls] included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zeroi2v.models.adapters import AdaptableMixin, transformer_blocks
+from zeroi2v.models.temporal_ops import (
+    DEFAULT_SHIFT_RATIO,
+    ClsShiftBeforeMLP,
+    cls_token_shift,
+    head_channel_shift,
+    shift_frames_in_batch,
+    shift_kv,
+    token_channel_shift,
+)
+
+__all__ = [
+    "TEMPORAL_OPS",
+    "OpenClipSTDHA",
+    "TimmSTDHA",
+    "install_temporal_attention",
+    "shift_frames_in_batch",
+    "shift_kv",
+]
+
+TEMPORAL_OPS = ("none", "stdha", "cls_shift", "channel_shift", "kv_shift")
+
+
+class TemporalMixing(nn.Module):
+    """What every video attention shares: per-head Δt, clip length and the temporal operator."""
+
+    def _init_temporal(
+        self,
+        num_heads: int,
+        offsets: Sequence[int] | None,
+        num_frames: int,
+        temporal_op: str,
+        shift_ratio: float,
+    ) -> None:
+        if temporal_op not in TEMPORAL_OPS:
+            raise ValueError(f"unknown temporal_op '{temporal_op}'; choose one of {TEMPORAL_OPS}")
+        offsets = [0] * num_heads if offsets is None else [int(dt) for dt in offsets]
+        if len(offsets) != num_heads:
+            raise ValueError(
+                f"got {len(offsets)} head offsets for an attention with {num_heads} heads"
+            )
+        if temporal_op != "stdha" and any(offsets):
+            raise ValueError(
+                f"head offsets {offsets} need temporal_op 'stdha', not '{temporal_op}'"
+            )
+        self.num_heads, self.offsets, self.num_frames = num_heads, offsets, num_frames
+        self.temporal_op, self.shift_ratio = temporal_op, shift_ratio
+
+    def _mix_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Operators that act on the tokens before the QKV projection; x: (B*T, N, C)."""
+        if self.temporal_op == "channel_shift":
+            return token_channel_shift(x, self.num_frames, self.shift_ratio)
+        if self.temporal_op == "cls_shift":
+            return cls_token_shift(x, self.num_frames, self.shift_ratio)
+        return x
+
+    def _mix_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Operators that act on K and V; k, v: (B*T, heads, N, d)."""
+        if self.temporal_op == "stdha" and any(self.offsets):
+            return (
+                shift_frames_in_batch(k, self.offsets, self.num_frames),
+                shift_frames_in_batch(v, self.offsets, self.num_frames),
+            )
+        if self.temporal_op == "kv_shift":
+            return (
+                head_channel_shift(k, self.num_frames, self.shift_ratio),
+                head_channel_shift(v, self.num_frames, self.shift_ratio),
+            )
+        return k, v
+
+    def extra_repr(self) -> str:
+        return (
+            f"temporal_op={self.temporal_op}, offsets={self.offsets}, num_frames={self.num_frames}"
+        )
+
+
+class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
+    """Drop-in for the `nn.MultiheadAttention` (batch_first) of open_clip's residual blocks.
+
+    Same call signature as open_clip uses (``attn(x, x, x, need_weights=False,
+    attn_mask=...)`` → tuple) and the same parameter names. Self-attention only.
+    """
+
+    adapt_params = ("in_proj_weight", "in_proj_bias")
+
+    def __init__(
+        self,
+        mha: nn.MultiheadAttention,
+        offsets: Sequence[int] | None,
+        num_frames: int,
+        temporal_op: str = "stdha",
+        shift_ratio: float = DEFAULT_SHIFT_RATIO,
+    ) -> None:
+        super().__init__()
+        if not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None:
+            raise ValueError(
+                "expected open_clip's batch_first self-attention nn.MultiheadAttention"
+            )
+        self._init_temporal(mha.num_heads, offsets, num_frames, temporal_op, shift_ratio)
+        self.in_proj_weight, self.in_proj_bias = mha.in_proj_weight, mha.in_proj_bias
+        self.out_proj = mha.out_proj
+        self.dropout = mha.dropout
+        self.adaptation = None
+        self.train(mha.training)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError("STDHA is self-attention: key and value must be the query tensor")
+        if need_weights:
+            raise ValueError("STDHA uses fused attention and cannot return attention weights")
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # MHA: True = masked out
+            attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(
+                attn_mask, float("-inf")
+            )
+        x = self._mix_input(query)
+        BT, N, C = x.shape
+        qkv = self.project(x).view(BT, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
+        k, v = self._mix_kv(k, v)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B*T, heads, N, d)
+        x = x.transpose(1, 2).reshape(BT, N, C)
+        return self.out_proj(x), None
+
+
+class TimmSTDHA(TemporalMixing):
+    """Drop-in for timm's `Attention` (ViT); reuses its qkv / q_norm / k_norm / norm / proj."""
+
+    def __init__(
+        self,
+        attn: nn.Module,
+        offsets: Sequence[int] | None,
+        num_frames: int,
+        temporal_op: str = "stdha",
+        shift_ratio: float = DEFAULT_SHIFT_RATIO,
+    ) -> None:
+        super().__init__()
+        if getattr(attn, "gate", None) is not None:
+            raise ValueError("gated timm attention is not supported by STDHA")
+        self._init_temporal(attn.num_heads, offsets, num_frames, temporal_op, shift_ratio)
+        self.head_dim, self.attn_dim = attn.head_dim, attn.num_heads * attn.head_dim
+        self.qkv, self.q_norm, self.k_norm = attn.qkv, attn.q_norm, attn.k_norm
+        self.attn_drop, self.norm = attn.attn_drop, attn.norm
+        self.proj, self.proj_drop = attn.proj, attn.proj_drop
+        self.train(attn.training)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        x = self._mix_input(x)
+        BT, N, _ = x.shape
+        qkv = self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        k, v = self._mix_kv(k, v)
+        x = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+        )  # (B*T, heads, N, d)
+        x = self.norm(x.transpose(1, 2).reshape(BT, N, self.attn_dim))
+        return self.proj_drop(self.proj(x))
+
+
+def install_temporal_attention(
+    model: nn.Module,
+    offsets: Sequence[Sequence[int]] | None,
+    num_frames: int,
+    temporal_op: str = "stdha",
+    shift_ratio: float = DEFAULT_SHIFT_RATIO,
+) -> nn.Module:
+    """Swap every ViT block's attention (open_clip or timm) for its video version, in place.
+
+    `offsets`: one per-head Δt list per block (None: all spatial). ``cls_shift`` also shifts
+    the [cls] token before each MLP (TokShift shifts before MHSA and before the MLP).
+    """
+    from timm.layers import Attention as TimmAttention
+
+    blocks = transformer_blocks(model)
+    if offsets is None:
+        offsets = [None] * len(blocks)
+    if len(offsets) != len(blocks):
+        raise ValueError(f"got head offsets for {len(offsets)} blocks, the model has {len(blocks)}")
+    for block, dts in zip(blocks, offsets, strict=True):
+        if isinstance(block.attn, nn.MultiheadAttention):
+            block.attn = OpenClipSTDHA(block.attn, dts, num_frames, temporal_op, shift_ratio)
+        elif type(block.attn) is TimmAttention:  # subclasses (RoPE, Swin windows) differ
+            block.attn = TimmSTDHA(block.attn, dts, num_frames, temporal_op, shift_ratio)
+        else:
+            raise ValueError(f"no video attention for {type(block.attn).__name__}")
+        if temporal_op == "cls_shift":
+            block.mlp.register_forward_pre_hook(ClsShiftBeforeMLP(num_frames, shift_ratio))
+    return model
