@@ -1,0 +1,74 @@
+"""Print one JSON line of params / tunable params / GFLOPs for a config (no weights needed).
+
+python launch/profile.py --config configs/k400_b16_8f.json --merged [section.key=value ...]
+python launch/profile.py --config configs/k400_b16_8f.json --latency [--reps 20] [--max-batch N]
+  (--latency: also time plain / unmerged / merged models in one run, Table 9; see
+  zeroi2v/efficiency.py; random weights, but real tensors: minutes on CPU for ViT-B)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script, Python puts launch/ first on sys.path, where this file would shadow the
+    # stdlib `profile` (imported by cProfile inside torch._dynamo). Put the repo root there.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from zeroi2v.config import load
+from zeroi2v.profile import profile
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="experiment JSON (configs/*.json)")
+    parser.add_argument("--merged", action="store_true", help="count the merged (deployed) model")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides: adapt.bottleneck_ratio=0.5 or --optim.lr=3e-4",
+    )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also measure latency / throughput: plain vs unmerged vs merged",
+    )
+    parser.add_argument("--reps", type=int, default=20, help="--latency: timed repetitions")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="--latency: largest batch of videos tried (default 64 CUDA, 4 CPU)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="--latency: cpu or cuda (default: cuda if any)"
+    )
+    args, dashed = parser.parse_known_args(argv)  # `--section.key=value` overrides land in `dashed`
+    cfg = load(args.config, [*args.overrides, *dashed])
+    result = profile(cfg, merged=args.merged)
+    print(json.dumps(result))
+    if args.latency:
+        from zeroi2v.efficiency import (
+            describe_device,
+            efficiency_table,
+            format_table,
+            latency_ratio,
+        )
+
+        rows = efficiency_table(cfg, reps=args.reps, max_batch=args.max_batch, device=args.device)
+        print(format_table(rows, cfg, describe_device(args.device)))
+        result["latency"] = {
+            "rows": [row.as_dict() for row in rows],
+            "merged_over_plain": latency_ratio(rows),
+            "device": describe_device(args.device),
+        }
+    return result
+
+
+if __name__ == "__main__":
+    main()
