@@ -1,0 +1,52 @@
+"""Export a trained model, merged, to TorchScript and ONNX, and check the exported graphs.
+
+    python launch/export.py --model models:/zeroi2v_tiny_cpu@champion --out exported/
+    python launch/export.py --model runs/tiny_cpu/merged.pt --out exported/ --format onnx
+
+Prints the check report (output error vs PyTorch, parameter counts vs the plain backbone +
+head, adapter names found) as JSON and exits non-zero when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script, Python puts launch/ first on sys.path, where launch/profile.py would
+    # shadow the stdlib `profile` (imported by cProfile inside torch._dynamo): use the repo root.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from zeroi2v.export import FORMATS, ONNX_EXPORTERS, export
+from zeroi2v.inference import load_model
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, a model URI or a checkpoint"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument(
+        "--onnx-exporter",
+        choices=ONNX_EXPORTERS,
+        default="auto",
+        help="auto: dynamo when onnxscript is installed, else the legacy exporter",
+    )
+    parser.add_argument("--rtol", type=float, default=1e-4, help="max relative output error")
+    args = parser.parse_args(argv)
+    model, cfg = load_model(args.model)
+    report = export(model, cfg, args.out, args.format, args.onnx_exporter, args.rtol).as_dict()
+    print(json.dumps(report, indent=2))
+    if not report["ok"]:
+        raise SystemExit("export check failed; see the report above")
+    return report
+
+
+if __name__ == "__main__":
+    main()

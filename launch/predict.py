@@ -1,0 +1,45 @@
+"""Top-k classes of videos with a trained model, scored over the config's test views.
+
+    python launch/predict.py --model models:/zeroi2v_tiny_cpu@champion a.mp4 b.mp4 --top-k 3
+    python launch/predict.py --model runs/tiny_cpu/merged.pt a.mp4 --json predictions.json
+
+Views, transforms and view averaging (softmax mean) are those of launch/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script, Python puts launch/ first on sys.path, where launch/profile.py would
+    # shadow the stdlib `profile` (imported by cProfile inside torch._dynamo): use the repo root.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from zeroi2v.inference import Prediction, format_predictions, predict
+
+
+def main(argv: list[str] | None = None) -> list[Prediction]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, a model URI or a checkpoint"
+    )
+    parser.add_argument("videos", nargs="+", help="video files")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the predictions to this JSON file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+    predictions = predict(
+        args.model, args.videos, top_k=args.top_k, json_path=args.json, device=args.device
+    )
+    print(format_predictions(predictions))
+    return predictions
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""`mlflow models serve` on a registered tiny model answers like launch/predict.py does."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_predict import register_tiny
+
+MODEL_NAME = "tiny_serving"
+REPO = Path(__file__).resolve().parents[1]
+SERVER_START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(port: int, payload: dict, timeout: float = 60) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, synthetic_shards):
+    """The registered model behind a real `mlflow models serve` on 127.0.0.1:<free port>."""
+    tmp = tmp_path_factory.mktemp("serving_registry")
+    cfg, _, classes = register_tiny(tmp, synthetic_shards, MODEL_NAME)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    log = (tmp / "serve.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL_NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp,
+        start_new_session=True,  # its own process group: uvicorn is a grandchild
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(
+                    f"mlflow models serve exited: {(tmp / 'serve.log').read_text()[-2000:]}"
+                )
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not up after {SERVER_START_TIMEOUT_S}s")
+                time.sleep(1)
+        yield port, cfg, classes
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_served_top1_equals_predict(served, synthetic_videos, monkeypatch):
+    from launch import predict as predict_cli
+
+    port, cfg, classes = served
+    videos = [sorted((synthetic_videos / "val" / name).glob("*.mp4"))[0] for name in classes]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.tracking_uri)
+    expected = predict_cli.main(
+        ["--model", f"models:/{MODEL_NAME}@champion", *map(str, videos), "--top-k", "3"]
+    )
+
+    encoded = [base64.b64encode(v.read_bytes()).decode() for v in videos]
+    records = _post(port, {"dataframe_records": [{"video": e} for e in encoded]})["predictions"]
+    assert [r["label"] for r in records] == [p.labels[0] for p in expected]
+    assert [r["index"] for r in records] == [p.indices[0] for p in expected]
+    assert [r["score"] for r in records] == pytest.approx([p.scores[0] for p in expected], rel=1e-5)
+
+    # `inputs` (columns) with top_k as a param, and a path the server can read.
+    by_inputs = _post(port, {"inputs": {"video": encoded}, "params": {"top_k": 3}})["predictions"]
+    assert [r["labels"] for r in by_inputs] == [p.labels for p in expected]
+    by_path = _post(port, {"dataframe_records": [{"path": str(videos[1])}]})["predictions"]
+    assert by_path[0]["label"] == expected[1].labels[0]
+
+
+def test_bad_request_is_rejected(served):
+    port, _, _ = served
+    with pytest.raises(urllib.error.HTTPError) as error:
+        _post(port, {"dataframe_records": [{"video": "not base64 at all!"}]})
+    assert error.value.code == 400
+
+
+def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_videos):
+    """`mlflow.pyfunc.load_model` gives the video pyfunc; the torch flavor is still there."""
+    import mlflow
+
+    from zeroi2v.models.video import VideoClassifier
+    from zeroi2v.serving import VideoPyfunc, _load_pyfunc
+
+    _, cfg, classes = served
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    uri = f"models:/{MODEL_NAME}@champion"
+    videos = [sorted((synthetic_videos / "val" / name).glob("*.mp4"))[0] for name in classes]
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    encoded = [base64.b64encode(v.read_bytes()).decode() for v in videos]
+    from_base64 = pyfunc.predict(pd.DataFrame({"video": encoded}))
+    from_paths = pyfunc.predict(pd.DataFrame({"path": list(map(str, videos))}))
+    assert from_base64["label"].tolist() == from_paths["label"].tolist()
+    assert set(from_base64["label"]) <= set(classes)
+
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    raw = _load_pyfunc(str(local / "data"))  # what the server's loader builds
+    assert isinstance(raw, VideoPyfunc)
+    from_bytes = raw.predict([v.read_bytes() for v in videos])
+    assert from_bytes["label"].tolist() == from_paths["label"].tolist()
+    assert from_bytes["score"].tolist() == pytest.approx(from_paths["score"].tolist())
+    assert isinstance(mlflow.pytorch.load_model(uri), VideoClassifier)

@@ -1,0 +1,173 @@
+"""Predict classes of whole videos with a trained model, exactly as evaluation scores them.
+
+A video (bytes or a path) goes through the eval data path of `zeroi2v.data` — the same
+`ClipLoader.for_eval` the eval loader uses: decord decode, the config's test views
+(``num_clips`` temporal clips × ``num_crops`` spatial crops), eval transforms — and the views
+are scored with the trainer's `view_scores` (softmax averaged over views). Sharing these two
+functions is what makes `launch/predict.py` reproduce `launch/evaluate.py` to the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zeroi2v.config import Config
+
+log = logging.getLogger(__name__)
+
+CLASSES_KEY = "zeroi2v_classes"  # model metadata key with the class names (see serving.py)
+
+VideoInput = bytes | str | Path
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one video, best first."""
+
+    source: str
+    indices: list[int]
+    labels: list[str]
+    scores: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_model(uri: str | Path) -> tuple[nn.Module, Config]:
+    """`models:/NAME@ALIAS`, a run/model URI or a checkpoint → (eval model on CPU, config)."""
+    from zeroi2v.tracking import load_model as tracking_load
+
+    model, cfg = tracking_load(uri)
+    return model.eval(), cfg
+
+
+def class_names(cfg: Config, uri: str | Path | None = None) -> list[str]:
+    """Class names: the model's metadata, else the val shards' manifest, else the indices.
+
+    Falling back to indices is announced (a log warning), never silent.
+    """
+    if uri is not None and _is_mlflow_uri(str(uri)):
+        import mlflow
+
+        metadata = mlflow.models.get_model_info(str(uri)).metadata or {}
+        if CLASSES_KEY in metadata:
+            return list(metadata[CLASSES_KEY])
+    if cfg.data.val_shards:
+        from zeroi2v.data.shards import read_manifest
+
+        try:
+            classes = read_manifest(cfg.data.val_shards)["classes"]
+        except (OSError, KeyError, ValueError) as error:
+            log.warning("no class names (%s); labels will be class indices", error)
+        else:
+            if len(classes) == cfg.model.num_classes:
+                return list(classes)
+    log.warning("no class names for this model; labels will be class indices")
+    return [str(i) for i in range(cfg.model.num_classes)]
+
+
+def _is_mlflow_uri(text: str) -> bool:
+    return "://" in text or text.startswith(("models:/", "runs:/"))
+
+
+def read_video(video: VideoInput) -> tuple[bytes, str]:
+    """(bytes, display name) of a video given as bytes or a path."""
+    if isinstance(video, bytes | bytearray):
+        return bytes(video), f"<{len(video)} bytes>"
+    path = Path(video)
+    if not path.is_file():
+        raise ValueError(f"video file not found: {path}")
+    return path.read_bytes(), str(path)
+
+
+class VideoPredictor:
+    """Test views + multi-view softmax of a model, for bytes or paths; CPU or one GPU."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        classes: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from zeroi2v.data.clips import ClipLoader
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.loader = ClipLoader.for_eval(cfg)
+        self.classes = (
+            list(classes) if classes is not None else [str(i) for i in range(cfg.model.num_classes)]
+        )
+        if len(self.classes) != cfg.model.num_classes:
+            raise ValueError(
+                f"got {len(self.classes)} class names for a model with "
+                f"{cfg.model.num_classes} classes"
+            )
+
+    def views(self, data: bytes, key: str = "video") -> Tensor:
+        """(V, C, T, H, W) test views of one encoded video, V = num_clips × num_crops."""
+        views, _ = self.loader({"__key__": key, "mp4": data, "cls": "-1"})
+        return views
+
+    @torch.no_grad()
+    def scores(self, views: Tensor) -> Tensor:
+        """(B, V, C, T, H, W) → (B, K) softmax averaged over views (as evaluation does)."""
+        from zeroi2v.engine.metrics import view_scores
+
+        return view_scores(self.model, views.to(self.device)).cpu()
+
+    def predict(self, videos: Iterable[VideoInput], top_k: int = 5) -> list[Prediction]:
+        """Top-k classes and their (view-averaged) probabilities for every video."""
+        k = min(top_k, len(self.classes))
+        results = []
+        for video in videos:
+            data, name = read_video(video)
+            probs = self.scores(self.views(data, name)[None])[0]  # (K,)
+            top = probs.topk(k)
+            indices = top.indices.tolist()
+            results.append(
+                Prediction(
+                    source=name,
+                    indices=indices,
+                    labels=[self.classes[i] for i in indices],
+                    scores=[float(p) for p in top.values],
+                )
+            )
+        return results
+
+
+def predict(
+    model_uri: str | Path,
+    videos: Sequence[VideoInput],
+    top_k: int = 5,
+    json_path: str | Path | None = None,
+    device: str = "cpu",
+) -> list[Prediction]:
+    """Load a model by URI or checkpoint and predict `videos`; optionally write them as JSON."""
+    model, cfg = load_model(model_uri)
+    predictor = VideoPredictor(model, cfg, class_names(cfg, model_uri), device=device)
+    predictions = predictor.predict(videos, top_k=top_k)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps([p.as_dict() for p in predictions], indent=2))
+    return predictions
+
+
+def format_predictions(predictions: Sequence[Prediction]) -> str:
+    """Human-readable block: one header line per video, one line per class."""
+    lines = []
+    for prediction in predictions:
+        lines.append(prediction.source)
+        for rank, (label, score) in enumerate(
+            zip(prediction.labels, prediction.scores, strict=True), start=1
+        ):
+            lines.append(f"  {rank}. {label:<30} {score:.4f}")
+    return "\n".join(lines)

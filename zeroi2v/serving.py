@@ -1,0 +1,221 @@
+"""The registered model as an MLflow pyfunc that takes videos and returns labels and scores.
+
+One logged MLflow model carries two flavors over the same saved weights:
+
+- ``pytorch`` (written by `mlflow.pytorch.save_model`): `mlflow.pytorch.load_model(uri)` gives
+  the merged `VideoClassifier`, which is what `zeroi2v.tracking.load_model` uses;
+- ``python_function`` with ``loader_module: zeroi2v.serving``: `mlflow.pyfunc.load_model(uri)`
+  and ``mlflow models serve -m models:/NAME@ALIAS --env-manager local`` get `VideoPyfunc`,
+  which decodes videos into the config's test views (`zeroi2v.inference.VideoPredictor`) and
+  averages softmax over views, exactly as predict.py and evaluation do.
+
+A pyfunc written with ``python_model=`` would need a second copy of the weights (as an
+artifact) or a model without the pytorch flavor; replacing the loader of the pyfunc flavor
+keeps one copy and both loaders. `log_pyfunc_model` is the call `Tracker.log_model` makes.
+
+Inputs (one row per video): a DataFrame / records / ``{"inputs": {...}}`` with a ``video``
+column (base64 of the file bytes) and/or a ``path`` column (a file the server can read), or a
+plain list of base64 strings, paths or bytes. Output: a DataFrame with ``label``, ``score``
+(top-1 probability), ``index``, and the top-k ``labels`` / ``scores`` / ``indices`` lists;
+``params={"top_k": k}`` (default 5).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from zeroi2v.config import Config, from_dict, to_dict
+from zeroi2v.inference import CLASSES_KEY, VideoPredictor
+from zeroi2v.tracking import CONFIG_KEY  # the config travels as this model metadata key
+
+DEFAULT_TOP_K = 5
+
+
+def signature():
+    """Pyfunc schema: optional ``video`` (base64) and ``path`` string columns, ``top_k``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec(DataType.string, "video", required=False),
+            ColSpec(DataType.string, "path", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "label"),
+            ColSpec(DataType.double, "score"),
+            ColSpec(DataType.long, "index"),
+        ]
+    )
+    params = ParamSchema([ParamSpec("top_k", DataType.long, DEFAULT_TOP_K)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"a 'video' value is not valid base64 ({error})") from None
+
+
+def _as_videos(model_input: Any) -> list[bytes | str]:
+    """Rows of any accepted input → raw bytes (for ``video``) or a path (for ``path``)."""
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(model_input)
+    if isinstance(model_input, pd.DataFrame):
+        unknown = set(model_input.columns) - {"video", "path"}
+        if unknown or model_input.empty:
+            raise ValueError(
+                f"expected rows with a 'video' (base64) or 'path' column, got columns "
+                f"{sorted(map(str, model_input.columns))}"
+            )
+        videos: list[bytes | str] = []
+        for row in model_input.to_dict(orient="records"):
+            video, path = row.get("video"), row.get("path")
+            if isinstance(video, bytes | str) and len(video):
+                videos.append(video if isinstance(video, bytes) else _decode_base64(video))
+            elif isinstance(path, str) and path:
+                videos.append(path)
+            else:
+                raise ValueError("every row needs a non-empty 'video' (base64) or 'path'")
+        return videos
+    if isinstance(model_input, np.ndarray | pd.Series):
+        model_input = model_input.tolist()
+    if isinstance(model_input, bytes | str):
+        model_input = [model_input]
+    if isinstance(model_input, list):
+        return [_list_item(item) for item in model_input]
+    raise ValueError(f"unsupported input type {type(model_input).__name__}")
+
+
+def _list_item(item: Any) -> bytes | str:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item if Path(item).is_file() else _decode_base64(item)
+    raise ValueError(
+        f"list items must be base64 strings, paths or bytes, got {type(item).__name__}"
+    )
+
+
+# ----------------------------------------------------------------------------- pyfunc
+
+
+class VideoPyfunc:
+    """What ``mlflow.pyfunc.load_model`` returns for a zeroi2v model (via `_load_pyfunc`)."""
+
+    def __init__(self, model: nn.Module, cfg: Config, classes: list[str], device: str = "cpu"):
+        self.predictor = VideoPredictor(model, cfg, classes, device=device)
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        top_k = int((params or {}).get("top_k") or DEFAULT_TOP_K)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        predictions = self.predictor.predict(_as_videos(model_input), top_k=top_k)
+        return pd.DataFrame(
+            {
+                "label": [p.labels[0] for p in predictions],
+                "score": [p.scores[0] for p in predictions],
+                "index": [p.indices[0] for p in predictions],
+                "labels": [p.labels for p in predictions],
+                "scores": [p.scores for p in predictions],
+                "indices": [p.indices for p in predictions],
+            }
+        )
+
+
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> VideoPyfunc:
+    """MLflow's loader hook: `data_path` is ``<model>/data`` (the pytorch flavor's data)."""
+    import mlflow
+    from mlflow.models import Model
+
+    root = Path(data_path).parent
+    meta = Model.load(str(root / "MLmodel")).metadata or {}
+    if CONFIG_KEY not in meta:
+        raise ValueError(f"{root} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
+    cfg = from_dict(meta[CONFIG_KEY])
+    classes = meta.get(CLASSES_KEY) or [str(i) for i in range(cfg.model.num_classes)]
+    device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = mlflow.pytorch.load_model(str(root), map_location="cpu")
+    return VideoPyfunc(model, cfg, list(classes), device=device)
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def save_model(
+    path: str,
+    mlflow_model: Any,
+    pytorch_model: nn.Module,
+    cfg: Config,
+    classes: list[str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Flavor hook for `mlflow.models.Model.log`: pytorch flavor + our pyfunc loader."""
+    import mlflow
+
+    metadata = {**(mlflow_model.metadata or {}), **(kwargs.pop("metadata", None) or {})}
+    metadata[CONFIG_KEY] = to_dict(cfg)
+    if classes is not None:
+        if len(classes) != cfg.model.num_classes:
+            raise ValueError(f"got {len(classes)} class names for {cfg.model.num_classes} classes")
+        metadata[CLASSES_KEY] = list(classes)
+    mlflow.pytorch.save_model(
+        pytorch_model, path, mlflow_model=mlflow_model, metadata=metadata, **kwargs
+    )
+    pyfunc_conf = mlflow_model.flavors["python_function"]
+    pyfunc_conf["loader_module"] = __name__
+    mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def log_pyfunc_model(
+    merged: nn.Module,
+    cfg: Config,
+    classes: list[str] | None = None,
+    *,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    pip_requirements: list[str] | None = None,
+):
+    """Log `merged` to the active run with both flavors; returns MLflow's `ModelInfo`.
+
+    The signature is the pyfunc's (videos in, labels out); no input example is stored
+    (a video would have to be embedded in every logged model).
+    """
+    import sys
+
+    from mlflow.models import Model
+
+    if pip_requirements is None:
+        names = ("torch", "timm", "open_clip_torch", "decord", "torchvision", "mlflow")
+        pip_requirements = [f"{n}=={importlib_metadata.version(n)}" for n in names]
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=sys.modules[__name__],
+        registered_model_name=registered_model_name,
+        metadata=metadata,
+        pytorch_model=merged.eval(),
+        cfg=cfg,
+        classes=classes,
+        signature=signature(),
+        pip_requirements=pip_requirements,
+        # pickle, not MLflow 3's default pt2: the loaded model is the real `VideoClassifier`
+        # (any batch, hookable for attention maps), not a graph traced at one batch size.
+        serialization_format="pickle",
+    )
