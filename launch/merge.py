@@ -1,0 +1,51 @@
+"""Merge a DeepSpeed checkpoint into the plain backbone: verified, saved as a state dict `.pt`.
+
+    python launch/merge.py --config configs/tiny_cpu.json --checkpoint runs/tiny_cpu/checkpoints \
+        [--out merged.pt] [--register]
+
+`--checkpoint` is the checkpoints folder (its `latest` tag) or one tag folder inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from zeroi2v.config import load
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="the training config (fallback when "
+        "the checkpoint has no config.json beside it; tracking settings)",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--out", type=Path, help="default: merged.pt in the checkpoint folder")
+    parser.add_argument(
+        "--register", action="store_true", help="log the merged model to MLflow and register it"
+    )
+    parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
+    args, dashed = parser.parse_known_args(argv)
+    cfg = load(args.config, [*args.overrides, *dashed])
+    from zeroi2v.engine.parallel import select_accelerator
+
+    select_accelerator()
+    from zeroi2v.engine.release import merge_checkpoint
+
+    result = merge_checkpoint(cfg, args.checkpoint, args.out, register=args.register)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Train a config with DeepSpeed; at the end the model is merged and registered in MLflow.
+
+    python launch/train.py --config configs/tiny_cpu.json [--resume] [section.key=value ...]
+    deepspeed --num_gpus 2 launch/train.py --config configs/tiny_cpu.json --optim.lr=3e-4
+    deepspeed --hostfile hosts --num_nodes 2 --num_gpus 8 launch/train.py --config X
+
+Without CUDA, DeepSpeed's CPU accelerator is selected (DS_ACCELERATOR=cpu) before it is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from zeroi2v.config import ConfigError, load, to_dict
+from zeroi2v.engine import parallel
+
+
+def setup_logging() -> None:
+    rank0 = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        level=logging.INFO if rank0 else logging.WARNING,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="experiment JSON (configs/*.json)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in train.output_dir",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
+    args, dashed = parser.parse_known_args(argv)
+    cfg = load(args.config, [*args.overrides, *dashed])
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return None
+    setup_logging()
+    parallel.select_accelerator()  # before anything imports deepspeed
+    from zeroi2v.engine.trainer import train
+
+    return train(cfg, resume=args.resume)
+
+
+def cli() -> None:
+    """Errors a user can cause end the process with their one-sentence message."""
+    from zeroi2v.engine.trainer import NonFiniteLossError
+    from zeroi2v.tracking import TrackingServerError
+
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, NonFiniteLossError, TrackingServerError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,107 @@
+"""Shared by the engine tests: a tiny training config and a clean subprocess launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from zeroi2v import config
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "launch" / "train.py"
+# Variables a launcher sets; a parent test process must not leak them into a fresh run.
+_LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_WORLD_SIZE",
+    "CROSS_RANK",
+    "CROSS_SIZE",
+)
+
+
+def tiny_raw(shards: Path, out: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """configs/tiny_cpu.json pointed at `shards` and `out`, with per-section updates."""
+    raw = json.loads((REPO / "configs" / "tiny_cpu.json").read_text())
+    raw["data"].update(
+        train_shards=str(shards / "train-*.tar"),
+        val_shards=str(shards / "val-*.tar"),
+        num_workers=0,
+    )
+    raw["train"].update(output_dir=str(out))
+    raw["tracking"].update(
+        enabled=False,
+        tracking_uri=f"sqlite:///{out.parent / 'mlflow.db'}",
+        artifact_location=str(out.parent / "mlartifacts"),
+    )
+    for name, values in sections.items():
+        if name == "deepspeed":
+            raw[name] = values
+        else:
+            raw[name].update(values)
+    return raw
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    config.from_dict(raw)  # fail here, not in a subprocess, if the test's config is wrong
+    path.write_text(json.dumps(raw, indent=2))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
+    env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def train_cmd(config_path: Path, *args: str, processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(TRAIN), "--config", str(config_path), *args]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [
+        str(launcher),
+        "--num_gpus",
+        str(processes),
+        "--master_port",
+        str(free_port()),
+        str(TRAIN),
+        "--config",
+        str(config_path),
+        *args,
+    ]
+
+
+def run_train(
+    config_path: Path, *args: str, processes: int = 1, timeout: int = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(config_path, *args, processes=processes),
+        env=clean_env(),
+        cwd=cwd or config_path.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    """step → loss from metrics.jsonl; a step logged twice (killed + resumed) keeps the last."""
+    found = {}
+    for line in (output_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            found[record["step"]] = record["loss"]
+    return found

@@ -1,0 +1,99 @@
+"""MLflow: what a training run records, and the registered model pulled back by alias."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_helpers import run_train, tiny_raw, write_config
+
+from zeroi2v import build_model, config
+from zeroi2v.engine.parallel import read_checkpoint_weights
+from zeroi2v.engine.release import example_clips, unmerged_from_state_dict
+
+
+@pytest.fixture(scope="module")
+def tracked_run(synthetic_shards, tmp_path_factory):
+    """One short tracked training run (1 process) registering `tiny_test`."""
+    root = tmp_path_factory.mktemp("tracked")
+    raw = tiny_raw(
+        synthetic_shards,
+        root / "run",
+        tracking={"enabled": True, "model_name": "tiny_test", "experiment": "t"},
+        train={
+            "epochs": 1,
+            "steps_per_epoch": 3,
+            "checkpoint_every_steps": 100,
+            "log_every_steps": 1,
+        },
+    )
+    path = write_config(root / "c.json", raw)
+    proc = run_train(path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return config.from_dict(raw), root
+
+
+def _client(cfg):
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    return mlflow.MlflowClient(cfg.tracking.tracking_uri)
+
+
+def test_registered_model_equals_trained_unmerged_model(tracked_run):
+    cfg, root = tracked_run
+    from zeroi2v.tracking import load_model
+
+    loaded, loaded_cfg = load_model("models:/tiny_test@latest", cfg)
+    assert loaded_cfg == cfg  # the config travels with the model
+    trained = unmerged_from_state_dict(cfg, read_checkpoint_weights(root / "run" / "checkpoints"))
+    clips = example_clips(cfg, batch=4)
+    with torch.no_grad():
+        assert torch.allclose(loaded(clips), trained(clips), atol=1e-5, rtol=1e-4)
+    # merged = the plain backbone + head: the keys and shapes of a model without adapters
+    plain = build_model(config.from_dict(config.to_dict(cfg), {"adapt.strategy": "linear_probe"}))
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
+    assert not any("adapter" in k for k in loaded.state_dict())
+
+
+def test_run_records_config_params_environment_metrics_and_confusion(tracked_run):
+    cfg, _ = tracked_run
+    client = _client(cfg)
+    version = client.get_model_version_by_alias("tiny_test", "champion")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == str(cfg.optim.lr)
+    stage = cfg.deepspeed["zero_optimization"]["stage"]
+    assert run.data.params["deepspeed.zero_optimization.stage"] == str(stage)
+    assert {"git_sha", "version.torch", "version.deepspeed", "hardware.cpu"} <= set(run.data.tags)
+    assert "val/top1" in run.data.metrics and "train/loss" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "confusion"} <= artifacts
+    pngs = client.list_artifacts(run.info.run_id, "confusion")
+    assert pngs and pngs[0].path.endswith(".png")
+    assert float(version.tags["val_top1"]) == pytest.approx(run.data.metrics["val/top1"], abs=1e-6)
+
+
+def test_champion_moves_only_when_top1_improves(tracked_run):
+    cfg, _ = tracked_run
+    from zeroi2v.tracking import Tracker
+
+    cfg = config.from_dict(config.to_dict(cfg), {"tracking.model_name": "champion_test"})
+    model = torch.nn.Linear(3, 2)
+    example = torch.randn(1, 3)
+    tracker = Tracker(cfg)
+    client = _client(cfg)
+    try:
+        for top1, champion in ((0.5, "1"), (0.4, "1"), (0.7, "3")):
+            tracker.log_model(model, example, top1)
+            assert (
+                client.get_model_version_by_alias("champion_test", "champion").version == champion
+            )
+    finally:
+        tracker.finish()
+    assert str(client.get_model_version_by_alias("champion_test", "latest").version) == "3"
+    versions = {
+        v.version: v.tags["val_top1"] for v in client.search_model_versions("name='champion_test'")
+    }
+    assert versions == {"1": "0.500000", "2": "0.400000", "3": "0.700000"}

@@ -1,0 +1,192 @@
+"""Training engine: ZeRO / activation-checkpointing parity, accuracy on the motion task, and
+runs that must fail fast with one clear sentence."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from engine_helpers import free_port, losses, run_train, tiny_raw, write_config
+
+from zeroi2v import config
+from zeroi2v.config import ConfigError
+
+PARITY_RUNS = [(0, False), (1, False), (2, False), (3, False), (0, True), (3, True)]
+PARITY_STEPS = 3
+
+
+def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str) -> None:
+    import os
+
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        DS_ACCELERATOR="cpu",
+    )
+    torch.set_num_threads(1)
+    from torch import nn
+
+    from zeroi2v.data.pipeline import build_train_loader
+    from zeroi2v.engine import parallel, trainer
+
+    info = parallel.init_distributed()
+    results = {}
+    for stage, checkpointing in PARITY_RUNS:
+        cfg = config.from_dict(
+            raw,
+            {
+                "deepspeed.zero_optimization.stage": stage,
+                "train.activation_checkpointing": checkpointing,
+            },
+        )
+        ds = parallel.deepspeed_config(cfg, world)
+        torch.manual_seed(cfg.train.seed)
+        engine = parallel.build_engine(trainer._build_model(cfg), cfg, ds, 100, 10)
+        loader = build_train_loader(
+            cfg,
+            rank=info.rank,
+            world_size=world,
+            epoch=0,
+            micro_batch_size=ds["train_micro_batch_size_per_gpu"],
+            num_batches=PARITY_STEPS,
+        )
+        criterion = nn.CrossEntropyLoss()
+        results[f"{stage},{checkpointing}"] = [
+            trainer.train_step(engine, criterion, clips, labels) for clips, labels in loader
+        ]
+        engine.destroy()
+    if rank == 0:
+        with open(result_file, "w") as handle:
+            json.dump(results, handle)
+
+
+def test_zero_stages_and_activation_checkpointing_give_the_same_losses(synthetic_shards, tmp_path):
+    """2 gloo processes: ZeRO 0/1/2/3 × checkpointing on/off follow the same loss curve."""
+    raw = tiny_raw(
+        synthetic_shards,
+        tmp_path / "run",
+        optim={"lr": 3e-3, "warmup_epochs": 0.0},
+        deepspeed={
+            "train_micro_batch_size_per_gpu": 4,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": 8,
+            "zero_optimization": {"stage": 0},
+        },
+    )
+    result_file = tmp_path / "losses.json"
+    mp.spawn(_parity_worker, args=(2, free_port(), raw, str(result_file)), nprocs=2)
+    curves = json.loads(result_file.read_text())
+    reference = curves["0,False"]
+    assert len(reference) == PARITY_STEPS
+    assert reference[0] != reference[-1]  # the weights moved: later losses test the optimizer
+    for name, curve in curves.items():
+        assert curve == pytest.approx(reference, rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.slow
+def test_motion_task_needs_time_stdha_learns_it_none_does_not(synthetic_shards, tmp_path):
+    """Whole pipeline, 2 DeepSpeed processes: STDHA ≥ 90 % top-1 on held-out clips, the same
+    model without a temporal operator (blind to frame order) ≤ 60 %."""
+    top1 = {}
+    for op in ("stdha", "none"):
+        out = tmp_path / op
+        raw = tiny_raw(
+            synthetic_shards,
+            out,
+            model={"temporal_op": op},
+            deepspeed={
+                "train_micro_batch_size_per_gpu": 4,
+                "gradient_accumulation_steps": 1,
+                "train_batch_size": 8,
+                "zero_optimization": {"stage": 1},
+            },
+        )
+        proc = run_train(write_config(tmp_path / f"{op}.json", raw), processes=2, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        top1[op] = [e["val/top1"] for e in evals if "val/top1" in e][-1]
+    assert top1["stdha"] >= 0.90, top1
+    assert top1["none"] <= 0.60, top1
+
+
+# ----------------------------------------------------------------------------- fail fast
+
+
+def _main(argv: list[str]):
+    from launch.train import main
+
+    return main(argv)
+
+
+def test_config_errors_name_the_field(synthetic_shards, tmp_path):
+    path = write_config(tmp_path / "c.json", tiny_raw(synthetic_shards, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        _main(["--config", str(path), "--optim.lrr=1e-3"])
+    with pytest.raises(ConfigError, match="deepspeed.optimizer"):
+        _main(["--config", str(path), 'deepspeed.optimizer={"type": "Adam"}'])
+
+
+def test_broken_batch_identity_names_the_fields(synthetic_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as the launcher would announce it
+    raw = tiny_raw(synthetic_shards, tmp_path / "run")
+    raw["deepspeed"]["train_batch_size"] = 12  # 4 × 1 × 2 = 8 ≠ 12
+    path = write_config(tmp_path / "c.json", raw)
+    with pytest.raises(ConfigError, match=r"train_batch_size \(12\) != .*world size \(2\)"):
+        _main(["--config", str(path)])
+
+
+def test_missing_shards_fail_before_training(synthetic_shards, tmp_path):
+    raw = tiny_raw(synthetic_shards, tmp_path / "run")
+    raw["data"]["train_shards"] = str(tmp_path / "nowhere" / "train-*.tar")
+    path = write_config(tmp_path / "c.json", raw)
+    with pytest.raises(FileNotFoundError, match="data.train_shards"):
+        _main(["--config", str(path)])
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_mlflow_server_fails_before_training(synthetic_shards, tmp_path):
+    raw = tiny_raw(
+        synthetic_shards,
+        tmp_path / "run",
+        tracking={"enabled": True, "tracking_uri": "http://127.0.0.1:1"},
+    )
+    path = write_config(tmp_path / "c.json", raw)
+    proc = run_train(path, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: MLflow tracking server http://127.0.0.1:1 is unreachable"), last
+    assert not (tmp_path / "run").exists()  # before any output, checkpoint or process group
+
+
+def test_server_check_is_quick():
+    from zeroi2v.tracking import TrackingServerError, check_server
+
+    start = time.perf_counter()
+    with pytest.raises(TrackingServerError, match="tracking.enabled=false"):
+        check_server("http://127.0.0.1:1")
+    assert time.perf_counter() - start < 15  # no long HTTP retry loop
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_shards, tmp_path):
+    """lr = 1e30: step 1 gives huge but finite weights (checkpointed), step 2's loss is NaN."""
+    out = tmp_path / "run"
+    raw = tiny_raw(
+        synthetic_shards,
+        out,
+        optim={"lr": 1e30, "warmup_epochs": 0.0},
+        train={"checkpoint_every_steps": 1, "steps_per_epoch": 6},
+    )
+    proc = run_train(write_config(tmp_path / "c.json", raw), timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss is nan at step 2") or "non-finite" in last, last
+    assert "the last good checkpoint is step1" in last, last
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step1"
+    assert not (out / "checkpoints" / "step2").exists()
+    assert list(losses(out)) == [1]

@@ -1,0 +1,97 @@
+"""Multi-view evaluation with counts that are exact across ranks.
+
+Views (temporal clips × spatial crops) are scored by averaging their softmax, as in the
+paper's test protocol. Every rank counts its own samples; the counts (not the ratios) are
+summed with all_reduce, so top-1 over N ranks equals top-1 on one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    count: int
+    confusion: torch.Tensor  # (K, K) counts, rows = true class, columns = predicted
+
+    def as_metrics(self, prefix: str = "val/") -> dict[str, float]:
+        return {f"{prefix}top1": self.top1, f"{prefix}top5": self.top5}
+
+
+def view_scores(
+    forward: Callable[[torch.Tensor], torch.Tensor], videos: torch.Tensor
+) -> torch.Tensor:
+    """(B, V, C, T, H, W) → (B, K): softmax averaged over the V views."""
+    b, v = videos.shape[:2]
+    logits = forward(videos.flatten(0, 1))  # (B*V, K)
+    return logits.float().softmax(-1).view(b, v, -1).mean(1)  # (B, K)
+
+
+def _sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    num_classes: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    lockstep: bool = False,
+    progress: bool = False,
+) -> EvalResult:
+    """Top-1/top-5 and confusion matrix of `forward` over `loader` (this rank's share).
+
+    `lockstep=True` (ZeRO-3) keeps every rank calling `forward` until all ranks are done,
+    because each forward gathers parameters collectively; a rank that ran out of samples
+    runs its last batch again and discards the result.
+    """
+    k = min(5, num_classes)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, total
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
+    batches = iter(loader)
+    last = None
+    for _ in tqdm(iter(int, 1), desc="eval", disable=not progress, leave=False):
+        batch = next(batches, None)
+        if lockstep:
+            alive = torch.tensor([float(batch is not None)], device=device)
+            dist.all_reduce(alive, op=dist.ReduceOp.MAX)
+            if alive.item() == 0:
+                break
+            if batch is None:
+                view_scores(forward, last.to(device, dtype))
+                continue
+        elif batch is None:
+            break
+        videos, labels = batch[0], batch[1].to(device)
+        last = videos[:1]
+        scores = view_scores(forward, videos.to(device, dtype))  # (B, K)
+        top = scores.topk(k, dim=-1).indices  # (B, k)
+        hit = top == labels[:, None]
+        counts += torch.stack([hit[:, 0].sum(), hit.any(-1).sum(), torch.tensor(len(labels))]).to(
+            counts
+        )
+        confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=confusion.numel())
+    _sum_across_ranks(counts)
+    _sum_across_ranks(confusion)
+    top1, top5, total = counts.tolist()
+    if total == 0:
+        raise RuntimeError("evaluation saw no samples; check data.val_shards")
+    return EvalResult(
+        top1=top1 / total,
+        top5=top5 / total,
+        count=int(total),
+        confusion=confusion.view(num_classes, num_classes).long().cpu(),
+    )

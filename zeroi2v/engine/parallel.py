@@ -1,0 +1,235 @@
+"""Everything DeepSpeed: process group, engine config, optimizer, schedule, checkpoint files.
+
+This is the only module that imports deepspeed. The model stays a plain `nn.Module`; the
+engine here wraps it (ZeRO stage, precision, clipping, accumulation come from the native
+`deepspeed` section of our config), and the trainer only calls `engine(x)`,
+`engine.backward(loss)`, `engine.step()` and the checkpoint helpers below.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zeroi2v.config import Config, ConfigError, check_batch_sizes
+
+log = logging.getLogger(__name__)
+
+# Keys of the `deepspeed` section that would fight with what we build from `optim`.
+_FORBIDDEN_DS_KEYS = {
+    "optimizer": "optim (AdamW with decay/no-decay param groups is built from it)",
+    "scheduler": "optim.warmup_epochs / optim.min_lr (warmup + cosine by steps)",
+}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def select_accelerator() -> str:
+    """Pick DeepSpeed's accelerator before deepspeed is imported (it reads DS_ACCELERATOR once)."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        log.info("No CUDA device found: using DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu).")
+    return os.environ.get("DS_ACCELERATOR", "cuda")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def world_size_from_env() -> int:
+    """World size as the launcher (deepspeed, torchrun) announces it; 1 for plain `python`."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> DistInfo:
+    """Join (or, for plain `python`, create) the process group.
+
+    Without launcher variables DeepSpeed would try MPI discovery; a one-process run sets the
+    env:// variables itself instead, so `python launch/train.py` and `deepspeed launch/train.py`
+    share one code path.
+    """
+    select_accelerator()
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        from deepspeed.accelerator import get_accelerator
+
+        backend = get_accelerator().communication_backend_name()
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The engine's JSON: our `deepspeed` section, checked and completed for this world size."""
+    ds = copy.deepcopy(cfg.deepspeed)
+    for key, where in _FORBIDDEN_DS_KEYS.items():
+        if key in ds:
+            raise ConfigError(f"deepspeed.{key}: remove it; it comes from {where}")
+    ds.setdefault("gradient_accumulation_steps", 1)
+    check_batch_sizes(ds, world_size)
+    micro, accum = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    ds["train_batch_size"] = micro * accum * world_size
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.zero_optimization.stage: {stage}; allowed 0, 1, 2, 3")
+    if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
+        raise ConfigError("deepspeed.bf16.enabled and deepspeed.fp16.enabled are both true")
+    ds.setdefault("steps_per_print", 10**9)  # our own logger reports progress
+    return ds
+
+
+def input_dtype(ds_config: dict[str, Any]) -> torch.dtype:
+    """The engine casts the module to bf16/fp16; inputs must follow."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases, norm weights, adapter biases, any 1-D tensor."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or "norm" in name.lower():
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(
+    total_steps: int, warmup_steps: int, base_lr: float, min_lr: float
+) -> Callable[[int], float]:
+    """LR multiplier for step s: linear warmup to 1, then cosine down to min_lr / base_lr."""
+    floor = min_lr / base_lr
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_engine(
+    model: nn.Module, cfg: Config, ds_config: dict[str, Any], total_steps: int, steps_per_epoch: int
+) -> Any:
+    """Wrap `model` (trainable flags already set) in a DeepSpeed engine with AdamW + schedule.
+
+    The scheduler is handed to DeepSpeed so that it steps once per optimizer step and is saved
+    and restored with every checkpoint.
+    """
+    import deepspeed
+
+    optim = cfg.optim
+    optimizer = torch.optim.AdamW(
+        param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+    )
+    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup, optim.lr, optim.min_lr)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return engine
+
+
+def zero_stage(engine: Any) -> int:
+    return engine.zero_optimization_stage()
+
+
+def local_params(engine: Any) -> list[torch.Tensor]:
+    """This rank's share of the trainable weights (ZeRO-3 keeps only a partition per rank)."""
+    return [getattr(p, "ds_tensor", p) for p in engine.module.parameters() if p.requires_grad]
+
+
+def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """Gather the full fp32 module weights on rank 0 (None elsewhere); collective call."""
+    import deepspeed
+    import torch.distributed as dist
+
+    module = engine.module
+    params = list(module.parameters()) if zero_stage(engine) == 3 else []
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+        if dist.get_rank() != 0:
+            return None
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(engine: Any, directory: Path, tag: str, client_state: dict) -> None:
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+
+def latest_tag(directory: Path) -> str | None:
+    """The tag DeepSpeed's `latest` file points to (written only after a complete save)."""
+    latest = Path(directory) / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def load_checkpoint(engine: Any, directory: Path, tag: str) -> dict[str, Any]:
+    """Restore module, optimizer and scheduler; returns the client state."""
+    path, client_state = engine.load_checkpoint(
+        str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
+    return client_state
+
+
+def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """fp32 module weights from a checkpoint folder without an engine (any ZeRO stage)."""
+    directory = Path(directory)
+    if tag is None and latest_tag(directory) is None and (directory.parent / "latest").is_file():
+        directory, tag = directory.parent, directory.name  # a tag folder was given
+    tag = tag or latest_tag(directory)
+    if tag is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint ('latest' file) in {directory}")
+    states = torch.load(
+        directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    weights = {k: v.float() for k, v in states["module"].items() if v.numel()}
+    stage = states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
+    if stage > 0:  # trainable weights: the fp32 master copy held in the ZeRO partitions
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights.update(get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag))
+    return weights

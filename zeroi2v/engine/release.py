@@ -1,0 +1,125 @@
+"""After training: merge and verify, save a plain state dict, load models back, evaluate them.
+
+Shared by the end of `trainer.train`, `launch/merge.py` and `launch/evaluate.py`, so that the
+model a user evaluates is built exactly the way training registered it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zeroi2v import config as config_lib
+from zeroi2v.config import Config
+from zeroi2v.engine import metrics, parallel
+
+MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
+
+
+def example_clips(cfg: Config, batch: int = 2) -> torch.Tensor:
+    """(B, C, T, H, W) of the first view of the first val clips: the merge check's input."""
+    from zeroi2v.data.pipeline import build_eval_loader
+
+    videos = next(iter(build_eval_loader(cfg, rank=0, world_size=1, batch_size=batch)))[0]
+    return videos[:, 0].float()  # (B, V, C, T, H, W) → (B, C, T, H, W)
+
+
+def unmerged_from_state_dict(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
+    from zeroi2v import build_model
+
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    return model.float().eval()
+
+
+def merge_checked(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """`zeroi2v.merge` (a copy), failing loudly when merged logits drift from unmerged ones."""
+    from zeroi2v import merge
+    from zeroi2v.models.merge import verify_merge
+
+    merged = merge(model)
+    diff = verify_merge(model, merged, example)
+    with torch.no_grad():
+        scale = model.eval()(example).abs().max().item()
+    if not diff <= MERGE_TOLERANCE * max(1.0, scale):
+        raise RuntimeError(
+            f"merged logits differ from the unmerged model's by {diff:.3g} (tolerance "
+            f"{MERGE_TOLERANCE:g} × max(1, |logits|)); the merge is wrong, not saving it"
+        )
+    return merged.eval()
+
+
+def save_merged(merged: nn.Module, cfg: Config, path: Path) -> Path:
+    """A plain state dict (backbone + head keys only) with the config that rebuilds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": merged.state_dict(), "config": config_lib.to_dict(cfg)}, path)
+    return path
+
+
+def _checkpoint_config(path: Path) -> Path | None:
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / "config.json").is_file():
+            return folder / "config.json"
+    return None
+
+
+def load_checkpoint_model(path: Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
+    """A merged `.pt` (from `save_merged`) or a DeepSpeed checkpoint folder → (model, config).
+
+    The config saved with the weights wins; `cfg` is used only when none was saved.
+    """
+    from zeroi2v import build_model, merge
+
+    path = Path(path)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = config_lib.from_dict(saved["config"])
+        model = merge(build_model(cfg), inplace=True)  # the merged architecture
+        model.load_state_dict(saved["state_dict"])
+        return model.float().eval(), cfg
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model {path} does not exist (expected models:/NAME@ALIAS, a "
+            f"merged .pt or a DeepSpeed checkpoint folder)"
+        )
+    found = _checkpoint_config(path)
+    if found is not None:
+        cfg = config_lib.from_dict(json.loads(found.read_text()))
+    elif cfg is None:
+        raise FileNotFoundError(f"no config.json next to checkpoint {path}; pass --config")
+    return unmerged_from_state_dict(cfg, parallel.read_checkpoint_weights(path)), cfg
+
+
+def merge_checkpoint(
+    cfg: Config, checkpoint: Path, out: Path | None = None, register: bool = False
+) -> dict[str, Any]:
+    """DeepSpeed checkpoint → verified merged `.pt` (and, optionally, a registered model)."""
+    model, cfg = load_checkpoint_model(Path(checkpoint), cfg)
+    example = example_clips(cfg)
+    merged = merge_checked(model, example)
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    out = save_merged(merged, cfg, out or folder / "merged.pt")
+    result: dict[str, Any] = {"merged": str(out), "model_uri": None}
+    if register:
+        from zeroi2v.tracking import Tracker
+
+        tracker = Tracker(cfg)
+        try:
+            result["model_uri"] = tracker.log_model(merged, example[:1], None)
+        finally:
+            tracker.finish()
+    return result
+
+
+def evaluate_model(model: nn.Module, cfg: Config, *, progress: bool = True) -> metrics.EvalResult:
+    """Multi-view top-1/top-5 of a plain (non-DeepSpeed) model on data.val_shards, one process."""
+    from zeroi2v.data.pipeline import build_eval_loader
+
+    loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=cfg.data.eval_batch_size)
+    return metrics.evaluate(
+        model.eval(), loader, cfg.model.num_classes, device=torch.device("cpu"), progress=progress
+    )

@@ -1,0 +1,394 @@
+"""The train / eval loop: DeepSpeed steps, periodic multi-view eval, checkpoints, exact resume.
+
+Read top to bottom: checks that can fail fast run before any process group exists, then the
+model is built, wrapped, optionally restored, trained epoch by epoch, evaluated, checkpointed
+and finally merged and registered (rank 0). Resume is exact: the data loader is a pure
+function of (seed, epoch, rank, world size) and skips the batches already consumed, the
+scheduler lives in the DeepSpeed checkpoint, and every rank's RNG state is saved beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from zeroi2v import config as config_lib
+from zeroi2v.config import Config, ConfigError
+from zeroi2v.data.pipeline import (
+    build_eval_loader,
+    build_train_loader,
+    count_samples,
+    read_manifest,
+)
+from zeroi2v.data.shards import expand_shards
+from zeroi2v.engine import metrics, parallel, release
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    val_top1: float | None
+    val_top5: float | None
+    model_uri: str | None
+    output_dir: Path
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last good checkpoint is left untouched."""
+
+
+def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
+    if cfg.train.steps_per_epoch is not None:
+        return cfg.train.steps_per_epoch
+    steps = count_samples(cfg.data.train_shards) // train_batch_size
+    if steps == 0:
+        raise ConfigError(
+            f"deepspeed.train_batch_size ({train_batch_size}) exceeds the number of training "
+            f"samples in data.train_shards; lower it or set train.steps_per_epoch"
+        )
+    return steps
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
+    """True on every rank iff every rank's tensors are finite (one all_reduce)."""
+    bad = sum(int(not torch.isfinite(t).all()) for t in tensors if t.numel())
+    flag = torch.tensor([float(bad)], device=device)
+    dist.all_reduce(flag)
+    return flag.item() == 0
+
+
+def _build_model(cfg: Config) -> nn.Module:
+    from zeroi2v import build_model
+
+    model = build_model(cfg)
+    if cfg.train.activation_checkpointing:
+        # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
+        # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
+        # and with kwargs; recomputation costs one extra block forward.
+        from zeroi2v.engine.checkpointing import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
+    return model
+
+
+def check_before_launch(cfg: Config, world_size: int) -> dict[str, Any]:
+    """Everything that can fail without a process group: config, batch identity, data, MLflow."""
+    ds_config = parallel.deepspeed_config(cfg, world_size)
+    for field in ("train_shards", "val_shards"):
+        pattern = getattr(cfg.data, field)
+        expand_shards(pattern, field=f"data.{field}")  # names the field when nothing matches
+        count_samples(pattern)  # needs manifest.json beside the shards
+    steps_per_epoch(cfg, ds_config["train_batch_size"])
+    return ds_config
+
+
+EpochHook = Callable[[int, dict[str, float], Path], None]
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    on_epoch: EpochHook | None = None,
+    mlflow_parent_run_id: str | None = None,
+) -> TrainResult:
+    """Train `cfg` on this process's rank; returns the final metrics (same on every rank).
+
+    `on_epoch(epoch, val_metrics, checkpoint_dir)` runs on rank 0 after every evaluation, once
+    a checkpoint of that point is saved (Ray Tune reports and checkpoints through it);
+    `mlflow_parent_run_id` nests this run under a search's run.
+    """
+    world_size = parallel.world_size_from_env()
+    ds_config = check_before_launch(cfg, world_size)
+    rank_env = int(os.environ.get("RANK", "0"))
+    out = Path(cfg.train.output_dir)
+    ckpt_dir = out / "checkpoints"
+    client: dict[str, Any] = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "best_top1": None,
+        "run_id": None,
+        "world_size": world_size,
+    }
+    tag = parallel.latest_tag(ckpt_dir) if resume else None
+    if resume and tag is None:
+        raise FileNotFoundError(f"--resume: no checkpoint ('latest' file) in {ckpt_dir}")
+    if tag is not None:
+        client.update(torch.load(ckpt_dir / tag / "client.pt", weights_only=False))
+        if client["world_size"] != world_size:
+            raise RuntimeError(
+                f"checkpoint {tag} was written by {client['world_size']} processes; "
+                f"resume with the same number (now {world_size})"
+            )
+    tracker = None
+    if rank_env == 0 and cfg.tracking.enabled:
+        from zeroi2v.tracking import Tracker
+
+        tracker = Tracker(
+            cfg, world_size=world_size, run_id=client["run_id"], parent_run_id=mlflow_parent_run_id
+        )
+        client["run_id"] = tracker.run_id
+    try:
+        result = _train(cfg, ds_config, tracker, client, tag, ckpt_dir, on_epoch)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
+    return result
+
+
+def _train(
+    cfg: Config,
+    ds_config: dict[str, Any],
+    tracker: Any,
+    client: dict[str, Any],
+    tag: str | None,
+    ckpt_dir: Path,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
+    info = parallel.init_distributed()
+    rank0, device = info.rank == 0, parallel.device()
+    dtype = parallel.input_dtype(ds_config)
+    micro, accum = (
+        ds_config["train_micro_batch_size_per_gpu"],
+        ds_config["gradient_accumulation_steps"],
+    )
+    batch = ds_config["train_batch_size"]
+    per_epoch = steps_per_epoch(cfg, batch)
+    total_steps = per_epoch * cfg.train.epochs
+    out = Path(cfg.train.output_dir)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
+        log.info(
+            "%d processes on %s; %d steps/epoch × %d epochs, batch %d = %d × %d × %d",
+            info.world_size,
+            device,
+            per_epoch,
+            cfg.train.epochs,
+            batch,
+            micro,
+            accum,
+            info.world_size,
+        )
+
+    torch.manual_seed(cfg.train.seed)
+    engine = parallel.build_engine(_build_model(cfg), cfg, ds_config, total_steps, per_epoch)
+    if tag is not None:
+        parallel.load_checkpoint(engine, ckpt_dir, tag)
+        _set_rng_state(torch.load(ckpt_dir / tag / f"rng_rank{info.rank}.pt", weights_only=False))
+        if rank0:
+            log.info(
+                "Resumed from %s/%s at epoch %d, step %d",
+                ckpt_dir,
+                tag,
+                client["epoch"],
+                client["global_step"],
+            )
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    classes = read_manifest(cfg.data.train_shards)["classes"]
+    log_file = (out / "metrics.jsonl").open("a") if rank0 else None
+    last_saved = tag
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if not _all_finite(parallel.local_params(engine), device):
+            raise NonFiniteLossError(
+                f"weights became non-finite at step {step}; not saving them, the last good "
+                f"checkpoint is {last_saved or 'none'} in {ckpt_dir}"
+            )
+        name = f"step{step}"
+        (ckpt_dir / name).mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), ckpt_dir / name / f"rng_rank{info.rank}.pt")
+        if rank0:
+            torch.save(client, ckpt_dir / name / "client.pt")
+        dist.barrier()  # every rank's RNG file exists before DeepSpeed writes `latest`
+        parallel.save_checkpoint(engine, ckpt_dir, name, client)
+        last_saved = name
+
+    @torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
+    def run_eval(step: int) -> metrics.EvalResult:
+        engine.eval()
+        loader = build_eval_loader(
+            cfg, rank=info.rank, world_size=info.world_size, batch_size=cfg.data.eval_batch_size
+        )
+        res = metrics.evaluate(
+            engine,
+            loader,
+            cfg.model.num_classes,
+            device=device,
+            dtype=dtype,
+            lockstep=parallel.zero_stage(engine) == 3,
+            progress=rank0,
+        )
+        engine.train()
+        if rank0:
+            log.info(
+                "step %d: val top-1 %.4f, top-5 %.4f (%d clips)",
+                step,
+                res.top1,
+                res.top5,
+                res.count,
+            )
+            _write(log_file, {"step": step, **res.as_metrics()})
+            if tracker is not None:
+                tracker.log_metrics(res.as_metrics(), step)
+                tracker.log_confusion(res.confusion, classes, step)
+        return res
+
+    step = client["global_step"]
+    result = None
+    bar = tqdm(total=total_steps, initial=step, disable=not rank0, desc="train")
+    engine.train()
+    for epoch in range(client["epoch"], cfg.train.epochs):
+        skip = client["step_in_epoch"] * accum if epoch == client["epoch"] else 0
+        loader = build_train_loader(
+            cfg,
+            rank=info.rank,
+            world_size=info.world_size,
+            epoch=epoch,
+            micro_batch_size=micro,
+            num_batches=per_epoch * accum,
+            skip_batches=skip,
+        )
+        losses, tick, clips_seen = [], time.perf_counter(), 0
+        with torch.random.fork_rng(devices=[]):  # DataLoader draws a seed from the global RNG;
+            batches = iter(loader)  # keep it out of the training RNG so resume is exact
+        for micro_index, (clips, labels) in enumerate(batches, start=skip):
+            lr = engine.get_lr()[0]
+            loss = train_step(engine, criterion, clips.to(device, dtype), labels.to(device))
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {step + 1} (epoch {epoch}); stopping, the last "
+                    f"good checkpoint is {last_saved or 'none'} in {ckpt_dir}"
+                )
+            losses.append(loss)
+            clips_seen += len(labels) * info.world_size
+            if (micro_index + 1) % accum:
+                continue
+            step += 1
+            client.update(epoch=epoch, step_in_epoch=(micro_index + 1) // accum, global_step=step)
+            bar.update()
+            record = {"step": step, "epoch": epoch, "loss": sum(losses[-accum:]) / accum, "lr": lr}
+            if rank0:
+                _write(log_file, record)
+            if step % cfg.train.log_every_steps == 0:
+                elapsed = time.perf_counter() - tick
+                record.update(
+                    {"clips_per_s": clips_seen / elapsed, "memory_mb": _memory_mb(device)}
+                )
+                tick, clips_seen = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+                if tracker is not None:
+                    tracker.log_metrics(
+                        {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
+                        step,
+                    )
+            if step % cfg.train.checkpoint_every_steps == 0:
+                save(step)
+        client.update(epoch=epoch + 1, step_in_epoch=0)
+        last = epoch + 1 == cfg.train.epochs
+        if (epoch + 1) % cfg.train.eval_every_epochs == 0 or last:
+            result = run_eval(step)
+            if client["best_top1"] is None or result.top1 > client["best_top1"]:
+                client["best_top1"] = result.top1
+            if on_epoch is not None:
+                if last_saved != f"step{step}":
+                    save(step)
+                if rank0:
+                    on_epoch(epoch + 1, result.as_metrics(), ckpt_dir)
+    bar.close()
+    if last_saved != f"step{step}":
+        save(step)
+    if result is None:  # resumed after the final eval was already done
+        result = run_eval(step)
+    model_uri = _finish(engine, cfg, tracker, result, info.rank, device)
+    if log_file is not None:
+        log_file.close()
+    return TrainResult(step, result.top1, result.top5, model_uri, out)
+
+
+def train_step(
+    engine: Any, criterion: nn.Module, clips: torch.Tensor, labels: torch.Tensor
+) -> float:
+    """One micro-step; returns the loss averaged over ranks (the same value on every rank, so a
+    non-finite loss stops all ranks together, before its gradients touch the weights)."""
+    loss = criterion(engine(clips), labels)
+    reduced = loss.detach().float().clone()
+    dist.all_reduce(reduced)
+    reduced = reduced.item() / dist.get_world_size()
+    if math.isfinite(reduced):
+        engine.backward(loss)
+        engine.step()
+    return reduced
+
+
+def _write(handle: Any, record: dict[str, Any]) -> None:
+    handle.write(json.dumps(record) + "\n")
+    handle.flush()
+
+
+def _finish(
+    engine: Any,
+    cfg: Config,
+    tracker: Any,
+    result: metrics.EvalResult,
+    rank: int,
+    device: torch.device,
+) -> str | None:
+    """Rank 0: rebuild the trained model in fp32, merge it, check the merge, register it."""
+    state = parallel.full_state_dict(engine)  # collective (ZeRO-3 gathers)
+    if rank != 0:
+        return None
+    model = release.unmerged_from_state_dict(cfg, state)
+    example = release.example_clips(cfg)
+    merged = release.merge_checked(model, example)
+    release.save_merged(merged, cfg, Path(cfg.train.output_dir) / "merged.pt")
+    if tracker is None:
+        return None
+    return tracker.log_model(merged, example[:1], result.top1)

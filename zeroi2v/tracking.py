@@ -1,0 +1,252 @@
+"""MLflow: one run per training, the merged model in the Model Registry, and loading it back.
+
+Embedded default: a SQLite file and a local artifact folder in the working directory, so a
+laptop run needs no server; `tracking.tracking_uri` or $MLFLOW_TRACKING_URI point at a server
+instead. Only rank 0 creates a `Tracker`. The resolved config travels with the logged model
+(model metadata), so `load_model("models:/NAME@ALIAS")` can rebuild views and transforms.
+
+Aliases: MLflow 3 reserves `latest` (it always resolves to the newest version), so every new
+version is `@latest` automatically; `champion` moves to a version only when its val top-1
+(kept as the version tag `val_top1`) beats the current champion's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zeroi2v import config as config_lib
+from zeroi2v.config import Config
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "zeroi2v_config"  # model metadata key holding the resolved config
+_LIBRARIES = ("torch", "deepspeed", "mlflow", "timm", "open_clip_torch", "webdataset", "decord")
+
+
+def tracking_uri(cfg: Config) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then `sqlite:///<cwd>/mlflow.db`."""
+    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+@contextmanager
+def _short_http_timeouts(seconds: int = 5):
+    keys = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(seconds), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class TrackingServerError(RuntimeError):
+    """The configured MLflow server cannot be used."""
+
+
+def check_server(uri: str) -> None:
+    """Fail before training, in one sentence, when the tracking server can't be reached."""
+    from mlflow import MlflowClient
+
+    with _short_http_timeouts():
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as error:  # noqa: BLE001 - any failure means "unusable"
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise TrackingServerError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+                f"tracking.tracking_uri / $MLFLOW_TRACKING_URI, or set tracking.enabled=false."
+            ) from None
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _environment_tags(world_size: int) -> dict[str, str]:
+    tags = {"git_sha": _git_sha(), "python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            tags[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            tags[f"version.{name}"] = "not installed"
+    tags["hardware.cpu"] = f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+    tags["hardware.gpu"] = (
+        f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+        if torch.cuda.is_available()
+        else "none"
+    )
+    tags["hardware.world_size"] = str(world_size)
+    return tags
+
+
+class Tracker:
+    """Rank 0's MLflow run: params, metrics, confusion matrices, final merged model."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        world_size: int = 1,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg)
+        check_server(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is None:
+            location = cfg.tracking.artifact_location
+            if "://" not in location:
+                location = Path(location).resolve().as_uri()
+            experiment_id = self.client.create_experiment(
+                cfg.tracking.experiment, artifact_location=location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        self.run = mlflow.start_run(  # a new run may be nested under a search's parent run
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            parent_run_id=None if run_id else parent_run_id,
+        )
+        self.run_id = self.run.info.run_id
+        if run_id is None:  # a resumed run keeps what it logged at the start
+            mlflow.set_tags(_environment_tags(world_size))
+            mlflow.log_dict(config_lib.to_dict(cfg), "config.json")
+            params = {
+                k: json.dumps(v) if not isinstance(v, str) else v
+                for k, v in config_lib.flatten(cfg).items()
+            }
+            items = sorted(params.items())
+            for start in range(0, len(items), 100):  # MLflow accepts ≤ 100 params per call
+                mlflow.log_params(dict(items[start : start + 100]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import mlflow
+
+        size = max(4, len(classes) * 0.5)
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(confusion.numpy(), cmap="Blues")
+        ax.set(
+            xlabel="predicted",
+            ylabel="true",
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            title=f"confusion, step {step}",
+        )
+        ax.set_xticklabels(classes, rotation=90)
+        ax.set_yticklabels(classes)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7)
+        fig.tight_layout()
+        mlflow.log_figure(fig, f"confusion/step{step:07d}.png")
+        plt.close(fig)
+
+    def log_model(self, merged: nn.Module, example: torch.Tensor, val_top1: float | None) -> str:
+        """Log the merged model (+ config) and register it; returns the `models:/` URI."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        merged = merged.eval()
+        with torch.no_grad():
+            output = merged(example).float()
+        info = mlflow.pytorch.log_model(
+            merged,
+            name="model",
+            input_example=example.numpy(),
+            signature=infer_signature(example.numpy(), output.numpy()),
+            metadata={CONFIG_KEY: config_lib.to_dict(self.cfg)},
+            # Pickle keeps the VideoClassifier module (train/eval modes, state_dict with the
+            # plain backbone's keys); MLflow 3's default "pt2" export is a graph that can't
+            # switch to eval mode. Loading needs zeroi2v importable.
+            serialization_format="pickle",
+            # Explicit requirements: MLflow's inference would re-import the model in a
+            # subprocess (tens of seconds) to guess them.
+            pip_requirements=[
+                f"{n}=={metadata.version(n)}" for n in ("torch", "timm", "open_clip_torch")
+            ],
+        )
+        if not self.cfg.tracking.register_model:
+            return info.model_uri
+        name = self.cfg.tracking.model_name
+        tags = {} if val_top1 is None else {"val_top1": f"{val_top1:.6f}"}
+        version = mlflow.register_model(info.model_uri, name, tags=tags).version
+        if val_top1 is not None and val_top1 > self._champion_top1(name):
+            self.client.set_registered_model_alias(name, "champion", version)
+            log.info(
+                "Model %s version %s is the new champion (val top-1 %.4f).", name, version, val_top1
+            )
+        return f"models:/{name}/{version}"
+
+    def _champion_top1(self, name: str) -> float:
+        try:
+            champion = self.client.get_model_version_by_alias(name, "champion")
+        except Exception:  # noqa: BLE001 - no champion yet
+            return float("-inf")
+        return float(champion.tags.get("val_top1", "-inf"))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        mlflow.end_run(status=status)
+
+
+def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
+    """`models:/NAME@ALIAS` (or any MLflow model URI), a merged `.pt` from launch/merge.py, or a
+    DeepSpeed checkpoint folder → (model in eval mode on CPU, its resolved config).
+
+    `cfg` (optional) gives the tracking URI for registry models; for a checkpoint the config
+    saved with it wins and `cfg` is the fallback.
+    """
+    text = str(uri)
+    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri(cfg or config_lib.from_dict({})))
+        model = mlflow.pytorch.load_model(text, map_location="cpu")
+        raw = mlflow.models.get_model_info(text).metadata or {}
+        if CONFIG_KEY not in raw:
+            raise ValueError(f"{text} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
+        return model.eval(), config_lib.from_dict(raw[CONFIG_KEY])
+    from zeroi2v.engine.release import load_checkpoint_model
+
+    return load_checkpoint_model(Path(text), cfg)
