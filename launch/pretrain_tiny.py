@@ -1,0 +1,33 @@
+"""Make image-pre-trained weights for a tiny backbone (see `zeroi2v.tiny_pretrain`).
+
+python launch/pretrain_tiny.py --config configs/tiny_cpu.json --out data/tiny_vit_image.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from zeroi2v import config  # noqa: E402
+from zeroi2v.tiny_pretrain import pretrain_tiny_backbone  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True, help="where to save the backbone state dict")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    args, overrides = parser.parse_known_args(argv)
+    cfg = config.load(args.config, overrides)
+    accuracy = pretrain_tiny_backbone(cfg, args.out, steps=args.steps, seed=args.seed)
+    print(f"saved {args.out} (location accuracy on the last batch: {accuracy:.2f})")
+    return accuracy
+
+
+if __name__ == "__main__":
+    main()
