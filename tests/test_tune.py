@@ -1,0 +1,178 @@
+"""Ray Tune search end to end on the tiny model: nested MLflow runs, best config, retries,
+resume after SIGKILL, and (slow) temporal heads beating the all-spatial model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from zeroi2v import config as config_lib
+from zeroi2v.tune.search import FAULT_ENV, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module, temp files in a short temp dir, shut down after."""
+    ray = pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+    fault = Path(temp) / "fault"
+    os.environ[FAULT_ENV] = str(fault)  # before init: workers inherit it
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, runtime_env=env)
+    yield fault
+    ray.shutdown()
+    os.environ.pop(FAULT_ENV, None)
+
+
+def _raw(shards: Path, tmp: Path, **tune) -> dict:
+    raw = json.loads((ROOT / "configs" / "tune_tiny_cpu.json").read_text())
+    overrides = {
+        "data.train_shards": str(shards / "train-{000000..000005}.tar"),
+        "data.val_shards": str(shards / "val-{000000..000001}.tar"),
+        "data.eval_batch_size": 16,
+        "train.epochs": 2,
+        "train.steps_per_epoch": 2,
+        "train.output_dir": str(tmp / "runs"),
+        "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "tracking.artifact_location": str(tmp / "mlartifacts"),
+        "tune.storage_path": str(tmp / "ray_results"),
+        "tune.search_space": {},
+        "tune.head_allocation": {"temporal_heads": {"grid": [0, 1, 2]}, "max_offset": 1},
+        "tune.num_samples": 1,
+        "tune.scheduler": {"name": "fifo"},
+        **{f"tune.{k}": v for k, v in tune.items()},
+    }
+    return config_lib.apply_overrides(raw, overrides)
+
+
+def _children(raw: dict, parent: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(raw["tracking"]["tracking_uri"])
+    experiment = client.get_experiment_by_name(raw["tracking"]["experiment"])
+    return client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    ), client
+
+
+def test_search_logs_nested_runs_retries_a_crash_and_writes_a_runnable_best_config(
+    ray_local, synthetic_shards, tmp_path
+):
+    raw = _raw(synthetic_shards, tmp_path, name="three")
+    ray_local.write_text("crash once")  # the first trial to report an epoch raises once
+    result = run_search(raw)
+
+    assert not ray_local.exists(), "the fault was never injected"
+    errored = list(Path(result.experiment_path).glob("*/error.txt"))
+    assert len(errored) == 1  # one trial crashed, was retried, and finished
+    assert len(result.rows) == 3 and all(r["status"] == "ok" for r in result.rows)
+    assert all(r["epochs"] == 2 for r in result.rows)
+    assert {r["allocation"] for r in result.rows} == {
+        "{0·4} RF1",
+        "{1·1, 0·3} RF2",
+        "{1·1, -1·1, 0·2} RF3",
+    }
+    top1 = [r["val/top1"] for r in result.rows]
+    assert top1 == sorted(top1, reverse=True)
+
+    children, client = _children(raw, result.parent_run_id)
+    assert len(children) == 3  # the retried trial kept its MLflow run
+    assert {c.data.tags["ray.trial_id"] for c in children} == {r["trial"] for r in result.rows}
+    for child in children:
+        curve = client.get_metric_history(child.info.run_id, "val/top1")
+        assert [m.step for m in curve] == [2, 4]  # per-epoch curve, no duplicated epoch
+    parent_files = {f.path for f in client.list_artifacts(result.parent_run_id)}
+    assert {"trials.csv", "trials.md", "metric_by_allocation.png", "best_config.json"} <= (
+        parent_files
+    )
+    assert result.model_uri and result.model_uri.startswith("models:/zeroi2v_tiny_cpu/")
+
+    best = config_lib.load(result.best_config_path)  # exactly what launch/train.py does
+    assert best.tune is None
+    assert best.model.head_offsets == result.rows[0]["overrides"]["model.head_offsets"]
+    assert (result.output_dir / "trials.csv").read_text().count("\n") == 4
+
+
+def _trial_state(experiment: Path) -> dict[str, str]:
+    """Trial id → status, from Ray's experiment state file (what `Tuner.restore` reads)."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # being written
+        return {}
+    out = {}
+    for trial_json, _ in data.get("trial_data", []):
+        trial = json.loads(trial_json)
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(
+    ray_local, synthetic_shards, tmp_path
+):
+    raw = _raw(synthetic_shards, tmp_path, name="killed", max_concurrent_trials=1)
+    config = tmp_path / "search.json"
+    config.write_text(json.dumps(raw))
+    experiment = tmp_path / "ray_results" / "killed"
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rk", dir="/tmp")}
+    env.pop(FAULT_ENV)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch" / "tune.py"), "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 150
+    try:
+        while "TERMINATED" not in _trial_state(experiment).values():
+            assert proc.poll() is None, "the search ended before it could be killed"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    before = _trial_state(experiment)
+    finished = {t for t, s in before.items() if s == "TERMINATED"}
+    assert 1 <= len(finished) < 3
+    stamps = {t: (tmp_path / "runs" / "killed" / t / "merged.pt").stat().st_mtime for t in finished}
+
+    from launch.tune import main
+
+    assert main(["--config", str(config), "--resume"]) == 0
+    after = _trial_state(experiment)
+    assert len(after) == 3 and set(after.values()) == {"TERMINATED"}
+    assert finished <= set(after)  # same trials, none added
+    for trial, stamp in stamps.items():  # a finished trial did not train again
+        assert (tmp_path / "runs" / "killed" / trial / "merged.pt").stat().st_mtime == stamp
+    rows = (experiment / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 4
+
+
+@pytest.mark.slow
+def test_temporal_heads_beat_the_all_spatial_model(ray_local, synthetic_shards, tmp_path):
+    raw = _raw(
+        synthetic_shards,
+        tmp_path,
+        name="rank",
+        head_allocation={"temporal_heads": {"grid": [0, 2]}, "max_offset": 1},
+    )
+    raw = config_lib.apply_overrides(raw, {"train.epochs": 10, "train.steps_per_epoch": None})
+    result = run_search(raw)
+    by_alloc = {r["allocation"]: r["val/top1"] for r in result.rows}
+    assert by_alloc["{1·1, -1·1, 0·2} RF3"] > by_alloc["{0·4} RF1"] + 0.1
+    assert result.rows[0]["allocation"] != "{0·4} RF1"
