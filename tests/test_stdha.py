@@ -117,6 +117,60 @@ def test_shift_kv_generic_layout_matches_index_rule():
     assert torch.equal(shift_kv(y, offsets, time_dim=3, head_dim=1), got.transpose(1, 3))
 
 
+def _gather_shift(x: torch.Tensor, offsets: list[int], time_dim: int, head_dim: int):
+    """The full-size gather formulation (the original implementation), as a reference."""
+    src = time_index(offsets, x.shape[time_dim])  # (T, heads)
+    if time_dim > head_dim:
+        src = src.t()
+    shape = [1] * x.dim()
+    shape[time_dim], shape[head_dim] = x.shape[time_dim], x.shape[head_dim]
+    return torch.gather(x, time_dim, src.view(shape).expand(x.shape))
+
+
+def test_shift_kv_values_and_gradients_equal_the_gather_formulation():
+    """Slice-copy shift == full gather (values and gradients); overwrite=True in inference
+    rewrites the input in place with the same values; Δt ≥ T reads the own frame."""
+    rng = random.Random(0)
+    for trial in range(60):
+        frames, heads = rng.randint(1, 6), rng.randint(1, 5)
+        offsets = [rng.choice([0, 0, rng.randint(-frames, frames)]) for _ in range(heads)]
+        time_dim, head_dim = (1, 3) if trial % 2 else (3, 1)
+        shape = [2, 3, 3, 3, 4]
+        shape[time_dim], shape[head_dim] = frames, heads
+        x = torch.randn(shape, dtype=torch.double, requires_grad=True)
+        grad_out = torch.randn(shape, dtype=torch.double)
+        got = shift_kv(x, offsets, time_dim, head_dim, overwrite=True)  # autograd: a new tensor
+        want = _gather_shift(x, offsets, time_dim, head_dim)
+        assert torch.equal(got, want), offsets
+        (grad_got,) = torch.autograd.grad(got, x, grad_out)
+        (grad_want,) = torch.autograd.grad(want, x, grad_out)
+        assert torch.equal(grad_got, grad_want), offsets
+        with torch.no_grad():
+            y = x.detach().clone()
+            assert torch.equal(shift_kv(y, offsets, time_dim, head_dim), want)  # y untouched
+            assert torch.equal(shift_kv(y, offsets, time_dim, head_dim, overwrite=True), want)
+            assert torch.equal(y, want) or not any(offsets), offsets  # rewritten in place
+    x = torch.randn(1, 4, 3, 2, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: shift_kv(t, [1, -2, 0]), (x,))
+
+
+@pytest.mark.parametrize("make", [_open_clip_vit, _timm_vit], ids=["open_clip", "timm"])
+def test_stdha_gradients_match_slow_reference(make):
+    """Training path: input and weight gradients equal autograd through the slow reference."""
+    frames, offsets = 4, [1, -2, 0, 1]
+    model = install_temporal_attention(make(), [offsets] * 2, frames).train()
+    attn = (model.transformer.resblocks if hasattr(model, "transformer") else model.blocks)[0]
+    attn = attn.attn
+    x = _attention_input(model, frames).requires_grad_()
+    grad_out = torch.randn(x.shape)
+    grads = []
+    for fn in (_call, lambda a, t: _reference(a, t, offsets, frames)):
+        w_qkv = _qkv_out(attn)[0]
+        grads.append(torch.autograd.grad(fn(attn, x), (x, w_qkv), grad_out))
+    for got, want in zip(*grads, strict=True):
+        assert (got - want).abs().max() < 1e-4
+
+
 def test_channel_operators_move_only_their_channels():
     from zeroi2v.models.temporal_ops import cls_token_shift, head_channel_shift, token_channel_shift
 

@@ -1,9 +1,10 @@
 """STDHA: spatial-temporal dual-headed attention, swapped into open_clip and timm ViTs.
 
 Frames are in the batch: a block sees ``(B*T, N, C)``. After q, k, v are split into heads,
-the K and V of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`shift_kv`, one
-gather); then attention is the fused `F.scaled_dot_product_attention`. No parameter and no
-multiply-add is added. With all Δt = 0 the modules compute exactly the original attention.
+the K and V of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`shift_kv`:
+slice copies of the temporal heads only); then attention is the fused
+`F.scaled_dot_product_attention`. No parameter and no multiply-add is added. With all Δt = 0
+the modules compute exactly the original attention.
 
 The modules reuse the original layers and parameter names (open_clip: ``in_proj_weight``,
 ``in_proj_bias``, ``out_proj``; timm: ``qkv``, ``q_norm``, ``k_norm``, ``proj``), so
@@ -80,9 +81,10 @@ class TemporalMixing(nn.Module):
     def _mix_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Operators that act on K and V; k, v: (B*T, heads, N, d)."""
         if self.temporal_op == "stdha" and any(self.offsets):
+            # k, v are this attention's own fresh projections: inference may rewrite them
             return (
-                shift_frames_in_batch(k, self.offsets, self.num_frames),
-                shift_frames_in_batch(v, self.offsets, self.num_frames),
+                shift_frames_in_batch(k, self.offsets, self.num_frames, overwrite=True),
+                shift_frames_in_batch(v, self.offsets, self.num_frames, overwrite=True),
             )
         if self.temporal_op == "kv_shift":
             return (
@@ -134,7 +136,9 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
         need_weights: bool = False,
         attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
-        if (key is not None and key is not query) or (value is not None and value is not query):
+        # Self-attention only: K and V come from `query`. Compare shapes, not identity, since
+        # DeepSpeed's ZeRO-3 forward hooks hand the same tensor over as distinct objects.
+        if any(t is not None and t.shape != query.shape for t in (key, value)):
             raise ValueError("STDHA is self-attention: key and value must be the query tensor")
         if need_weights:
             raise ValueError("STDHA uses fused attention and cannot return attention weights")

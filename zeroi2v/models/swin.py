@@ -30,9 +30,10 @@ from zeroi2v.models.temporal_ops import shift_kv
 class STDHAWindowAttention(WindowAttention):
     """timm `WindowAttention` whose temporal heads attend to K/V of the same window at t+Δt.
 
-    `offsets[h]` is head h's Δt (0 = spatial head). The re-indexing is `shift_kv` (one gather
-    along time, out-of-range frames read their own frame); attention is the fused SDPA path
-    with the relative position bias (+ shifted-window mask) as additive mask, as in timm.
+    `offsets[h]` is head h's Δt (0 = spatial head). The re-indexing is `shift_kv` (slice copies
+    of the temporal heads along time, out-of-range frames read their own frame); attention is
+    the fused SDPA path with the relative position bias (+ shifted-window mask) as additive
+    mask, as in timm.
     """
 
     def __init__(
@@ -121,7 +122,8 @@ class STDHAWindowAttention(WindowAttention):
                 f"({self.num_frames} × {self.num_windows}); is the input size the configured one?"
             )
         kv = kv.view(B_ // per_clip, self.num_frames, self.num_windows, heads, N, d)
-        kv = shift_kv(kv, self.offsets, time_dim=1, head_dim=3)  # (B, T, nW, heads, N, d)
+        # kv is this attention's own fresh projection: inference may rewrite it in place
+        kv = shift_kv(kv, self.offsets, time_dim=1, head_dim=3, overwrite=True)  # same shape
         return kv.reshape(B_, heads, N, d)
 
     def extra_repr(self) -> str:

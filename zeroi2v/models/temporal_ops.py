@@ -30,41 +30,137 @@ def time_index(offsets: Sequence[int], num_frames: int, device=None) -> torch.Te
     return torch.where(inside, src, t.expand_as(src))
 
 
-@functools.lru_cache(maxsize=512)
-def _cached_index(offsets: tuple[int, ...], num_frames: int, device: torch.device) -> torch.Tensor:
-    return time_index(offsets, num_frames, device)
+@functools.lru_cache(maxsize=256)
+def _head_runs(offsets: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """Maximal runs of consecutive heads sharing one Δt ≠ 0: ``(first head, count, Δt)``.
+
+    Few in practice (temporal heads come first, grouped by Δt), so a shift is a handful of
+    slice copies of the temporal heads and never touches the spatial ones.
+    """
+    runs, start = [], 0
+    for h in range(1, len(offsets) + 1):
+        if h == len(offsets) or offsets[h] != offsets[start]:
+            if offsets[start]:
+                runs.append((start, h - start, offsets[start]))
+            start = h
+    return tuple(runs)
+
+
+def _moved_frames(num_frames: int, dt: int) -> tuple[int, int, int]:
+    """Frames of a Δt head that read another frame: ``(first target, first source, count)``.
+
+    Δt > 0: frames [0, T−Δt) read [Δt, T); Δt < 0: frames [−Δt, T) read [0, T+Δt). The other
+    frames read their own frame (boundary rule), so they keep their values: nothing to copy.
+    """
+    count = max(num_frames - abs(dt), 0)
+    return (0, dt, count) if dt > 0 else (-dt, 0, count)
+
+
+def _copy_moved_frames(
+    out: torch.Tensor, src: torch.Tensor, runs: tuple, time_dim: int, head_dim: int
+) -> None:
+    """Write the re-indexed temporal heads of `src` into `out` (`out` may be `src`)."""
+    for first, count, dt in runs:
+        to_t, from_t, frames = _moved_frames(out.shape[time_dim], dt)
+        moved = src.narrow(head_dim, first, count).narrow(time_dim, from_t, frames)
+        if out is src:
+            moved = moved.clone()  # source and target frames overlap
+        out.narrow(head_dim, first, count).narrow(time_dim, to_t, frames).copy_(moved)
+
+
+def _shifted_cat(x: torch.Tensor, runs: tuple, time_dim: int, head_dim: int) -> torch.Tensor:
+    """Out-of-place shift from slices and concatenations only (what export tracers follow)."""
+    num_frames, pieces, head = x.shape[time_dim], [], 0
+    for first, count, dt in runs:
+        pieces.append(x.narrow(head_dim, head, first - head))  # spatial heads before the run
+        run = x.narrow(head_dim, first, count)
+        _, from_t, frames = _moved_frames(num_frames, dt)
+        own = run.narrow(time_dim, frames if dt > 0 else 0, num_frames - frames)  # boundary
+        moved = run.narrow(time_dim, from_t, frames)
+        pieces.append(torch.cat([moved, own] if dt > 0 else [own, moved], dim=time_dim))
+        head = first + count
+    pieces.append(x.narrow(head_dim, head, x.shape[head_dim] - head))
+    return torch.cat(pieces, dim=head_dim)
+
+
+class _ShiftKV(torch.autograd.Function):
+    """Out-of-place shift: one copy of `x`, then slice copies of the temporal heads' frames.
+
+    Backward is its transpose, also one copy plus slices: a moved frame's gradient goes back
+    to its source frame; a frame that reads itself keeps its own gradient. (Autograd of
+    in-place slice writes would copy the whole gradient once per slice; a gather's backward
+    is a full-size scatter-add.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, runs: tuple, time_dim: int, head_dim: int) -> torch.Tensor:
+        ctx.meta = (runs, time_dim, head_dim)
+        out = x.clone()
+        _copy_moved_frames(out, x, runs, time_dim, head_dim)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        runs, time_dim, head_dim = ctx.meta
+        grad_in = grad.clone()
+        for first, count, dt in runs:
+            to_t, from_t, frames = _moved_frames(grad.shape[time_dim], dt)
+            grad_run, grad_in_run = (g.narrow(head_dim, first, count) for g in (grad, grad_in))
+            grad_in_run.narrow(time_dim, to_t, frames).zero_()  # these frames read elsewhere
+            grad_in_run.narrow(time_dim, from_t, frames).add_(
+                grad_run.narrow(time_dim, to_t, frames)
+            )
+        return grad_in, None, None, None
 
 
 def shift_kv(
-    x: torch.Tensor, offsets: Sequence[int], time_dim: int = 1, head_dim: int = 2
+    x: torch.Tensor,
+    offsets: Sequence[int],
+    time_dim: int = 1,
+    head_dim: int = 2,
+    *,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """STDHA re-indexing: head h of frame t reads ``x`` of frame ``t + offsets[h]``.
 
     `x` has an explicit time axis at `time_dim` and the heads at `head_dim`, any other axes
     anywhere, e.g. ViT K/V ``(B, T, heads, N, d)`` (defaults) or Swin window K/V
-    ``(B, T, nW, heads, N, d)`` (``head_dim=3``). Apply it to K and V (never Q). One gather
-    with a cached (T, heads) index; no Python loop over heads; identity when all Δt = 0.
+    ``(B, T, nW, heads, N, d)`` (``head_dim=3``). Apply it to K and V (never Q). Identity
+    (`x` itself) when all Δt = 0. Only the temporal heads' frames are moved, as slice copies
+    per run of equal Δt; no Python loop over heads, no gather index.
+
+    ``overwrite=True`` says `x` is a fresh K/V that nothing else reads (the attention's own
+    projection): when autograd is not recording it (inference), the temporal heads are
+    rewritten in place and the spatial heads are not copied at all. Otherwise the result is
+    a new tensor: under autograd `_ShiftKV` (one copy each way), else slices + concatenation.
+    While tracing for export always the latter: the legacy ONNX exporter loses in-place
+    writes through views, and TorchScript cannot save an autograd.Function.
     """
     time_dim, head_dim = time_dim % x.dim(), head_dim % x.dim()
     num_frames, num_heads = x.shape[time_dim], x.shape[head_dim]
     offsets = tuple(int(dt) for dt in offsets)
     if len(offsets) != num_heads:
         raise ValueError(f"got {len(offsets)} head offsets for a tensor with {num_heads} heads")
-    if num_frames == 1 or not any(offsets):
+    runs = tuple(run for run in _head_runs(offsets) if abs(run[2]) < num_frames)
+    if not runs:  # all spatial, one frame, or every Δt out of range (own frame everywhere)
         return x
-    index = _cached_index(offsets, num_frames, x.device)  # (T, heads)
-    if time_dim > head_dim:
-        index = index.t()
-    shape = [1] * x.dim()
-    shape[time_dim], shape[head_dim] = num_frames, num_heads
-    # expand() makes a stride-0 view, so the full-size index is never materialised
-    return torch.gather(x, time_dim, index.view(shape).expand(x.shape))
+    if torch.jit.is_tracing():
+        return _shifted_cat(x, runs, time_dim, head_dim)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ShiftKV.apply(x, runs, time_dim, head_dim)
+    if overwrite:
+        _copy_moved_frames(x, x, runs, time_dim, head_dim)
+        return x
+    return _shifted_cat(x, runs, time_dim, head_dim)
 
 
-def shift_frames_in_batch(x: torch.Tensor, offsets: Sequence[int], num_frames: int) -> torch.Tensor:
+def shift_frames_in_batch(
+    x: torch.Tensor, offsets: Sequence[int], num_frames: int, *, overwrite: bool = False
+) -> torch.Tensor:
     """`shift_kv` for the ViT layout ``(B*T, heads, N, d)`` (frames in the batch dim)."""
     x = x.unflatten(0, (-1, num_frames))  # (B, T, heads, N, d)
-    return shift_kv(x, offsets, time_dim=1, head_dim=2).flatten(0, 1)  # (B*T, heads, N, d)
+    x = shift_kv(x, offsets, time_dim=1, head_dim=2, overwrite=overwrite)
+    return x.flatten(0, 1)  # (B*T, heads, N, d)
 
 
 def temporal_channel_shift(x: torch.Tensor, fold: int, time_dim: int = 1) -> torch.Tensor:
