@@ -30,6 +30,9 @@ _LAUNCHER_VARS = (
 def tiny_raw(shards: Path, out: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """configs/tiny_cpu.json pointed at `shards` and `out`, with per-section updates."""
     raw = json.loads((REPO / "configs" / "tiny_cpu.json").read_text())
+    # The demo's image-pre-trained weights live in the repo's data/; a test that needs them
+    # passes conftest's `tiny_pretrained` as model={"pretrained": ...}.
+    raw["model"]["pretrained"] = None
     raw["data"].update(
         train_shards=str(shards / "train-*.tar"),
         val_shards=str(shards / "val-*.tar"),
@@ -62,8 +65,15 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh run; also what the in-process (mp.spawn) ranks update with.
+
+    The venv's bin folder goes first on PATH: DeepSpeed JIT-builds its CPU comm op with the
+    first `ninja` found, and two ninja versions (venv, system) invalidate each other's build,
+    turning a cached load into a 40-120 s recompile.
+    """
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
     env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 

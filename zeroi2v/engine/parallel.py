@@ -223,9 +223,11 @@ def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str
     tag = tag or latest_tag(directory)
     if tag is None:
         raise FileNotFoundError(f"no DeepSpeed checkpoint ('latest' file) in {directory}")
-    states = torch.load(
-        directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-    )
+    # ZeRO-3 writes one model-states file per rank (same buffers and frozen shapes in each)
+    name = "mp_rank_00_model_states.pt"
+    if not (directory / tag / name).is_file():
+        name = f"zero_pp_rank_0_{name}"
+    states = torch.load(directory / tag / name, map_location="cpu", weights_only=False)
     weights = {k: v.float() for k, v in states["module"].items() if v.numel()}
     stage = states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
     if stage > 0:  # trainable weights: the fp32 master copy held in the ZeRO partitions

@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def _outside_training_rng(loader: Iterable[Any]) -> Iterator[Any]:
+    """Batches of `loader`, each fetched under `fork_rng`, so loading never moves the training RNG.
+
+    Exact resume needs this: the DataLoader draws its base seed from the global torch RNG when
+    its iterator starts, and `wds.WebLoader.__iter__` is a generator, so that start (and the
+    draw) happens at the first `next()`, not at `iter()`. Unforked, the draw landed at the start
+    of every epoch in a full run but at the resume point in a resumed one, shifting every later
+    dropout mask. The data itself is seeded by (seed, epoch, rank, sample), not by this RNG.
+    """
+    batches = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -297,8 +315,7 @@ def _train(
             skip_batches=skip,
         )
         losses, tick, clips_seen = [], time.perf_counter(), 0
-        with torch.random.fork_rng(devices=[]):  # DataLoader draws a seed from the global RNG;
-            batches = iter(loader)  # keep it out of the training RNG so resume is exact
+        batches = _outside_training_rng(loader)
         for micro_index, (clips, labels) in enumerate(batches, start=skip):
             lr = engine.get_lr()[0]
             loss = train_step(engine, criterion, clips.to(device, dtype), labels.to(device))
@@ -391,4 +408,5 @@ def _finish(
     release.save_merged(merged, cfg, Path(cfg.train.output_dir) / "merged.pt")
     if tracker is None:
         return None
-    return tracker.log_model(merged, example[:1], result.top1)
+    classes = read_manifest(cfg.data.train_shards)["classes"]
+    return tracker.log_model(merged, example[:1], result.top1, classes)
