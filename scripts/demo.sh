@@ -1,31 +1,53 @@
 #!/usr/bin/env bash
 # The main job on a fresh CPU machine (a few minutes): synthetic motion videos → WebDataset
-# shards → DeepSpeed training on 2 CPU processes (merge + MLflow registration at the end) →
-# evaluation of the registered model pulled back as models:/<name>@latest.
+# shards → image pre-training of the tiny backbone (ZeroI2V adapts a *pre-trained* image
+# model) → DeepSpeed training on 2 CPU processes (merge + MLflow registration at the end) →
+# evaluation and a prediction with the registered model pulled back as models:/<name>@latest.
 #   CONFIG=configs/tiny_cpu.json PROCS=2 bash scripts/demo.sh
+# Re-runs reuse the videos, shards and pre-trained weights in data/ (delete data/ to remake them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-configs/tiny_cpu.json}
 PROCS=${PROCS:-2}
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   export DS_ACCELERATOR=cpu  # no GPU: DeepSpeed's CPU accelerator, gloo between processes
+  # one share of the cores per process: more threads than cores makes each step 10x slower
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / PROCS > 0 ? $(nproc) / PROCS : 1 ))}
 fi
 start=$(date +%s)
 field() { python -c "import json,sys; c=json.load(open('$CONFIG')); print(c$1)"; }
 OUT=$(field "['train']['output_dir']")
 NAME=$(field "['tracking']['model_name']")
+PRETRAINED=$(field "['model']['pretrained']")
+VIDEOS=data/synthetic_videos
+SHARDS=data/synthetic_shards
 
-echo "== 1/4 synthetic motion videos (4 classes: the direction of a moving square)"
-python -m data_prep synthetic --out data/synthetic_videos --per-class 48 --val-per-class 16
-echo "== 2/4 shards"
+echo "== 1/6 synthetic motion videos (4 classes: the direction of a moving square)"
+if [ -f "$VIDEOS/.complete" ]; then
+  echo "reusing $VIDEOS"
+else
+  python -m data_prep synthetic --out "$VIDEOS" --per-class 384 --val-per-class 32
+  touch "$VIDEOS/.complete"
+fi
+echo "== 2/6 shards (resumes: finished shards are kept)"
 for split in train val; do
-  python -m data_prep shard --source folder --root data/synthetic_videos --out data/synthetic_shards \
-    --split "$split" --shard-size 32 --overwrite --no-progress
+  python -m data_prep shard --source folder --root "$VIDEOS" --out "$SHARDS" \
+    --split "$split" --shard-size 128 --workers 2 --no-progress
 done
-echo "== 3/4 train with DeepSpeed ($PROCS processes), merge, register in MLflow"
+echo "== 3/6 image pre-training of the tiny backbone -> $PRETRAINED"
+if [ -f "$PRETRAINED" ]; then
+  echo "reusing $PRETRAINED"
+else
+  python launch/pretrain_tiny.py --config "$CONFIG" --out "$PRETRAINED" 2>&1 | grep -v '^tiny image'
+fi
+echo "== 4/6 train with DeepSpeed ($PROCS processes), merge, register in MLflow"
 rm -rf "$OUT"
 deepspeed --num_gpus "$PROCS" --master_port "${MASTER_PORT:-29517}" launch/train.py --config "$CONFIG"
-echo "== 4/4 evaluate models:/$NAME@latest"
+echo "== 5/6 evaluate models:/$NAME@latest"
 python launch/evaluate.py --model "models:/$NAME@latest" --config "$CONFIG" --out "$OUT/eval.json"
+echo "== 6/6 predict one held-out video with models:/$NAME@latest"
+VIDEO=$(find "$VIDEOS/val" -name '*.mp4' | sort | head -n 1)
+echo "$VIDEO"
+python launch/predict.py --model "models:/$NAME@latest" "$VIDEO" --top-k 2
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "MLflow UI: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db   (then open http://127.0.0.1:5000)"

@@ -4,6 +4,11 @@
 (moving_down/left/right/up, class indices in that order), 16 frames of 32×32 at 8 fps,
 48 train + 16 val clips per class, 32 samples per shard → train-000000..000005.tar and
 val-000000..000001.tar plus manifest.json. Made once per test session (~2 s).
+
+The accuracy tests (slow) need more: `motion_shards` is the same task with 384 train + 32 val
+clips per class (48 clips overfit a frozen backbone's adapters), and `tiny_pretrained` is a
+tiny_vit backbone pre-trained on single frames (`zeroi2v.tiny_pretrain`), the starting point
+the demo uses; a random frozen backbone cannot learn the task. Each is made on first use.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import pytest
 SYNTHETIC_TRAIN_PER_CLASS = 48
 SYNTHETIC_VAL_PER_CLASS = 16
 SYNTHETIC_SHARD_SIZE = 32
+MOTION_TRAIN_PER_CLASS = 384
+MOTION_VAL_PER_CLASS = 32
+MOTION_SHARD_SIZE = 128
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +43,52 @@ def synthetic_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory: pytest.TempPathFactory, synthetic_videos: Path) -> Path:
     """Folder with manifest.json, train-*.tar and val-*.tar of `synthetic_videos`."""
+    return _shard(
+        synthetic_videos, tmp_path_factory.mktemp("synthetic_shards"), SYNTHETIC_SHARD_SIZE
+    )
+
+
+def _shard(videos: Path, out: Path, shard_size: int) -> Path:
     from data_prep.shard import shard_split
     from data_prep.sources import folder
 
-    out = tmp_path_factory.mktemp("synthetic_shards")
     for split in ("train", "val"):
         shard_split(
-            folder(synthetic_videos, split),
+            folder(videos, split),
             out,
             split,
-            root=synthetic_videos,
-            shard_size=SYNTHETIC_SHARD_SIZE,
+            root=videos,
+            shard_size=shard_size,
             seed=0,
             progress_bar=False,
         )
+    return out
+
+
+@pytest.fixture(scope="session")
+def motion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards of 384 train + 32 val clips per class (1536 + 128; ~15 s): enough to learn."""
+    from data_prep.synthetic import make_synthetic
+
+    videos = make_synthetic(
+        tmp_path_factory.mktemp("motion_videos"),
+        per_class=MOTION_TRAIN_PER_CLASS,
+        frames=16,
+        size=32,
+        seed=0,
+        val_per_class=MOTION_VAL_PER_CLASS,
+    )
+    return _shard(videos, tmp_path_factory.mktemp("motion_shards"), MOTION_SHARD_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_vit backbone weights pre-trained on the single-frame location task (~11 s)."""
+    from zeroi2v.config import load
+    from zeroi2v.tiny_pretrain import pretrain_tiny_backbone
+
+    out = tmp_path_factory.mktemp("tiny_pretrained") / "tiny_vit_image.pt"
+    cfg = load(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.json")
+    accuracy = pretrain_tiny_backbone(cfg, out)
+    assert accuracy >= 0.9, f"image pre-training did not learn the location task ({accuracy})"
     return out

@@ -106,6 +106,8 @@ def test_tiny_cpu_config() -> None:
     cfg = load(CONFIGS / "tiny_cpu.json")
     assert (cfg.model.backbone, cfg.model.num_frames, cfg.model.image_size) == ("tiny_vit", 8, 32)
     assert cfg.model.num_classes == 4
-    assert cfg.model.pretrained is None  # no downloads, ever, on the CPU demo
+    # no downloads, ever, on the CPU demo: image pre-trained locally by launch/pretrain_tiny.py
+    assert cfg.model.pretrained == "data/tiny_vit_image.pt"
+    assert "launch/pretrain_tiny.py" in cfg.comment
     assert "launch/train.py --config configs/tiny_cpu.json" in cfg.comment
     assert cfg.deepspeed["bf16"]["enabled"] is False

@@ -23,6 +23,7 @@ def test_profile_latency_table(capsys):
             "--device",
             "cpu",
             "data.num_clips=2",
+            "model.pretrained=null",  # random weights: costs only
         ]
     )
     rows = {row["name"]: row for row in result["latency"]["rows"]}

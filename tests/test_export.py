@@ -15,7 +15,7 @@ from zeroi2v.export import export
 @pytest.fixture(scope="module")
 def trained_like():
     """Tiny zeroi2v model whose adapters are not the identity (as after training)."""
-    cfg = load("configs/tiny_cpu.json", {"data.num_clips": 2})
+    cfg = load("configs/tiny_cpu.json", {"data.num_clips": 2, "model.pretrained": None})
     torch.manual_seed(0)
     model = zeroi2v.build_model(cfg).eval()
     with torch.no_grad():

@@ -30,6 +30,7 @@ def register_tiny(tmp: Path, shards: Path, name: str, overrides: dict | None = N
             "data.val_shards": str(shards / "val-{000000..000001}.tar"),
             "data.train_shards": str(shards / "train-{000000..000005}.tar"),
             "data.num_clips": 2,  # two temporal views: multi-view averaging is exercised
+            "model.pretrained": None,  # random weights, perturbed below
             "data.num_workers": 0,
             "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
             "tracking.artifact_location": str(tmp / "mlartifacts"),

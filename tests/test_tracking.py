@@ -80,7 +80,7 @@ def test_champion_moves_only_when_top1_improves(tracked_run):
     from zeroi2v.tracking import Tracker
 
     cfg = config.from_dict(config.to_dict(cfg), {"tracking.model_name": "champion_test"})
-    model = torch.nn.Linear(3, 2)
+    model = torch.nn.Linear(3, cfg.model.num_classes)  # log_model checks one logit per class
     example = torch.randn(1, 3)
     tracker = Tracker(cfg)
     client = _client(cfg)
@@ -88,12 +88,14 @@ def test_champion_moves_only_when_top1_improves(tracked_run):
         for top1, champion in ((0.5, "1"), (0.4, "1"), (0.7, "3")):
             tracker.log_model(model, example, top1)
             assert (
-                client.get_model_version_by_alias("champion_test", "champion").version == champion
+                str(client.get_model_version_by_alias("champion_test", "champion").version)
+                == champion
             )
     finally:
         tracker.finish()
     assert str(client.get_model_version_by_alias("champion_test", "latest").version) == "3"
     versions = {
-        v.version: v.tags["val_top1"] for v in client.search_model_versions("name='champion_test'")
+        str(v.version): v.tags["val_top1"]
+        for v in client.search_model_versions("name='champion_test'")
     }
     assert versions == {"1": "0.500000", "2": "0.400000", "3": "0.700000"}

@@ -20,7 +20,7 @@ from zeroi2v.visualize import (
 
 
 def _model(overrides=None):
-    cfg = load("configs/tiny_cpu.json", overrides or {})
+    cfg = load("configs/tiny_cpu.json", {"model.pretrained": None, **(overrides or {})})
     torch.manual_seed(0)
     model = zeroi2v.build_model(cfg).eval()
     with torch.no_grad():
@@ -108,6 +108,7 @@ def test_swin_is_rejected():
         "configs/tiny_cpu.json",
         {
             "model.backbone": "tiny_swin",
+            "model.pretrained": None,
             "model.head_offsets": [[[1, 1], [0, 1]], [[1, 1], [-1, 1], [0, 2]]],
         },
     )

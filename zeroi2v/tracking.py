@@ -181,30 +181,31 @@ class Tracker:
         mlflow.log_figure(fig, f"confusion/step{step:07d}.png")
         plt.close(fig)
 
-    def log_model(self, merged: nn.Module, example: torch.Tensor, val_top1: float | None) -> str:
-        """Log the merged model (+ config) and register it; returns the `models:/` URI."""
+    def log_model(
+        self,
+        merged: nn.Module,
+        example: torch.Tensor,
+        val_top1: float | None,
+        classes: list[str] | None = None,
+    ) -> str:
+        """Log the merged model with both flavors (pytorch + the video pyfunc of
+        `zeroi2v.serving`, config and class names as metadata) and register it; returns the
+        `models:/` URI. `example` (clips) checks the model gives one logit per class before
+        anything is logged.
+        """
         import mlflow
-        from mlflow.models import infer_signature
+
+        from zeroi2v.serving import log_pyfunc_model  # serving imports this module
 
         merged = merged.eval()
         with torch.no_grad():
-            output = merged(example).float()
-        info = mlflow.pytorch.log_model(
-            merged,
-            name="model",
-            input_example=example.numpy(),
-            signature=infer_signature(example.numpy(), output.numpy()),
-            metadata={CONFIG_KEY: config_lib.to_dict(self.cfg)},
-            # Pickle keeps the VideoClassifier module (train/eval modes, state_dict with the
-            # plain backbone's keys); MLflow 3's default "pt2" export is a graph that can't
-            # switch to eval mode. Loading needs zeroi2v importable.
-            serialization_format="pickle",
-            # Explicit requirements: MLflow's inference would re-import the model in a
-            # subprocess (tens of seconds) to guess them.
-            pip_requirements=[
-                f"{n}=={metadata.version(n)}" for n in ("torch", "timm", "open_clip_torch")
-            ],
-        )
+            output = merged(example)
+        expected = (example.shape[0], self.cfg.model.num_classes)
+        if tuple(output.shape) != expected:
+            raise ValueError(
+                f"merged model gives logits of shape {tuple(output.shape)}, expected {expected}"
+            )
+        info = log_pyfunc_model(merged, self.cfg, classes, name="model")
         if not self.cfg.tracking.register_model:
             return info.model_uri
         name = self.cfg.tracking.model_name

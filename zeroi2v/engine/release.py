@@ -105,11 +105,13 @@ def merge_checkpoint(
     out = save_merged(merged, cfg, out or folder / "merged.pt")
     result: dict[str, Any] = {"merged": str(out), "model_uri": None}
     if register:
+        from zeroi2v.data.shards import read_manifest
         from zeroi2v.tracking import Tracker
 
+        classes = read_manifest(cfg.data.train_shards)["classes"]
         tracker = Tracker(cfg)
         try:
-            result["model_uri"] = tracker.log_model(merged, example[:1], None)
+            result["model_uri"] = tracker.log_model(merged, example[:1], None, classes)
         finally:
             tracker.finish()
     return result
