@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# The venv first on PATH: `deepspeed`, `mlflow` and the ninja that builds DeepSpeed's CPU op.
+RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
 
 .PHONY: setup demo test test-slow lint bench
 
@@ -18,13 +20,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+	$(RUN) bash scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest -q
+	$(RUN) $(PY) -m pytest -q
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(RUN) $(PY) -m pytest -q -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -66,6 +66,8 @@ class DataConfig(_Section):
     num_clips: int = Field(1, ge=1)  # test views along time
     num_crops: int = Field(1, ge=1)  # test views in space
     short_side: int = Field(256, ge=8)
+    # RandomResizedCrop's area range (fraction of the frame); (1, 1) keeps the whole frame.
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     randaugment_m: int = Field(7, ge=0)
     randaugment_n: int = Field(4, ge=0)  # 0 disables RandAugment
     hflip: float = Field(0.5, ge=0.0, le=1.0)  # 0 for datasets with left/right classes

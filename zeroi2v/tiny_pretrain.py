@@ -53,7 +53,7 @@ def _location_batch(
 
 
 def pretrain_tiny_backbone(
-    cfg: Config, out: str | Path, *, steps: int = 400, batch: int = 64, seed: int = 0
+    cfg: Config, out: str | Path, *, steps: int = 1000, batch: int = 64, seed: int = 0
 ) -> float:
     """Train `cfg.model.backbone` (a tiny one) on the location task; save its state dict.
 

@@ -68,6 +68,7 @@ class ClipLoader:
             randaugment_m=data.randaugment_m,
             hflip=data.hflip,
             random_erasing=data.random_erasing,
+            crop_scale=data.crop_scale,
             mean=backbone.mean,
             std=backbone.std,
         )

@@ -48,6 +48,7 @@ class TrainTransform:
         randaugment_m: int = 7,
         hflip: float = 0.5,
         random_erasing: float = 0.0,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
         mean: tuple[float, ...] = CLIP_MEAN,
         std: tuple[float, ...] = CLIP_STD,
     ) -> None:
@@ -57,7 +58,7 @@ class TrainTransform:
                 f"got {randaugment_m}"
             )
         stages: list[v2.Transform] = [
-            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
             v2.RandomHorizontalFlip(p=hflip),  # hflip=0 for SSv2 (left/right classes)
         ]
         if randaugment_n > 0:

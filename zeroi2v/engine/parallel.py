@@ -81,6 +81,11 @@ def init_distributed() -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks on one machine share its cores; each taking all of them oversubscribes
+        # the machine several times over (measured: 1.5 s/step instead of 0.15 s on 2 cores).
+        local_ranks = int(os.environ.get("LOCAL_SIZE", dist.get_world_size()))  # deepspeed sets it
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
