@@ -46,7 +46,7 @@ deepspeed --num_gpus "$PROCS" --master_port "${MASTER_PORT:-29517}" launch/train
 echo "== 5/6 evaluate models:/$NAME@latest"
 python launch/evaluate.py --model "models:/$NAME@latest" --config "$CONFIG" --out "$OUT/eval.json"
 echo "== 6/6 predict one held-out video with models:/$NAME@latest"
-VIDEO=$(find "$VIDEOS/val" -name '*.mp4' | sort | head -n 1)
+VIDEO=$(find "$VIDEOS/val" -name '*.mp4' | sort | sed -n 1p)  # sed reads all: no SIGPIPE under pipefail
 echo "$VIDEO"
 python launch/predict.py --model "models:/$NAME@latest" "$VIDEO" --top-k 2
 echo "demo finished in $(( $(date +%s) - start )) s"

@@ -22,6 +22,7 @@ from zeroi2v.config import Config, ConfigError, from_dict, to_dict
 from zeroi2v.models.specs import BACKBONES
 
 _CELL = 8  # pixels per side of one grid cell of the location task
+PRETRAIN_THREADS = 2
 
 
 def _image_config(cfg: Config) -> Config:
@@ -59,13 +60,24 @@ def pretrain_tiny_backbone(
 
     Returns the final training accuracy, so callers can check the features are usable.
     """
-    from zeroi2v import build_model
-
     if not cfg.model.backbone.startswith("tiny"):
         raise ConfigError(
             f"model.backbone: image pre-training is only for tiny backbones, got "
             f"'{cfg.model.backbone}' (real backbones load library weights)"
         )
+    # A fixed thread count fixes the floating-point reduction order: the same weights whatever
+    # OMP_NUM_THREADS says, hence the same demo result (which is sensitive to these weights).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain(cfg, out, steps, batch, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int) -> float:
+    from zeroi2v import build_model
+
     spec = BACKBONES[cfg.model.backbone]
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
