@@ -30,6 +30,7 @@ def register_tiny(tmp: Path, shards: Path, name: str, overrides: dict | None = N
             "data.val_shards": str(shards / "val-{000000..000001}.tar"),
             "data.train_shards": str(shards / "train-{000000..000005}.tar"),
             "data.num_clips": 2,  # two temporal views: multi-view averaging is exercised
+            "data.frame_interval": 1,  # 8 of the 16 frames: room for two distinct clips
             "model.pretrained": None,  # random weights, perturbed below
             "data.num_workers": 0,
             "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
