@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from zeroi2v.config import apply_overrides, from_dict, load, to_dict
 
@@ -37,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, dashed = parser.parse_known_args(argv)
     overrides = [*args.overrides, *dashed]
     local = load(args.config, overrides) if args.config else None
-    from zeroi2v.tracking import load_model
+    from zeroi2v.engine.release import load_model
 
     model, model_cfg = load_model(args.model, local)
     raw = to_dict(model_cfg)

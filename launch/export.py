@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script, Python puts launch/ first on sys.path, where launch/profile.py would
-    # shadow the stdlib `profile` (imported by cProfile inside torch._dynamo): use the repo root.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from zeroi2v.export import FORMATS, ONNX_EXPORTERS, export
-from zeroi2v.inference import load_model
+from zeroi2v.use.export import FORMATS, ONNX_EXPORTERS, export
+from zeroi2v.use.inference import load_model
 
 
 def main(argv: list[str] | None = None) -> dict:

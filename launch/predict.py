@@ -9,15 +9,8 @@ Views, transforms and view averaging (softmax mean) are those of launch/evaluate
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script, Python puts launch/ first on sys.path, where launch/profile.py would
-    # shadow the stdlib `profile` (imported by cProfile inside torch._dynamo): use the repo root.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from zeroi2v.inference import Prediction, format_predictions, predict
+from zeroi2v.use.inference import Prediction, format_predictions, predict
 
 
 def main(argv: list[str] | None = None) -> list[Prediction]:

@@ -1,4 +1,4 @@
-"""Make image-pre-trained weights for a tiny backbone (see `zeroi2v.tiny_pretrain`).
+"""Make image-pre-trained weights for a tiny backbone (see `zeroi2v.engine.tiny_pretrain`).
 
 python launch/pretrain_tiny.py --config configs/tiny_cpu.json --out data/tiny_vit_image.pt
 """
@@ -6,14 +6,9 @@ python launch/pretrain_tiny.py --config configs/tiny_cpu.json --out data/tiny_vi
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from zeroi2v import config  # noqa: E402
-from zeroi2v.tiny_pretrain import pretrain_tiny_backbone  # noqa: E402
+from zeroi2v import config
+from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -14,13 +14,10 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from zeroi2v.config import ConfigError, load, to_dict
+from zeroi2v.config import load, to_dict
 from zeroi2v.engine import parallel
+from zeroi2v.errors import ConfigError, NonFiniteLossError, TrackingServerError
 
 
 def setup_logging() -> None:
@@ -62,8 +59,6 @@ def main(argv: list[str] | None = None):
 
 def cli() -> None:
     """Errors a user can cause end the process with their one-sentence message."""
-    from zeroi2v.engine.trainer import NonFiniteLossError
-    from zeroi2v.tracking import TrackingServerError
 
     try:
         main()

@@ -15,10 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from zeroi2v import config as config_lib  # noqa: E402
+from zeroi2v import config as config_lib
 
 
 def main(argv: list[str] | None = None) -> int:

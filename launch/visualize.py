@@ -10,16 +10,9 @@ frame, each [CLS]→patch map drawn over the frame its keys come from (see zeroi
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script, Python puts launch/ first on sys.path, where launch/profile.py would
-    # shadow the stdlib `profile` (imported by cProfile inside torch._dynamo): use the repo root.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from zeroi2v.inference import load_model
-from zeroi2v.visualize import AttentionMaps, visualize
+from zeroi2v.use.inference import load_model
+from zeroi2v.use.visualize import AttentionMaps, visualize
 
 
 def main(argv: list[str] | None = None) -> AttentionMaps:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from launch.profile import main
+from launch.profile_model import main
 from zeroi2v.config import load
-from zeroi2v.efficiency import format_table, interleaved_median
+from zeroi2v.use.efficiency import format_table, interleaved_median
 
 
 def test_profile_latency_table(capsys):
@@ -55,7 +55,7 @@ def test_interleaved_median_rotates_and_takes_medians():
 
 
 def test_table_lists_views_and_ratio():
-    from zeroi2v.efficiency import EfficiencyRow
+    from zeroi2v.use.efficiency import EfficiencyRow
 
     cfg = load("configs/k400_b16_8f.json")
     rows = [

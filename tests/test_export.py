@@ -9,7 +9,7 @@ import torch
 
 import zeroi2v
 from zeroi2v.config import load
-from zeroi2v.export import export
+from zeroi2v.use.export import export
 
 
 @pytest.fixture(scope="module")

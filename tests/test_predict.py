@@ -21,8 +21,8 @@ def register_tiny(tmp: Path, shards: Path, name: str, overrides: dict | None = N
     import zeroi2v
     from zeroi2v.config import load
     from zeroi2v.data.shards import read_manifest
-    from zeroi2v.serving import log_pyfunc_model
-    from zeroi2v.tracking import Tracker
+    from zeroi2v.engine.model_format import log_pyfunc_model
+    from zeroi2v.engine.tracking import Tracker
 
     cfg = load(
         "configs/tiny_cpu.json",
@@ -105,7 +105,7 @@ def test_predict_reproduces_evaluate_accuracy(registered, synthetic_videos, tmp_
 
 def test_scores_average_softmax_over_views(registered, synthetic_videos):
     """The probability of a video is the mean of its views' softmax (not of their logits)."""
-    from zeroi2v.inference import VideoPredictor
+    from zeroi2v.use.inference import VideoPredictor
 
     _, cfg, merged, classes = registered
     video = sorted((synthetic_videos / "val").glob("*/*.mp4"))[0]
@@ -121,7 +121,7 @@ def test_scores_average_softmax_over_views(registered, synthetic_videos):
 
 
 def test_missing_video_is_a_clear_error(registered, tmp_path):
-    from zeroi2v.inference import VideoPredictor
+    from zeroi2v.use.inference import VideoPredictor
 
     _, cfg, merged, classes = registered
     with pytest.raises(ValueError, match="video file not found"):

@@ -1,4 +1,4 @@
-"""`launch/profile.py` reproduces the paper's structural numbers (SPEC §4) without weights."""
+"""`launch/profile_model.py` reproduces the paper's structural numbers (SPEC §4) without weights."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from launch.profile import main
+from launch.profile_model import main
 from zeroi2v.config import from_dict
-from zeroi2v.profile import count_macs, profile
+from zeroi2v.models.profile import count_macs, profile
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

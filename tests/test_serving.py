@@ -135,7 +135,7 @@ def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_vide
     import mlflow
 
     from zeroi2v.models.video import VideoClassifier
-    from zeroi2v.serving import VideoPyfunc, _load_pyfunc
+    from zeroi2v.use.serving import VideoPyfunc, _load_pyfunc
 
     _, cfg, classes = served
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)

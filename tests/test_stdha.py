@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from zeroi2v.config import from_dict
 from zeroi2v.models.stdha import OpenClipSTDHA, TimmSTDHA, install_temporal_attention
-from zeroi2v.models.temporal_ops import shift_kv, time_index
+from zeroi2v.models.stdha_shift import shift_kv, time_index
 from zeroi2v.models.video import build_model
 
 HEADS, WIDTH = 4, 64
@@ -172,7 +172,11 @@ def test_stdha_gradients_match_slow_reference(make):
 
 
 def test_channel_operators_move_only_their_channels():
-    from zeroi2v.models.temporal_ops import cls_token_shift, head_channel_shift, token_channel_shift
+    from zeroi2v.models.temporal_baselines import (
+        cls_token_shift,
+        head_channel_shift,
+        token_channel_shift,
+    )
 
     torch.manual_seed(0)
     frames = 3

@@ -41,7 +41,7 @@ def _client(cfg):
 
 def test_registered_model_equals_trained_unmerged_model(tracked_run):
     cfg, root = tracked_run
-    from zeroi2v.tracking import load_model
+    from zeroi2v.engine.release import load_model
 
     loaded, loaded_cfg = load_model("models:/tiny_test@latest", cfg)
     assert loaded_cfg == cfg  # the config travels with the model
@@ -77,7 +77,7 @@ def test_run_records_config_params_environment_metrics_and_confusion(tracked_run
 
 def test_champion_moves_only_when_top1_improves(tracked_run):
     cfg, _ = tracked_run
-    from zeroi2v.tracking import Tracker
+    from zeroi2v.engine.tracking import Tracker
 
     cfg = config.from_dict(config.to_dict(cfg), {"tracking.model_name": "champion_test"})
     model = torch.nn.Linear(3, cfg.model.num_classes)  # log_model checks one logit per class

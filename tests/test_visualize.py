@@ -8,7 +8,7 @@ import torch
 
 import zeroi2v
 from zeroi2v.config import load
-from zeroi2v.visualize import (
+from zeroi2v.use.visualize import (
     attention_maps,
     attention_probs,
     capture_input,

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message names the field."""
+from zeroi2v.errors import ConfigError
+from zeroi2v.models.offsets import offsets_per_block
+from zeroi2v.models.specs import BACKBONES
 
 
 class _Section(BaseModel):
@@ -148,9 +148,6 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        from zeroi2v.models.offsets import offsets_per_block
-        from zeroi2v.models.specs import BACKBONES
-
         spec = BACKBONES.get(self.model.backbone)
         if spec is None:
             raise ConfigError(

@@ -13,9 +13,7 @@ import io
 import decord
 import numpy as np
 
-
-class CorruptVideoError(RuntimeError):
-    """The bytes cannot be opened or decoded as a video; the pipeline skips such samples."""
+from zeroi2v.errors import CorruptVideoError
 
 
 def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:

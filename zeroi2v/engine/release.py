@@ -15,7 +15,8 @@ from torch import nn
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
-from zeroi2v.engine import metrics, parallel
+from zeroi2v.engine import metrics, parallel, tracking
+from zeroi2v.engine.model_format import CONFIG_KEY
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
 
@@ -94,6 +95,26 @@ def load_checkpoint_model(path: Path, cfg: Config | None = None) -> tuple[nn.Mod
     return unmerged_from_state_dict(cfg, parallel.read_checkpoint_weights(path)), cfg
 
 
+def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
+    """`models:/NAME@ALIAS` (or any MLflow model URI), a merged `.pt` from launch/merge.py, or a
+    DeepSpeed checkpoint folder → (model in eval mode on CPU, its resolved config).
+
+    `cfg` (optional) gives the tracking URI for registry models; for a checkpoint the config
+    saved with it wins and `cfg` is the fallback.
+    """
+    text = str(uri)
+    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking.tracking_uri(cfg or config_lib.from_dict({})))
+        model = mlflow.pytorch.load_model(text, map_location="cpu")
+        raw = mlflow.models.get_model_info(text).metadata or {}
+        if CONFIG_KEY not in raw:
+            raise ValueError(f"{text} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
+        return model.eval(), config_lib.from_dict(raw[CONFIG_KEY])
+    return load_checkpoint_model(Path(text), cfg)
+
+
 def merge_checkpoint(
     cfg: Config, checkpoint: Path, out: Path | None = None, register: bool = False
 ) -> dict[str, Any]:
@@ -106,10 +127,9 @@ def merge_checkpoint(
     result: dict[str, Any] = {"merged": str(out), "model_uri": None}
     if register:
         from zeroi2v.data.shards import read_manifest
-        from zeroi2v.tracking import Tracker
 
         classes = read_manifest(cfg.data.train_shards)["classes"]
-        tracker = Tracker(cfg)
+        tracker = tracking.Tracker(cfg)
         try:
             result["model_uri"] = tracker.log_model(merged, example[:1], None, classes)
         finally:

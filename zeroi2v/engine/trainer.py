@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from zeroi2v import config as config_lib
-from zeroi2v.config import Config, ConfigError
+from zeroi2v.config import Config
 from zeroi2v.data.pipeline import (
     build_eval_loader,
     build_train_loader,
@@ -37,6 +37,7 @@ from zeroi2v.data.pipeline import (
 )
 from zeroi2v.data.shards import expand_shards
 from zeroi2v.engine import metrics, parallel, release
+from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ class TrainResult:
     val_top5: float | None
     model_uri: str | None
     output_dir: Path
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged; the last good checkpoint is left untouched."""
 
 
 def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
@@ -183,7 +180,7 @@ def train(
             )
     tracker = None
     if rank_env == 0 and cfg.tracking.enabled:
-        from zeroi2v.tracking import Tracker
+        from zeroi2v.engine.tracking import Tracker
 
         tracker = Tracker(
             cfg, world_size=world_size, run_id=client["run_id"], parent_run_id=mlflow_parent_run_id

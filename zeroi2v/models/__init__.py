@@ -18,7 +18,7 @@ _EXPORTS = {
     "mark_trainable": "zeroi2v.models.adapters",
     "attach_adapters": "zeroi2v.models.adapters",
     "install_temporal_attention": "zeroi2v.models.stdha",
-    "shift_kv": "zeroi2v.models.temporal_ops",
+    "shift_kv": "zeroi2v.models.stdha_shift",
 }
 
 __all__ = sorted(_EXPORTS)

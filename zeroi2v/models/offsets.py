@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from zeroi2v.config import ConfigError
+from zeroi2v.errors import ConfigError
 from zeroi2v.models.specs import BackboneSpec
 
 Multiset = list[tuple[int, int]]

@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroi2v.models.adapters import AdaptableMixin, transformer_blocks
-from zeroi2v.models.temporal_ops import (
+from zeroi2v.models.stdha_shift import shift_frames_in_batch, shift_kv
+from zeroi2v.models.temporal_baselines import (
     DEFAULT_SHIFT_RATIO,
     ClsShiftBeforeMLP,
     cls_token_shift,
     head_channel_shift,
-    shift_frames_in_batch,
-    shift_kv,
     token_channel_shift,
 )
 

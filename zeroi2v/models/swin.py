@@ -24,7 +24,7 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, 
 from torch import nn
 
 from zeroi2v.models.specs import BackboneSpec
-from zeroi2v.models.temporal_ops import shift_kv
+from zeroi2v.models.stdha_shift import shift_kv
 
 
 class STDHAWindowAttention(WindowAttention):

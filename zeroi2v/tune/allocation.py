@@ -26,9 +26,11 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from zeroi2v.config import ConfigError
+from zeroi2v import config as config_lib
+from zeroi2v.config import ModelConfig
+from zeroi2v.errors import ConfigError
 from zeroi2v.models.offsets import Multiset, format_multiset, offsets_per_block, receptive_field
-from zeroi2v.models.specs import BackboneSpec
+from zeroi2v.models.specs import BACKBONES, BackboneSpec
 
 PARAMS = ("temporal_heads", "temporal_fraction", "max_offset", "symmetric")
 _FIELD = "tune.head_allocation"
@@ -199,3 +201,21 @@ def sample_allocation(
         else:
             params[name] = rng.uniform(float(args[0]), float(args[1]))
     return params, allocation_from_params(params, backbone, frames)
+
+
+def model_section(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[BackboneSpec, int]:
+    """Backbone and frames seen by attention, before `model.head_offsets` is known."""
+    model = ModelConfig.model_validate(config_lib.apply_overrides(raw, overrides).get("model", {}))
+    if model.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: unknown '{model.backbone}'; one of {sorted(BACKBONES)}")
+    return BACKBONES[model.backbone], model.num_frames // model.temporal_patch_size
+
+
+def trial_overrides(trial_config: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted overrides of one trial, the allocation resolved to `model.head_offsets`."""
+    overrides = dict(trial_config.get("overrides", {}))
+    params = trial_config.get("head_allocation")
+    if params is not None:
+        backbone, frames = model_section(raw, overrides)
+        overrides["model.head_offsets"] = allocation_from_params(params, backbone, frames)
+    return overrides

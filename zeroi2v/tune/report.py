@@ -16,7 +16,7 @@ from typing import Any
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
 from zeroi2v.models.specs import BACKBONES
-from zeroi2v.tune.allocation import describe
+from zeroi2v.tune.allocation import describe, trial_overrides
 
 
 def _number(value: Any) -> float | None:
@@ -25,8 +25,6 @@ def _number(value: Any) -> float | None:
 
 def trial_rows(grid: Any, cfg: Config, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per trial (allocation in paper notation, searched values, metric), best first."""
-    from zeroi2v.tune.search import trial_overrides
-
     metric, rows = cfg.tune.metric, []
     for result in grid:
         trial_config, metrics = result.config or {}, result.metrics or {}
@@ -131,8 +129,11 @@ def write_best_config(
     return path
 
 
-def register_best(raw: Mapping[str, Any], best: dict[str, Any], metric: str) -> str | None:
-    """Merge the best trial's last checkpoint and log + register it in its own MLflow run."""
+def register_best(
+    raw: Mapping[str, Any], best: dict[str, Any], metric: str, checkpoint_subdir: str
+) -> str | None:
+    """Merge the best trial's last checkpoint (the trainer's, in `checkpoint_subdir` of the
+    trial's Ray checkpoint) and log + register it in its own MLflow run."""
     trial_cfg = config_lib.from_dict(raw, best["overrides"])
     if not trial_cfg.tracking.enabled or best["checkpoint"] is None:
         return None
@@ -140,11 +141,10 @@ def register_best(raw: Mapping[str, Any], best: dict[str, Any], metric: str) -> 
 
     from zeroi2v import merge
     from zeroi2v.engine.release import load_checkpoint_model
-    from zeroi2v.tracking import Tracker
-    from zeroi2v.tune.search import _CKPT
+    from zeroi2v.engine.tracking import Tracker
 
     with best["checkpoint"].as_directory() as directory:
-        model, _ = load_checkpoint_model(Path(directory) / _CKPT, trial_cfg)
+        model, _ = load_checkpoint_model(Path(directory) / checkpoint_subdir, trial_cfg)
     merged = merge(model)
     m = trial_cfg.model
     example = torch.randn(1, 3, m.num_frames, m.image_size, m.image_size)

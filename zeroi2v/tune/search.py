@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from zeroi2v import config as config_lib
-from zeroi2v.config import Config, ConfigError, ModelConfig
-from zeroi2v.models.specs import BACKBONES, BackboneSpec
-from zeroi2v.tune.allocation import allocation_from_params, resolve_space
+from zeroi2v.config import Config, ConfigError
+from zeroi2v.tune import report
+from zeroi2v.tune.allocation import model_section, resolve_space, trial_overrides
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,6 @@ def to_domain(spec: Any, where: str) -> Any:
     return kinds[kind](*args)
 
 
-def _model_section(
-    raw: Mapping[str, Any], overrides: Mapping[str, Any]
-) -> tuple[BackboneSpec, int]:
-    """Backbone and frames seen by attention, before `model.head_offsets` is known."""
-    model = ModelConfig.model_validate(config_lib.apply_overrides(raw, overrides).get("model", {}))
-    if model.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown '{model.backbone}'; one of {sorted(BACKBONES)}")
-    return BACKBONES[model.backbone], model.num_frames // model.temporal_patch_size
-
-
 def param_space(cfg: Config, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Ray param space ``{"overrides": {dotted: domain}, "head_allocation": {param: domain}}``.
 
@@ -91,22 +81,12 @@ def param_space(cfg: Config, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError("tune: search model.head_offsets or head_allocation, not both")
         if cfg.model.temporal_op != "stdha":
             raise ConfigError("tune.head_allocation needs model.temporal_op 'stdha'")
-        backbone, frames = _model_section(raw, {})
+        backbone, frames = model_section(raw, {})
         checked = resolve_space(tune_cfg.head_allocation, backbone, frames)
         space["head_allocation"] = {
             name: to_domain(spec, f"tune.head_allocation.{name}") for name, spec in checked.items()
         }
     return space
-
-
-def trial_overrides(trial_config: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted overrides of one trial, the allocation resolved to `model.head_offsets`."""
-    overrides = dict(trial_config.get("overrides", {}))
-    params = trial_config.get("head_allocation")
-    if params is not None:
-        backbone, frames = _model_section(raw, overrides)
-        overrides["model.head_offsets"] = allocation_from_params(params, backbone, frames)
-    return overrides
 
 
 # ---------------------------------------------------------------- the trial
@@ -197,7 +177,7 @@ def _local(path: str) -> bool:
 def trial_base(raw: Mapping[str, Any], cfg: Config) -> dict[str, Any]:
     """The base config as trials see it: relative local paths made absolute (trials run in
     other working directories), and the MLflow URI resolved once, here."""
-    from zeroi2v.tracking import tracking_uri
+    from zeroi2v.engine.tracking import tracking_uri
 
     base = json.loads(json.dumps(raw))
     fixes: dict[str, Any] = {
@@ -283,7 +263,7 @@ def _parent_run(cfg: Config, restore: bool) -> str | None:
         return None
     from mlflow import MlflowClient
 
-    from zeroi2v.tracking import check_server, tracking_uri
+    from zeroi2v.engine.tracking import check_server, tracking_uri
 
     uri = tracking_uri(cfg)
     check_server(uri)
@@ -336,8 +316,6 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     """Run (or resume) the search of a raw config dict; write and log its outputs."""
     from ray import tune
 
-    from zeroi2v.tune import report
-
     raw = dict(raw)
     cfg = config_lib.from_dict(raw)
     if cfg.tune is None:
@@ -369,11 +347,11 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     files.append(best_path)
     print(report.markdown_table(rows))
     print(f"best config: {best_path}")
-    model_uri = report.register_best(raw, rows[0], metric)
+    model_uri = report.register_best(raw, rows[0], metric, _CKPT)
     if parent is not None:
         from mlflow import MlflowClient
 
-        from zeroi2v.tracking import tracking_uri
+        from zeroi2v.engine.tracking import tracking_uri
 
         client = MlflowClient(tracking_uri(cfg))
         for file in files:

@@ -1,25 +1,19 @@
 """Print one JSON line of params / tunable params / GFLOPs for a config (no weights needed).
 
-python launch/profile.py --config configs/k400_b16_8f.json --merged [section.key=value ...]
-python launch/profile.py --config configs/k400_b16_8f.json --latency [--reps 20] [--max-batch N]
+python launch/profile_model.py --config configs/k400_b16_8f.json --merged [section.key=value ...]
+python launch/profile_model.py --config configs/k400_b16_8f.json --latency [--reps 20]
+    [--max-batch N]
   (--latency: also time plain / unmerged / merged models in one run, Table 9; see
-  zeroi2v/efficiency.py; random weights, but real tensors: minutes on CPU for ViT-B)
+  zeroi2v/use/efficiency.py; random weights, but real tensors: minutes on CPU for ViT-B)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a script, Python puts launch/ first on sys.path, where this file would shadow the
-    # stdlib `profile` (imported by cProfile inside torch._dynamo). Put the repo root there.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from zeroi2v.config import load
-from zeroi2v.profile import profile
+from zeroi2v.models.profile import profile
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = profile(cfg, merged=args.merged)
     print(json.dumps(result))
     if args.latency:
-        from zeroi2v.efficiency import (
+        from zeroi2v.use.efficiency import (
             describe_device,
             efficiency_table,
             format_table,

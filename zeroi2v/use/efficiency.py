@@ -8,7 +8,7 @@ depend on their values):
 - ``unmerged``: ZeroI2V as trained (STDHA + linear adapters);
 - ``merged``: ZeroI2V after `zeroi2v.merge` (STDHA kept, adapters folded): what is deployed.
 
-Params and GFLOPs use `zeroi2v.profile`'s counter (FLOPs of all V test views of one video,
+Params and GFLOPs use `zeroi2v.models.profile`'s counter (FLOPs of all V test views of one video,
 fvcore convention). Latency: batch 1 = the V views of one video, the three models timed in
 turn within every repetition (rotating which goes first), median over repetitions, so drift
 of the machine hits all three alike. Throughput: videos per second at the largest batch of
@@ -151,7 +151,7 @@ def efficiency_table(
     throughput_reps: int | None = None,
 ) -> list[EfficiencyRow]:
     """Plain / unmerged / merged rows for `cfg` (see the module docstring)."""
-    from zeroi2v.profile import count_macs
+    from zeroi2v.models.profile import count_macs
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     max_batch = max_batch or (64 if device.type == "cuda" else 4)
@@ -163,7 +163,7 @@ def efficiency_table(
             videos * views, 3, frames, size, size, device=device
         )  # (B*V, C, T, H, W)
 
-    with torch.device("meta"):  # FLOPs from shapes alone, as zeroi2v.profile counts them
+    with torch.device("meta"):  # FLOPs from shapes alone, as zeroi2v.models.profile counts them
         shapes_only = build_variants(cfg, torch.device("meta"))
     one_view = torch.empty(1, 3, frames, size, size, device="meta")
     gflops = {name: count_macs(m, one_view) * views / 1e9 for name, m in shapes_only.items()}

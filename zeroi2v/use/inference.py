@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from zeroi2v.config import Config
+from zeroi2v.engine.model_format import CLASSES_KEY
 
 log = logging.getLogger(__name__)
 
-CLASSES_KEY = "zeroi2v_classes"  # model metadata key with the class names (see serving.py)
 
 VideoInput = bytes | str | Path
 
@@ -43,9 +43,9 @@ class Prediction:
 
 def load_model(uri: str | Path) -> tuple[nn.Module, Config]:
     """`models:/NAME@ALIAS`, a run/model URI or a checkpoint → (eval model on CPU, config)."""
-    from zeroi2v.tracking import load_model as tracking_load
+    from zeroi2v.engine.release import load_model as release_load
 
-    model, cfg = tracking_load(uri)
+    model, cfg = release_load(uri)
     return model.eval(), cfg
 
 

@@ -1,17 +1,11 @@
 """The registered model as an MLflow pyfunc that takes videos and returns labels and scores.
 
-One logged MLflow model carries two flavors over the same saved weights:
-
-- ``pytorch`` (written by `mlflow.pytorch.save_model`): `mlflow.pytorch.load_model(uri)` gives
-  the merged `VideoClassifier`, which is what `zeroi2v.tracking.load_model` uses;
-- ``python_function`` with ``loader_module: zeroi2v.serving``: `mlflow.pyfunc.load_model(uri)`
-  and ``mlflow models serve -m models:/NAME@ALIAS --env-manager local`` get `VideoPyfunc`,
-  which decodes videos into the config's test views (`zeroi2v.inference.VideoPredictor`) and
-  averages softmax over views, exactly as predict.py and evaluation do.
-
-A pyfunc written with ``python_model=`` would need a second copy of the weights (as an
-artifact) or a model without the pytorch flavor; replacing the loader of the pyfunc flavor
-keeps one copy and both loaders. `log_pyfunc_model` is the call `Tracker.log_model` makes.
+A model logged by `zeroi2v.engine.model_format.log_pyfunc_model` names this module as the
+loader of its ``python_function`` flavor: `mlflow.pyfunc.load_model(uri)` and
+``mlflow models serve -m models:/NAME@ALIAS --env-manager local`` call `_load_pyfunc`, which
+gives `VideoPyfunc`: it decodes videos into the config's test views
+(`zeroi2v.use.inference.VideoPredictor`) and averages softmax over views, exactly as
+predict.py and evaluation do. The same saved weights also load as the ``pytorch`` flavor.
 
 Inputs (one row per video): a DataFrame / records / ``{"inputs": {...}}`` with a ``video``
 column (base64 of the file bytes) and/or a ``path`` column (a file the server can read), or a
@@ -24,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +26,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from zeroi2v.config import Config, from_dict, to_dict
-from zeroi2v.inference import CLASSES_KEY, VideoPredictor
-from zeroi2v.tracking import CONFIG_KEY  # the config travels as this model metadata key
-
-DEFAULT_TOP_K = 5
-
-
-def signature():
-    """Pyfunc schema: optional ``video`` (base64) and ``path`` string columns, ``top_k``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec(DataType.string, "video", required=False),
-            ColSpec(DataType.string, "path", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            ColSpec(DataType.string, "label"),
-            ColSpec(DataType.double, "score"),
-            ColSpec(DataType.long, "index"),
-        ]
-    )
-    params = ParamSchema([ParamSpec("top_k", DataType.long, DEFAULT_TOP_K)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
+from zeroi2v.config import Config, from_dict
+from zeroi2v.engine.model_format import CLASSES_KEY, CONFIG_KEY, DEFAULT_TOP_K
+from zeroi2v.use.inference import VideoPredictor
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -152,70 +120,3 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
     device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     model = mlflow.pytorch.load_model(str(root), map_location="cpu")
     return VideoPyfunc(model, cfg, list(classes), device=device)
-
-
-# ----------------------------------------------------------------------------- logging
-
-
-def save_model(
-    path: str,
-    mlflow_model: Any,
-    pytorch_model: nn.Module,
-    cfg: Config,
-    classes: list[str] | None = None,
-    **kwargs: Any,
-) -> None:
-    """Flavor hook for `mlflow.models.Model.log`: pytorch flavor + our pyfunc loader."""
-    import mlflow
-
-    metadata = {**(mlflow_model.metadata or {}), **(kwargs.pop("metadata", None) or {})}
-    metadata[CONFIG_KEY] = to_dict(cfg)
-    if classes is not None:
-        if len(classes) != cfg.model.num_classes:
-            raise ValueError(f"got {len(classes)} class names for {cfg.model.num_classes} classes")
-        metadata[CLASSES_KEY] = list(classes)
-    mlflow.pytorch.save_model(
-        pytorch_model, path, mlflow_model=mlflow_model, metadata=metadata, **kwargs
-    )
-    pyfunc_conf = mlflow_model.flavors["python_function"]
-    pyfunc_conf["loader_module"] = __name__
-    mlflow_model.save(str(Path(path) / "MLmodel"))
-
-
-def log_pyfunc_model(
-    merged: nn.Module,
-    cfg: Config,
-    classes: list[str] | None = None,
-    *,
-    name: str = "model",
-    registered_model_name: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: list[str] | None = None,
-):
-    """Log `merged` to the active run with both flavors; returns MLflow's `ModelInfo`.
-
-    The signature is the pyfunc's (videos in, labels out); no input example is stored
-    (a video would have to be embedded in every logged model).
-    """
-    import sys
-
-    from mlflow.models import Model
-
-    if pip_requirements is None:
-        names = ("torch", "timm", "open_clip_torch", "decord", "torchvision", "mlflow")
-        pip_requirements = [f"{n}=={importlib_metadata.version(n)}" for n in names]
-    return Model.log(
-        artifact_path=None,
-        name=name,
-        flavor=sys.modules[__name__],
-        registered_model_name=registered_model_name,
-        metadata=metadata,
-        pytorch_model=merged.eval(),
-        cfg=cfg,
-        classes=classes,
-        signature=signature(),
-        pip_requirements=pip_requirements,
-        # pickle, not MLflow 3's default pt2: the loaded model is the real `VideoClassifier`
-        # (any batch, hookable for attention maps), not a graph traced at one batch size.
-        serialization_format="pickle",
-    )

@@ -108,7 +108,7 @@ def _display_frames(clip: Tensor) -> np.ndarray:
 def attention_maps(model: nn.Module, clip: Tensor) -> AttentionMaps:
     """Maps of the last block for one clip (1, C, T, H, W)."""
     from zeroi2v.models.backbones import token_layout
-    from zeroi2v.models.temporal_ops import time_index
+    from zeroi2v.models.stdha_shift import time_index
 
     if clip.dim() != 5 or clip.shape[0] != 1:
         raise ValueError(f"expected one clip (1, C, T, H, W), got shape {tuple(clip.shape)}")
@@ -176,7 +176,7 @@ def visualize(
     """Maps for test view `view` of `video`, saved as a PNG at `out` (and to MLflow run)."""
     import matplotlib.pyplot as plt
 
-    from zeroi2v.inference import VideoPredictor, read_video
+    from zeroi2v.use.inference import VideoPredictor, read_video
 
     data, name = read_video(video)
     views = VideoPredictor(model, cfg).views(data, name)  # (V, C, T, H, W)
@@ -188,7 +188,7 @@ def visualize(
     if run_id is not None:
         import mlflow
 
-        from zeroi2v.tracking import tracking_uri
+        from zeroi2v.engine.tracking import tracking_uri
 
         mlflow.MlflowClient(tracking_uri(cfg)).log_artifact(run_id, str(out), "attention")
     return result

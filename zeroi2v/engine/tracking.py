@@ -2,8 +2,8 @@
 
 Embedded default: a SQLite file and a local artifact folder in the working directory, so a
 laptop run needs no server; `tracking.tracking_uri` or $MLFLOW_TRACKING_URI point at a server
-instead. Only rank 0 creates a `Tracker`. The resolved config travels with the logged model
-(model metadata), so `load_model("models:/NAME@ALIAS")` can rebuild views and transforms.
+instead. Only rank 0 creates a `Tracker`. How a model is stored (flavors, the config as model
+metadata) is `model_format`'s business; loading it back is `release.load_model`'s.
 
 Aliases: MLflow 3 reserves `latest` (it always resolves to the newest version), so every new
 version is `@latest` automatically; `champion` moves to a version only when its val top-1
@@ -26,10 +26,11 @@ from torch import nn
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
+from zeroi2v.engine.model_format import log_pyfunc_model
+from zeroi2v.errors import TrackingServerError
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "zeroi2v_config"  # model metadata key holding the resolved config
 _LIBRARIES = ("torch", "deepspeed", "mlflow", "timm", "open_clip_torch", "webdataset", "decord")
 
 
@@ -52,10 +53,6 @@ def _short_http_timeouts(seconds: int = 5):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-class TrackingServerError(RuntimeError):
-    """The configured MLflow server cannot be used."""
 
 
 def check_server(uri: str) -> None:
@@ -188,14 +185,12 @@ class Tracker:
         val_top1: float | None,
         classes: list[str] | None = None,
     ) -> str:
-        """Log the merged model with both flavors (pytorch + the video pyfunc of
-        `zeroi2v.serving`, config and class names as metadata) and register it; returns the
+        """Log the merged model with both flavors (`model_format`: pytorch + the video pyfunc,
+        config and class names as metadata) and register it; returns the
         `models:/` URI. `example` (clips) checks the model gives one logit per class before
         anything is logged.
         """
         import mlflow
-
-        from zeroi2v.serving import log_pyfunc_model  # serving imports this module
 
         merged = merged.eval()
         with torch.no_grad():
@@ -229,25 +224,3 @@ class Tracker:
         import mlflow
 
         mlflow.end_run(status=status)
-
-
-def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
-    """`models:/NAME@ALIAS` (or any MLflow model URI), a merged `.pt` from launch/merge.py, or a
-    DeepSpeed checkpoint folder → (model in eval mode on CPU, its resolved config).
-
-    `cfg` (optional) gives the tracking URI for registry models; for a checkpoint the config
-    saved with it wins and `cfg` is the fallback.
-    """
-    text = str(uri)
-    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri(cfg or config_lib.from_dict({})))
-        model = mlflow.pytorch.load_model(text, map_location="cpu")
-        raw = mlflow.models.get_model_info(text).metadata or {}
-        if CONFIG_KEY not in raw:
-            raise ValueError(f"{text} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
-        return model.eval(), config_lib.from_dict(raw[CONFIG_KEY])
-    from zeroi2v.engine.release import load_checkpoint_model
-
-    return load_checkpoint_model(Path(text), cfg)

@@ -1,0 +1,172 @@
+"""The package's import graph: no circles, and layers import only downward.
+
+The graph is read from the source with `ast` (nothing is imported), and it counts every
+import: module-level, function-level (lazy) and the lazy re-exports of the packages'
+``_EXPORTS`` tables, because a lazy import is still a dependency a reader has to follow.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "zeroi2v"
+
+# Bottom first. A module may import a lower layer, or its own group; never a higher layer nor
+# another group of its own layer (tune and use stay independent). `models.specs` and
+# `models.offsets` are torch-free descriptions of the backbones and of the head-offset
+# grammar that the config validates against, so they sit with the config.
+LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
+    (0, "errors", ("zeroi2v.errors",)),
+    (1, "config", ("zeroi2v.config", "zeroi2v.models.specs", "zeroi2v.models.offsets")),
+    (2, "data", ("zeroi2v.data",)),
+    (3, "models", ("zeroi2v.models",)),
+    (4, "engine", ("zeroi2v.engine",)),
+    (5, "tune", ("zeroi2v.tune",)),
+    (5, "use", ("zeroi2v.use",)),
+]
+
+
+def module_files() -> dict[str, Path]:
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+def _lazy_exports(tree: ast.Module) -> dict[str, str]:
+    """``_EXPORTS = {"name": "module", ...}`` of a package `__init__` (its lazy attributes)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the `zeroi2v` modules it imports (a name from a package resolves to the
+    module that defines it when the package re-exports it lazily)."""
+    files = module_files()
+    trees = {name: ast.parse(path.read_text(), str(path)) for name, path in files.items()}
+    exports = {name: _lazy_exports(tree) for name, tree in trees.items()}
+
+    def resolve(package: str, name: str) -> str:
+        if f"{package}.{name}" in files:
+            return f"{package}.{name}"
+        return exports.get(package, {}).get(name, package)
+
+    graph: dict[str, set[str]] = {}
+    for module, tree in trees.items():
+        targets = set(exports[module].values())
+        is_package = files[module].name == "__init__.py"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolve against this module's package
+                    anchor = module.split(".")
+                    anchor = anchor[: len(anchor) - node.level + is_package]
+                    base = ".".join([*anchor, *filter(None, [base])])
+                targets.update(resolve(base, alias.name) for alias in node.names)
+        graph[module] = {t for t in targets if t in files and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def layer(module: str) -> tuple[int, str] | None:
+    matches = [
+        (len(prefix), rank, group)
+        for rank, group, prefixes in LAYERS
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    return max(matches)[1:] if matches else None
+
+
+def test_the_graph_sees_lazy_and_function_level_imports():
+    graph = import_graph()
+    assert "zeroi2v.models.video" in graph["zeroi2v"]  # `_EXPORTS` of zeroi2v/__init__.py
+    assert "zeroi2v.models.video" in graph["zeroi2v.engine.release"]  # `from zeroi2v import
+    assert "zeroi2v.data.pipeline" in graph["zeroi2v.engine.release"]  # build_model` in a def
+
+
+def test_cycles_are_found():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    found = cycles(import_graph())
+    assert not found, "import circles among zeroi2v modules: " + "; ".join(
+        " ↔ ".join(c) for c in found
+    )
+
+
+def test_every_module_has_a_layer():
+    unplaced = [m for m in module_files() if m != "zeroi2v" and layer(m) is None]
+    assert not unplaced, f"add these modules to a layer in tests/test_layering.py: {unplaced}"
+
+
+def test_layers_import_only_downward():
+    upward = []
+    for module, targets in import_graph().items():
+        if module == "zeroi2v":  # the facade: lazily re-exports build_model / merge
+            continue
+        rank, group = layer(module)
+        for target in targets:
+            target_rank, target_group = layer(target) if target != "zeroi2v" else (3, "models")
+            if target_rank > rank or (target_rank == rank and target_group != group):
+                upward.append(f"{module} ({group}) imports {target} ({target_group})")
+    assert not upward, "imports against the layering:\n" + "\n".join(sorted(upward))
+
+
+def test_launch_scripts_shadow_no_module_and_edit_no_path():
+    """`python launch/x.py` puts launch/ first on sys.path: a script named like a module that
+    some library imports (the stdlib `profile`, imported by torch._dynamo) would be imported
+    in its place. With no such name, the scripts need no `sys.path` preamble."""
+    import importlib.util
+    import sys
+
+    scripts = sorted((PACKAGE.parent / "launch").glob("*.py"))
+    assert len(scripts) > 5
+    for script in scripts:
+        name = script.stem
+        assert name == "__init__" or (
+            name not in sys.stdlib_module_names and importlib.util.find_spec(name) is None
+        ), f"launch/{script.name} shadows the module '{name}'; rename the script"
+        assert "sys.path" not in script.read_text(), f"launch/{script.name} edits sys.path"

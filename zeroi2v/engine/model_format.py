@@ -1,0 +1,117 @@
+"""How zeroi2v stores a trained model in MLflow: one model, two flavors over one copy of weights.
+
+- ``pytorch`` (written by `mlflow.pytorch.save_model`): `mlflow.pytorch.load_model(uri)` gives
+  the merged `VideoClassifier`, which is what `zeroi2v.engine.release.load_model` uses;
+- ``python_function`` whose ``loader_module`` is `PYFUNC_LOADER` (`zeroi2v.use.serving`):
+  `mlflow.pyfunc.load_model(uri)` and ``mlflow models serve`` get a pyfunc that takes videos
+  and returns labels and scores.
+
+The loader is named, not imported: writing the format needs nothing of the pyfunc that
+reads it, so the training engine logs models without depending on the serving code above it.
+A pyfunc written with ``python_model=`` would need a second copy of the weights (as an
+artifact) or a model without the pytorch flavor; replacing the loader of the pyfunc flavor
+keeps one copy and both loaders. `log_pyfunc_model` is the call `Tracker.log_model` makes.
+The resolved config and the class names travel as model metadata (`CONFIG_KEY`,
+`CLASSES_KEY`), so a loaded model rebuilds its views and transforms.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zeroi2v.config import Config, to_dict
+
+CONFIG_KEY = "zeroi2v_config"  # model metadata key holding the resolved config
+CLASSES_KEY = "zeroi2v_classes"  # model metadata key with the class names
+PYFUNC_LOADER = "zeroi2v.use.serving"  # the module whose `_load_pyfunc` MLflow calls
+DEFAULT_TOP_K = 5
+
+
+def signature():
+    """Pyfunc schema: optional ``video`` (base64) and ``path`` string columns, ``top_k``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec(DataType.string, "video", required=False),
+            ColSpec(DataType.string, "path", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "label"),
+            ColSpec(DataType.double, "score"),
+            ColSpec(DataType.long, "index"),
+        ]
+    )
+    params = ParamSchema([ParamSpec("top_k", DataType.long, DEFAULT_TOP_K)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def save_model(
+    path: str,
+    mlflow_model: Any,
+    pytorch_model: nn.Module,
+    cfg: Config,
+    classes: list[str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Flavor hook for `mlflow.models.Model.log`: pytorch flavor + our pyfunc loader."""
+    import mlflow
+
+    metadata = {**(mlflow_model.metadata or {}), **(kwargs.pop("metadata", None) or {})}
+    metadata[CONFIG_KEY] = to_dict(cfg)
+    if classes is not None:
+        if len(classes) != cfg.model.num_classes:
+            raise ValueError(f"got {len(classes)} class names for {cfg.model.num_classes} classes")
+        metadata[CLASSES_KEY] = list(classes)
+    mlflow.pytorch.save_model(
+        pytorch_model, path, mlflow_model=mlflow_model, metadata=metadata, **kwargs
+    )
+    pyfunc_conf = mlflow_model.flavors["python_function"]
+    pyfunc_conf["loader_module"] = PYFUNC_LOADER
+    mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def log_pyfunc_model(
+    merged: nn.Module,
+    cfg: Config,
+    classes: list[str] | None = None,
+    *,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    pip_requirements: list[str] | None = None,
+):
+    """Log `merged` to the active run with both flavors; returns MLflow's `ModelInfo`.
+
+    The signature is the pyfunc's (videos in, labels out); no input example is stored
+    (a video would have to be embedded in every logged model).
+    """
+    import sys
+
+    from mlflow.models import Model
+
+    if pip_requirements is None:
+        names = ("torch", "timm", "open_clip_torch", "decord", "torchvision", "mlflow")
+        pip_requirements = [f"{n}=={importlib_metadata.version(n)}" for n in names]
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=sys.modules[__name__],
+        registered_model_name=registered_model_name,
+        metadata=metadata,
+        pytorch_model=merged.eval(),
+        cfg=cfg,
+        classes=classes,
+        signature=signature(),
+        pip_requirements=pip_requirements,
+        # pickle, not MLflow 3's default pt2: the loaded model is the real `VideoClassifier`
+        # (any batch, hookable for attention maps), not a graph traced at one batch size.
+        serialization_format="pickle",
+    )

@@ -1,0 +1,24 @@
+"""The errors a user can cause and fix, at the bottom of the package so every layer can raise them.
+
+Each carries one sentence naming the file, field or server at fault; the launch scripts turn
+them into ``error: <sentence>`` and a non-zero exit instead of a traceback. They are also
+importable where they are raised (e.g. ``zeroi2v.config.ConfigError``).
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the field."""
+
+
+class CorruptVideoError(RuntimeError):
+    """The bytes cannot be opened or decoded as a video; the pipeline skips such samples."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last good checkpoint is left untouched."""
+
+
+class TrackingServerError(RuntimeError):
+    """The configured MLflow server cannot be used."""
