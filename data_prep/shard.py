@@ -229,7 +229,9 @@ def shard_split(
         todo = order[position:]
         labelled = [item for item in todo if item.label in class_index]
         writer: DeterministicTar | None = None
-        bar = tqdm(total=len(todo), desc=f"shard {split}", unit="video", disable=not progress_bar)
+        # disable=None: a bar on a terminal only (no carriage-return redraws in log files)
+        shown = None if progress_bar else True
+        bar = tqdm(total=len(todo), desc=f"shard {split}", unit="video", disable=shown)
         results = _results(labelled, options, workers)
 
         def finish_shard(at: int) -> None:

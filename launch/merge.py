@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from zeroi2v import logs
 from zeroi2v.config import load
 
 
@@ -44,4 +45,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     main()

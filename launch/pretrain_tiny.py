@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from zeroi2v import config
+from zeroi2v import config, logs
 from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 
 
@@ -25,4 +25,5 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
+    logs.setup()
     main()

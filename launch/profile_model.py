@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from zeroi2v import logs
 from zeroi2v.config import load
 from zeroi2v.models.profile import profile
 
@@ -65,4 +66,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     main()

@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 
+from zeroi2v import logs
 from zeroi2v.config import load, to_dict
 from zeroi2v.engine import parallel
 from zeroi2v.errors import ConfigError, NonFiniteLossError, TrackingServerError
-
-
-def setup_logging() -> None:
-    rank0 = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(
-        level=logging.INFO if rank0 else logging.WARNING,
-        force=True,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None):
@@ -50,7 +39,7 @@ def main(argv: list[str] | None = None):
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return None
-    setup_logging()
+    logs.setup()  # INFO on rank 0, WARNING elsewhere ($ZEROI2V_LOG_ALL_RANKS=1: all INFO)
     parallel.select_accelerator()  # before anything imports deepspeed
     from zeroi2v.engine.trainer import train
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from zeroi2v import config as config_lib
+from zeroi2v import logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="resume an interrupted search")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     args, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup()
     config_lib.load(args.config)  # readable errors for a bad file
     raw = config_lib.apply_overrides(json.loads(args.config.read_text()), overrides)
     cfg = config_lib.from_dict(raw)  # fail on bad overrides before Ray starts

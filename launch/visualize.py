@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from zeroi2v import logs
 from zeroi2v.use.inference import load_model
 from zeroi2v.use.visualize import AttentionMaps, visualize
 
@@ -34,4 +35,5 @@ def main(argv: list[str] | None = None) -> AttentionMaps:
 
 
 if __name__ == "__main__":
+    logs.setup()
     main()

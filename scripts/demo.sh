@@ -38,7 +38,7 @@ echo "== 3/6 image pre-training of the tiny backbone -> $PRETRAINED"
 if [ -f "$PRETRAINED" ]; then
   echo "reusing $PRETRAINED"
 else
-  python launch/pretrain_tiny.py --config "$CONFIG" --out "$PRETRAINED" 2>&1 | grep -v '^tiny image'
+  python launch/pretrain_tiny.py --config "$CONFIG" --out "$PRETRAINED"
 fi
 echo "== 4/6 train with DeepSpeed ($PROCS processes), merge, register in MLflow"
 rm -rf "$OUT"

@@ -69,11 +69,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
     The venv's bin folder goes first on PATH: DeepSpeed JIT-builds its CPU comm op with the
     first `ninja` found, and two ninja versions (venv, system) invalidate each other's build,
-    turning a cached load into a 40-120 s recompile.
+    turning a cached load into a 40-120 s recompile. The repo goes first on PYTHONPATH: the
+    launch scripts import `zeroi2v` as installed, and the run must test this checkout's code.
     """
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
     env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 

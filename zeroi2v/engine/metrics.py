@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+
+from zeroi2v import logs
 
 
 @dataclass
@@ -63,7 +64,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
     batches = iter(loader)
     last = None
-    for _ in tqdm(iter(int, 1), desc="eval", disable=not progress, leave=False):
+    for _ in logs.progress(iter(int, 1), desc="eval", disable=not progress, leave=False):
         batch = next(batches, None)
         if lockstep:
             alive = torch.tensor([float(batch is not None)], device=device)

@@ -11,15 +11,18 @@ training then loads the result through the ordinary `model.pretrained` local-fil
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data_prep.synthetic import CLASSES, render, sample_params
+from zeroi2v import logs
 from zeroi2v.config import Config, ConfigError, from_dict, to_dict
 from zeroi2v.models.specs import BACKBONES
+
+log = logging.getLogger(__name__)
 
 _CELL = 8  # pixels per side of one grid cell of the location task
 PRETRAIN_THREADS = 2
@@ -86,7 +89,7 @@ def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int) -
     model = build_model(_image_config(cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     correct = 0.0
-    for _ in tqdm(range(steps), desc="tiny image pre-training", unit="step"):
+    for _ in logs.progress(range(steps), desc="tiny image pre-training", unit="step", logger=log):
         frames, cells = _location_batch(rng, cfg.model.image_size, batch, mean, std)
         logits = model(frames)
         loss = torch.nn.functional.cross_entropy(logits, cells)

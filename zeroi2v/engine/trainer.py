@@ -25,9 +25,9 @@ import psutil
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from zeroi2v import config as config_lib
+from zeroi2v import logs
 from zeroi2v.config import Config
 from zeroi2v.data.pipeline import (
     build_eval_loader,
@@ -298,7 +298,9 @@ def _train(
 
     step = client["global_step"]
     result = None
-    bar = tqdm(total=total_steps, initial=step, disable=not rank0, desc="train")
+    bar = logs.progress(
+        total=total_steps, initial=step, disable=not rank0, desc="train", logger=log
+    )
     engine.train()
     for epoch in range(client["epoch"], cfg.train.epochs):
         skip = client["step_in_epoch"] * accum if epoch == client["epoch"] else 0

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zeroi2v import config as config_lib
+from zeroi2v import logs
 from zeroi2v.config import Config, ConfigError
 from zeroi2v.tune import report
 from zeroi2v.tune.allocation import model_section, resolve_space, trial_overrides
@@ -112,6 +113,7 @@ def trainable(trial_config: dict[str, Any], *, base: dict[str, Any], parent_run_
     from zeroi2v.engine.parallel import latest_tag, select_accelerator
     from zeroi2v.engine.trainer import train
 
+    logs.quiet_third_party()  # a trial runs in a Ray worker, not under a launch script
     context = tune.get_context()
     # The trainer's files (its checkpoints, merged.pt) stay on this node, one folder per trial;
     # Ray copies each epoch's checkpoint to its storage, from where a retry on any node resumes.

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from zeroi2v import logs
 from zeroi2v.config import Config, from_dict, to_dict
 
 VARIANTS = ("plain", "unmerged", "merged")
@@ -104,7 +104,7 @@ def interleaved_median(
         for name in names:
             runs[name](clips)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in tqdm(range(reps), desc=desc, leave=False):
+    for rep in logs.progress(range(reps), desc=desc, leave=False):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:  # rotate who goes first
             times[name].append(_timed(runs[name], clips))
