@@ -98,7 +98,7 @@ def bench_loader(cfg: Config, clips: int, repeats: int) -> float:
     loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0, micro_batch_size=BATCH,
                                 num_batches=repeats * clips // BATCH)  # fmt: skip
     start = time.perf_counter()
-    count = sum(videos.shape[0] for videos, _ in loader)
+    count = sum(videos.shape[0] for videos, _, _ in loader)
     return count / (time.perf_counter() - start)
 
 

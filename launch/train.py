@@ -16,7 +16,7 @@ import sys
 from zeroi2v import logs
 from zeroi2v.config import load, to_dict
 from zeroi2v.engine import parallel
-from zeroi2v.errors import ConfigError, NonFiniteLossError, TrackingServerError
+from zeroi2v.errors import ConfigError, LostRankError, NonFiniteLossError, TrackingServerError
 
 
 def main(argv: list[str] | None = None):
@@ -51,7 +51,13 @@ def cli() -> None:
 
     try:
         main()
-    except (ConfigError, FileNotFoundError, NonFiniteLossError, TrackingServerError) as error:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        NonFiniteLossError,
+        TrackingServerError,
+        LostRankError,
+    ) as error:
         sys.exit(f"error: {error}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,15 @@ def _keys(shards: list[Path]) -> list[str]:
     return keys
 
 
-def _train(cfg: Config, **kw) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _train(cfg: Config, **kw) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     args = {"rank": 0, "world_size": 1, "epoch": 0, "micro_batch_size": 4, "num_batches": 7}
     return list(build_train_loader(cfg, **{**args, **kw}))
 
 
 def _same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(
-        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
+        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and x[2] == y[2]
+        for x, y in zip(a, b, strict=True)
     )
 
 
@@ -58,9 +60,12 @@ def test_train_stream_is_exact_and_deterministic(synthetic_shards: Path) -> None
     cfg = _cfg(synthetic_shards, train="train-000000.tar")  # 32 samples
     first = _train(cfg, num_batches=10)  # 40 clips: the stream wraps around
     assert len(first) == 10
-    videos, labels = first[0]
+    videos, labels, keys = first[0]
     assert videos.shape == (4, 3, 8, 32, 32) and videos.dtype == torch.float32
-    assert labels.dtype == torch.int64 and labels.shape == (4,)
+    assert labels.dtype == torch.int64 and labels.shape == (4,) and len(keys) == 4
+    played = Counter(k for batch in first for k in batch[2])  # a pass and 8 of the next
+    assert set(played) == set(_keys([synthetic_shards / "train-000000.tar"]))
+    assert sorted(Counter(played.values()).items()) == [(1, 24), (2, 8)]
     assert set(torch.cat([b[1] for b in first]).tolist()) <= {0, 1, 2, 3}
     assert _same(first, _train(cfg, num_batches=10))
     assert not _same(first[:4], _train(cfg, num_batches=4, epoch=1))  # a new epoch reshuffles
@@ -102,8 +107,9 @@ def corrupt_shards(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFact
             for sample in samples[8 * index : 8 * index + 8]:
                 sink.write(sample)
     (out / "broken-000000.tar").write_bytes(b"not a tar file" * 100)
-    shards = [{"name": f"train-{i:06d}.tar", "count": 8, "sha256": ""} for i in range(2)]
-    manifest = {"classes": [], "splits": {"train": {"shards": shards, "count": 16}}}
+    names = ["train-000000.tar", "train-000001.tar", "broken-000000.tar"]
+    shards = [{"name": name, "count": 8, "sha256": ""} for name in names]
+    manifest = {"classes": [], "splits": {"train": {"shards": shards, "count": 24}}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,9 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from engine_helpers import (
+    assert_continues,
     clean_env,
     free_port,
     losses,
@@ -90,7 +93,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_shards, tmp_path
     _assert_resumed_equals_full(full_dir, killed_dir, int(killed_at.removeprefix("step")))
 
 
-def _two_process_worker(rank: int, port: int, raw_full: dict, raw_resumed: dict) -> None:
+def _as_rank(rank: int, port: int) -> None:
+    """An mp.spawn child becomes rank `rank` of 2, as a launcher would set it up."""
     os.environ.update(
         clean_env(
             RANK=str(rank),
@@ -101,6 +105,10 @@ def _two_process_worker(rank: int, port: int, raw_full: dict, raw_resumed: dict)
         )
     )
     torch.set_num_threads(1)
+
+
+def _two_process_worker(rank: int, port: int, raw_full: dict, raw_resumed: dict) -> None:
+    _as_rank(rank, port)
     import torch.distributed as dist
 
     from zeroi2v.engine import trainer
@@ -137,7 +145,7 @@ def test_fetching_batches_leaves_the_training_rng_alone(synthetic_shards, tmp_pa
     first `next()` (wds.WebLoader's `__iter__` is a generator), i.e. at every epoch start of
     a full run but at the resume point of a resumed one. The trainer fetches under fork_rng."""
     from zeroi2v.data.pipeline import build_train_loader
-    from zeroi2v.engine.trainer import _outside_training_rng
+    from zeroi2v.engine.rng import outside_training_rng
 
     cfg = config.from_dict(tiny_raw(synthetic_shards, tmp_path / "run"))
 
@@ -148,9 +156,52 @@ def test_fetching_batches_leaves_the_training_rng_alone(synthetic_shards, tmp_pa
 
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    fetched = list(_outside_training_rng(loader()))
+    fetched = list(outside_training_rng(loader()))
     assert torch.equal(torch.get_rng_state(), before)
     plain = list(loader())  # the same batches, in the same order
     assert len(fetched) == len(plain) == 2
-    for (clips, labels), (ref_clips, ref_labels) in zip(fetched, plain, strict=True):
+    for (clips, labels, _), (ref_clips, ref_labels, _) in zip(fetched, plain, strict=True):
         assert torch.equal(clips, ref_clips) and torch.equal(labels, ref_labels)
+
+
+def _train_all(rank: int, port: int, raws: list[dict]) -> None:
+    _as_rank(rank, port)
+    from zeroi2v.engine import trainer
+
+    for raw in raws:
+        trainer.train(config.from_dict(raw))
+
+
+@pytest.mark.slow
+def test_two_process_checkpoints_resume_on_one_process_for_zero_0_and_3(synthetic_shards, tmp_path):
+    """ZeRO-0 keeps the whole optimizer state in one file (it loads as is); ZeRO-3 partitions
+    weights and optimizer per rank (converted to DeepSpeed's universal checkpoint). Either way
+    one process with 2 accumulation steps (and 2 loader workers, so that each step gets the
+    same samples) continues the 2-process run's loss curve and schedule."""
+    raws = {}
+    for stage in (0, 3):
+        ds = {
+            "train_micro_batch_size_per_gpu": 4,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": stage},
+        }
+        raws[stage] = tiny_raw(
+            synthetic_shards,
+            tmp_path / f"two{stage}",
+            deepspeed=ds,
+            train={"epochs": 1, "checkpoint_every_steps": 3},
+        )
+        raws[stage]["data"]["train_shards"] = str(synthetic_shards / "train-00000[01].tar")
+    mp.spawn(_train_all, args=(free_port(), list(raws.values())), nprocs=2)
+    for stage, raw in raws.items():
+        two, one = tmp_path / f"two{stage}", tmp_path / f"one{stage}"
+        shutil.copytree(two / "checkpoints" / "step3", one / "checkpoints" / "step3")
+        (one / "checkpoints" / "latest").write_text("step3")
+        raw = json.loads(json.dumps(raw))
+        raw["train"]["output_dir"] = str(one)
+        raw["deepspeed"]["gradient_accumulation_steps"] = 2
+        raw["data"]["num_workers"] = 2  # 2 ranks × 1 worker → 1 × 2: each step's samples kept
+        proc = run_train(write_config(tmp_path / f"one{stage}.json", raw), "--resume")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (one / "checkpoints" / "universal").exists() == (stage > 0)
+        assert_continues(two, one, range(4, 9))

@@ -95,6 +95,9 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: samples in the manifest // batch
+    # Collectives fail after this long without progress (a lost node); torch's default.
+    dist_timeout_s: float = Field(1800.0, gt=0.0)
+    log_sample_keys: bool = False  # output_dir/sample_keys/rank{R}.jsonl: who played what
 
 
 class TrackingConfig(_Section):

@@ -22,3 +22,7 @@ class NonFiniteLossError(RuntimeError):
 
 class TrackingServerError(RuntimeError):
     """The configured MLflow server cannot be used."""
+
+
+class LostRankError(RuntimeError):
+    """A collective failed because ranks stopped answering; the message names them."""

@@ -114,8 +114,8 @@ class ClipLoader:
     def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Tensor, int]:
         """Training: ((C, T, H, W), label). Test: ((num_clips × num_crops, C, T, H, W), label).
 
-        The training RNG is seeded by (seed, epoch, key, occurrence, salt), so a sample's frames
-        and augmentation do not depend on which worker decodes it or on what came before.
+        The training RNG is seeded by (seed, epoch, key, position in the epoch's order, salt), so
+        a sample's frames and augmentation do not depend on which rank or worker decodes it.
         """
         label = int(sample["cls"])
         meta = json.loads(sample["json"]) if "json" in sample else {}
@@ -124,7 +124,7 @@ class ClipLoader:
         if self.seed is None:
             return self._views(reader), label
         sample_seed = seed_from(
-            self.seed, self.epoch, sample["__key__"], sample.get("__occurrence__", 0), salt
+            self.seed, self.epoch, sample["__key__"], sample.get("__position__", 0), salt
         )
         frames = read_frames(reader, self.indices(len(reader), np.random.default_rng(sample_seed)))
         with torch.random.fork_rng(devices=[]):

@@ -1,18 +1,17 @@
 """WebDataset loaders: shards of mp4 bytes → (B, C, T, H, W) training batches and test views.
 
-Training stream. Every worker of every rank reads its own slice of an endless, per-pass
-reshuffled shard stream, shuffles the *encoded* samples, and cuts them into micro-batches of
-``micro_batch_size`` encoded samples. The stream is a pure function of (seed, epoch, rank,
-world_size, num_workers): which samples, which frames and which augmentation (each sample's RNG
-comes from (seed, epoch, key, how often this worker has seen the key)). Batch ``j`` of the rank
-comes from stream ``j % W`` (W = max(num_workers, 1); torch's DataLoader takes batches from its
-workers round-robin), so resuming at ``skip_batches=k`` lets worker ``w`` play stream
-``(w + k) % W`` and drop, undecoded, the batches of that stream that come before ``k``.
+Training stream. An epoch is one global order of sample positions (`zeroi2v.data.order`: shards
+shuffled per pass, samples permuted within blocks of about ``data.shuffle_buffer`` samples), and
+every rank plays a contiguous share of it: over all ranks each position is played exactly once,
+and a resume on another world size hands the positions still to play to the new ranks. Within a
+rank, DataLoader worker ``w`` plays stream ``(w + k) % W`` of the rank's micro-batches (torch's
+DataLoader takes batches from its workers round-robin), so ``skip_batches=k`` resumes the same
+stream without reading or decoding the first ``k`` batches. Each sample's frames and augmentation
+come from (seed, epoch, key, position): the same on any rank and any worker.
 
-Corrupt samples. A sample that cannot be decoded is logged, counted (``loader.skips``) and its
-slot is filled by the next decodable sample of the stream, augmented with a different RNG. Only
-looking *forward* keeps batch boundaries on encoded samples, which is what lets ``skip_batches``
-skip without decoding. Unreadable tars are logged, counted and skipped.
+Corrupt samples. A sample that cannot be decoded (or is missing from an unreadable or truncated
+shard) is logged, counted (``loader.skips``) and its slot is filled by the next decodable sample
+of its block, augmented with a different RNG, so batch boundaries never move.
 
 Eval stream. Every val sample is seen exactly once over ranks × workers: shards are split over
 the R·W (rank, worker) slots when there are at least R·W shards, otherwise every slot reads every
@@ -24,20 +23,24 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import random
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch import Tensor
 
 from zeroi2v.config import Config
-from zeroi2v.data.clips import ClipLoader, collate_eval, seed_from, worker_slot
-from zeroi2v.data.shards import SkipCounter, count_samples, expand_shards, read_manifest
+from zeroi2v.data.clips import ClipLoader, collate_eval, worker_slot
+from zeroi2v.data.order import EpochOrder, Layout, Segment
+from zeroi2v.data.shards import (
+    SkipCounter,
+    count_samples,
+    expand_shards,
+    read_manifest,
+    shard_counts,
+)
 
 __all__ = [
     "SkipCounter",
@@ -49,9 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# A worker gives up after this many corrupt samples in a row: the data is broken, not noisy.
-MAX_CONSECUTIVE_CORRUPT = 1000
 
 
 @dataclass
@@ -74,121 +74,70 @@ class VideoLoader:
 # ----------------------------------------------------------------------------- training stages
 
 
-def _endless_shards(urls: list[str], seed: int, epoch: int) -> Iterator[dict[str, str]]:
-    """All shards, reshuffled for every pass, forever (the training stream may wrap around)."""
-    for pass_index in itertools.count():
-        order = list(urls)
-        np.random.default_rng(seed_from(seed, epoch, "shards", pass_index)).shuffle(order)
-        yield from ({"url": url} for url in order)
+def _played_samples(
+    positions: Iterable[int], order: EpochOrder, urls: list[str], skips: SkipCounter
+) -> Iterator[tuple[int, list[dict[str, Any] | None], int]]:
+    """(position, samples of its block, index in that list) for increasing `positions`.
 
-
-def _every_nth(src: Iterable[Any], start: int, step: int) -> Iterator[Any]:
-    return itertools.islice(src, start, None, step)
-
-
-def _split_by_stream(src: Iterable[Any], rotation: int) -> Iterator[Any]:
-    """This DataLoader worker's share: the shards of stream (worker + rotation) % W."""
-    stream, num_streams = worker_slot(rotation)
-    return itertools.islice(src, stream, None, num_streams)
-
-
-def _tar_samples(
-    src: Iterable[dict[str, str]], handler: Callable[[Exception], bool], num_shards: int
-) -> Iterator[dict[str, Any]]:
-    """``wds.tarfile_samples`` shard by shard, failing loudly once a whole pass is unreadable."""
-    empty_in_a_row = 0
-    for shard in src:
-        count = 0
-        for sample in wds.tarfile_samples([shard], handler=handler):
-            count += 1
-            yield sample
-        empty_in_a_row = 0 if count else empty_in_a_row + 1
-        if empty_in_a_row > num_shards:
-            raise RuntimeError(f"no readable samples in {num_shards} shards in a row; see warnings")
-
-
-def _seeded_shuffle(
-    src: Iterable[dict[str, Any]], bufsize: int, seed: int, epoch: int, rank: int, rotation: int
-) -> Iterator[dict[str, Any]]:
-    """Shuffle encoded samples in a buffer seeded by (seed, epoch, rank, stream)."""
-    if bufsize <= 1:
-        return iter(src)
-    stream, _ = worker_slot(rotation)
-    rng = random.Random(seed_from(seed, epoch, "samples", rank, stream))
-    return wds.shuffle(bufsize, initial=bufsize, rng=rng)(iter(src))
-
-
-def _count_occurrences(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Tag each sample with how often this stream has seen its key (wrap-around repeats)."""
-    seen: Counter[str] = Counter()
-    for sample in src:
-        sample["__occurrence__"] = seen[sample["__key__"]]
-        seen[sample["__key__"]] += 1
-        yield sample
-
-
-def _local_batches(num_batches: int, skip_batches: int, rotation: int) -> tuple[int, int]:
-    """[first, stop) local batch indices of stream ``(worker + rotation) % W`` still to play."""
-    stream, num_streams = worker_slot(rotation)
-    stop = len(range(stream, num_batches, num_streams))
-    first = len(range(stream, skip_batches, num_streams))
-    return first, stop
+    A block is read once, when its first position comes up; a sample missing from a truncated or
+    unreadable shard is ``None`` (the unreadable tar was counted by the handler).
+    """
+    current, flat, starts = None, [], []
+    for position in positions:
+        block, offset = order.locate(position)
+        if block.ident != current:
+            current, flat, starts = block.ident, [], []
+            for shard, expected in zip(
+                block.shards, [order.counts[s] for s in block.shards], strict=True
+            ):
+                got = list(wds.tarfile_samples([{"url": urls[shard]}], handler=skips.shard))
+                starts.append(len(flat))
+                flat += (got + [None] * expected)[:expected]
+        shard, index = block.locate(offset)
+        yield position, flat, starts[block.shards.index(shard)] + index
 
 
 def _decoded_batches(
-    src: Iterable[dict[str, Any]],
+    src: Iterable[tuple[int, list[dict[str, Any] | None], int]],
     load: ClipLoader,
     skips: SkipCounter,
     batch_size: int,
-    num_batches: int,
-    skip_batches: int,
-    rotation: int,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Cut encoded samples into batches; decode only the batches this worker still plays."""
-    first, stop = _local_batches(num_batches, skip_batches, rotation)
-    src = iter(src)
-    ahead: deque[dict[str, Any]] = deque()  # samples read ahead to replace corrupt ones
+) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+    """Decode late, in micro-batches; a corrupt or missing sample is replaced by the next
+    decodable one of its block (cyclically), decoded with a different RNG."""
+    bad: set[tuple[str, int]] = set()  # (key, position) found corrupt
 
-    def take() -> dict[str, Any]:
-        return ahead.popleft() if ahead else next(src)
-
-    def ahead_of(group: list[dict[str, Any]], slot: int) -> Iterator[dict[str, Any]]:
-        yield from group[slot + 1 :]
-        for index in itertools.count():
-            if index == len(ahead):
-                ahead.append(next(src))
-            yield ahead[index]
-
-    bad: set[tuple[str, int]] = set()  # (key, occurrence) already found corrupt
-
-    def try_load(sample: dict[str, Any], salt: str) -> tuple[Tensor, int] | None:
-        ident = (sample["__key__"], sample["__occurrence__"])
-        if ident in bad:
+    def try_load(sample: dict[str, Any] | None, position: int, salt: str) -> Any:
+        if sample is None or (sample["__key__"], position) in bad:
             return None
         try:
-            return load(sample, salt)
+            return (*load({**sample, "__position__": position}, salt), sample["__key__"])
         except load.errors as exc:
-            bad.add(ident)
+            bad.add((sample["__key__"], position))
             skips.sample(sample.get("__key__", "?"), sample.get("__url__", "?"), exc)
             return None
 
-    for local in range(stop):
-        group = [take() for _ in range(batch_size)]
-        if local < first:
-            continue  # before skip_batches: dropped without decoding
-        clips, labels = [], []
-        for slot, sample in enumerate(group):
-            loaded = try_load(sample, "clip")
-            candidates = ahead_of(group, slot)
-            for tries in itertools.count(1):
-                if loaded is not None:
+    src = iter(src)
+    while group := list(itertools.islice(src, batch_size)):
+        loaded = []
+        for slot, (position, block, index) in enumerate(group):
+            item = try_load(block[index], position, "clip")
+            for step in range(1, len(block)):
+                if item is not None:
                     break
-                if tries > MAX_CONSECUTIVE_CORRUPT:
-                    raise RuntimeError(f"{tries - 1} corrupt samples in a row; see warnings")
-                loaded = try_load(next(candidates), f"replaces slot {slot}")
-            clips.append(loaded[0])
-            labels.append(loaded[1])
-        yield torch.stack(clips), torch.tensor(labels, dtype=torch.int64)  # (B, C, T, H, W), (B,)
+                item = try_load(block[(index + step) % len(block)], position, f"replaces {slot}")
+            if item is None:
+                raise RuntimeError(f"no decodable sample in the block of position {position}")
+            loaded.append(item)
+        clips, labels, keys = zip(*loaded, strict=True)
+        yield torch.stack(clips), torch.tensor(labels, dtype=torch.int64), list(keys)
+
+
+def _stream_positions(layout: Layout, segments: list[Segment], rank: int, skip: int) -> list[int]:
+    """This DataLoader worker's positions: stream (worker + skip) % W of the layout."""
+    stream, _ = worker_slot(skip)
+    share = layout.stream_share(segments, rank, stream, skip)
+    return [p for start, stop in share for p in range(start, stop)]
 
 
 def build_train_loader(
@@ -200,55 +149,46 @@ def build_train_loader(
     micro_batch_size: int,
     num_batches: int,
     skip_batches: int = 0,
+    segments: list[Segment] | None = None,
 ) -> VideoLoader:
-    """Exactly ``num_batches - skip_batches`` batches ((B, C, T, H, W) float32, (B,) int64).
+    """Exactly ``num_batches - skip_batches`` batches: clips (B, C, T, H, W) float32, labels (B,)
+    int64 and the samples' keys.
 
-    ``skip_batches=k`` yields batches k.. of the same (rank, epoch) stream without decoding the
-    first k; see the module docstring for how.
+    The batches play this rank's share of ``segments`` (default: the first ``num_batches`` ×
+    ``micro_batch_size`` × ``world_size`` positions of the epoch's order, see
+    `zeroi2v.data.order`); ``skip_batches=k`` starts at batch k without reading or decoding the
+    first k.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if not 0 <= skip_batches <= num_batches:
         raise ValueError(f"skip_batches must be in [0, {num_batches}], got {skip_batches}")
     urls = expand_shards(cfg.data.train_shards, field="data.train_shards")
-    seed, workers = cfg.train.seed, cfg.data.num_workers
-    rotation = skip_batches  # worker w plays stream (w + skip_batches) % W
+    if segments is None:
+        segments = [(0, num_batches * micro_batch_size * world_size)]
+    layout = Layout(world_size, max(cfg.data.num_workers, 1), micro_batch_size)
+    if layout.batches(segments) != num_batches:
+        raise ValueError(f"segments hold {layout.batches(segments)} batches, not {num_batches}")
+    order = EpochOrder(
+        shard_counts(cfg.data.train_shards), cfg.train.seed, epoch, cfg.data.shuffle_buffer
+    )
     skips = SkipCounter()
-    load = ClipLoader.for_training(cfg, epoch=epoch)
     pipeline = wds.DataPipeline(
         [
-            # 1. every shard, reshuffled by (seed, epoch, pass), endlessly
-            functools.partial(_endless_shards, urls, seed, epoch),
-            # 2. this rank's shards: explicit rank/world_size, torch.distributed not needed
-            functools.partial(_every_nth, start=rank, step=world_size),
-            # 3. this DataLoader worker's shards (stream (worker + skip_batches) % W)
-            functools.partial(_split_by_stream, rotation=rotation),
-            # 4. tar → encoded samples {__key__, mp4, cls, json}; bad tars counted and logged
-            functools.partial(_tar_samples, handler=skips.shard, num_shards=len(urls)),
-            # 5. shuffle encoded bytes (cheap to buffer), seeded by (seed, epoch, rank, stream)
-            functools.partial(
-                _seeded_shuffle,
-                bufsize=cfg.data.shuffle_buffer,
-                seed=seed,
-                epoch=epoch,
-                rank=rank,
-                rotation=rotation,
-            ),
-            # 6. occurrence of each key in this stream, part of the sample's RNG seed
-            _count_occurrences,
-            # 7. micro-batches; decode late: sample frames (decord) + augment, skip undecoded
+            # 1. positions of the epoch's global order this worker plays (pure arithmetic)
+            functools.partial(_stream_positions, layout, segments, rank, skip_batches),
+            # 2. their samples: blocks of shards read once each (tar → {__key__, mp4, cls, json})
+            functools.partial(_played_samples, order=order, urls=urls, skips=skips),
+            # 3. micro-batches; decode late: sample frames (decord) + augment
             functools.partial(
                 _decoded_batches,
-                load=load,
+                load=ClipLoader.for_training(cfg, epoch=epoch),
                 skips=skips,
                 batch_size=micro_batch_size,
-                num_batches=num_batches,
-                skip_batches=skip_batches,
-                rotation=rotation,
             ),
         ]
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers)
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=cfg.data.num_workers)
     return VideoLoader(loader, num_batches - skip_batches, skips)
 
 

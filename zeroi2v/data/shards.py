@@ -74,21 +74,26 @@ def read_manifest(shards_pattern: str) -> dict[str, Any]:
         raise FileNotFoundError(message) from exc
 
 
-def count_samples(pattern: str) -> int:
-    """Samples in the shards that ``pattern`` names, summed from the manifest (no tar reading)."""
+def shard_counts(pattern: str) -> list[int]:
+    """Samples in each shard that ``pattern`` names (in its order), from the manifest."""
     manifest = read_manifest(pattern)
     counts = {
         posixpath.basename(shard["name"]): int(shard["count"])
         for split in manifest["splits"].values()
         for shard in split["shards"]
     }
-    total = 0
+    found = []
     for url in expand_shards(pattern):
         name = posixpath.basename(url)
         if name not in counts:
             raise ValueError(f"shard {name} is not listed in the manifest.json next to {pattern}")
-        total += counts[name]
-    return total
+        found.append(counts[name])
+    return found
+
+
+def count_samples(pattern: str) -> int:
+    """Samples in the shards that ``pattern`` names, summed from the manifest (no tar reading)."""
+    return sum(shard_counts(pattern))
 
 
 class SkipCounter:

@@ -8,13 +8,15 @@ engine here wraps it (ZeRO stage, precision, clipping, accumulation come from th
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import math
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +60,13 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     """Join (or, for plain `python`, create) the process group.
 
     Without launcher variables DeepSpeed would try MPI discovery; a one-process run sets the
     env:// variables itself instead, so `python launch/train.py` and `deepspeed launch/train.py`
-    share one code path.
+    share one code path. A collective that makes no progress for `timeout_s` (a lost node)
+    fails instead of waiting forever.
     """
     select_accelerator()
     import deepspeed
@@ -77,7 +80,9 @@ def init_distributed() -> DistInfo:
         from deepspeed.accelerator import get_accelerator
 
         backend = get_accelerator().communication_backend_name()
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        deepspeed.init_distributed(
+            dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout_s)
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -87,6 +92,17 @@ def init_distributed() -> DistInfo:
         local_ranks = int(os.environ.get("LOCAL_SIZE", dist.get_world_size()))  # deepspeed sets it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def describe_rank(info: DistInfo) -> dict[str, Any]:
+    """Who this process is, as the launcher placed it (CROSS_RANK: the node's rank)."""
+    return {
+        **asdict(info),
+        "node_rank": int(os.environ.get("CROSS_RANK", "0")),
+        "nodes": int(os.environ.get("CROSS_SIZE", "1")),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def device() -> torch.device:
@@ -202,6 +218,41 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 def save_checkpoint(engine: Any, directory: Path, tag: str, client_state: dict) -> None:
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+
+def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The engine config that loads a universal checkpoint (any data-parallel world size)."""
+    checkpoint = {**ds_config.get("checkpoint", {}), "load_universal": True}
+    return {**ds_config, "checkpoint": checkpoint}
+
+
+def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
+    """(folder, tag) of `tag`'s universal form, made once by the rank with `convert` set.
+
+    ZeRO 1-3 save each rank's partition of the optimizer state (and, for stage 3, of the
+    weights), which only the same number of ranks can load; DeepSpeed's `ds_to_universal`
+    rewrites them per parameter, and ``checkpoint.load_universal`` loads that on any number.
+    Collective: every rank waits until the conversion exists.
+    """
+    import torch.distributed as dist
+
+    out = Path(directory) / "universal"
+    if convert and not (out / "latest_universal").is_file():
+        from deepspeed.checkpoint import ds_to_universal
+
+        args = argparse.Namespace(  # ds_to_universal's command-line options, no process pool
+            input_folder=str(Path(directory) / tag),
+            output_folder=str(out / tag),
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # our client state does not carry the version tag
+        )
+        ds_to_universal.main(args)
+        (out / "latest_universal").write_text(tag)
+    dist.barrier()
+    return out, tag
 
 
 def latest_tag(directory: Path) -> str | None:

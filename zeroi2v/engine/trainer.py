@@ -13,14 +13,12 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import torch
 import torch.distributed as dist
@@ -29,6 +27,7 @@ from torch import nn
 from zeroi2v import config as config_lib
 from zeroi2v import logs
 from zeroi2v.config import Config
+from zeroi2v.data.order import Layout
 from zeroi2v.data.pipeline import (
     build_eval_loader,
     build_train_loader,
@@ -36,7 +35,7 @@ from zeroi2v.data.pipeline import (
     read_manifest,
 )
 from zeroi2v.data.shards import expand_shards
-from zeroi2v.engine import metrics, parallel, release
+from zeroi2v.engine import liveness, metrics, parallel, position, release, rng
 from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -61,43 +60,6 @@ def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
             f"samples in data.train_shards; lower it or set train.steps_per_epoch"
         )
     return steps
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _outside_training_rng(loader: Iterable[Any]) -> Iterator[Any]:
-    """Batches of `loader`, each fetched under `fork_rng`, so loading never moves the training RNG.
-
-    Exact resume needs this: the DataLoader draws its base seed from the global torch RNG when
-    its iterator starts, and `wds.WebLoader.__iter__` is a generator, so that start (and the
-    draw) happens at the first `next()`, not at `iter()`. Unforked, the draw landed at the start
-    of every epoch in a full run but at the resume point in a resumed one, shifting every later
-    dropout mask. The data itself is seeded by (seed, epoch, rank, sample), not by this RNG.
-    """
-    batches = iter(loader)
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -167,17 +129,17 @@ def train(
         "best_top1": None,
         "run_id": None,
         "world_size": world_size,
+        "train_batch_size": ds_config["train_batch_size"],
+        "position": None,  # within the epoch; None at its start
     }
     tag = parallel.latest_tag(ckpt_dir) if resume else None
     if resume and tag is None:
         raise FileNotFoundError(f"--resume: no checkpoint ('latest' file) in {ckpt_dir}")
+    saved_world = world_size
     if tag is not None:
         client.update(torch.load(ckpt_dir / tag / "client.pt", weights_only=False))
-        if client["world_size"] != world_size:
-            raise RuntimeError(
-                f"checkpoint {tag} was written by {client['world_size']} processes; "
-                f"resume with the same number (now {world_size})"
-            )
+        position.check_global_batch(tag, client, ds_config)
+        saved_world, client["world_size"] = client["world_size"], world_size
     tracker = None
     if rank_env == 0 and cfg.tracking.enabled:
         from zeroi2v.engine.tracking import Tracker
@@ -187,7 +149,10 @@ def train(
         )
         client["run_id"] = tracker.run_id
     try:
-        result = _train(cfg, ds_config, tracker, client, tag, ckpt_dir, on_epoch)
+        info = parallel.init_distributed(timeout_s=cfg.train.dist_timeout_s)
+        with liveness.watched(info.rank, info.world_size, cfg.train.dist_timeout_s):
+            resumed = (tag, saved_world) if tag is not None else None
+            result = _train(cfg, info, ds_config, tracker, client, resumed, ckpt_dir, on_epoch)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
@@ -199,14 +164,15 @@ def train(
 
 def _train(
     cfg: Config,
+    info: parallel.DistInfo,
     ds_config: dict[str, Any],
     tracker: Any,
     client: dict[str, Any],
-    tag: str | None,
+    resumed: tuple[str, int] | None,
     ckpt_dir: Path,
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    info = parallel.init_distributed()
+    """`resumed`: (checkpoint tag, world size that wrote it), or None for a fresh run."""
     rank0, device = info.rank == 0, parallel.device()
     dtype = parallel.input_dtype(ds_config)
     micro, accum = (
@@ -233,18 +199,33 @@ def _train(
         )
 
     torch.manual_seed(cfg.train.seed)
+    tag = resumed[0] if resumed is not None else None
+    resharded = resumed is not None and resumed[1] != info.world_size
+    load_dir, load_tag = ckpt_dir, tag
+    if resharded and ds_config.get("zero_optimization", {}).get("stage", 0) > 0:
+        # ZeRO partitions belong to the old world size: load DeepSpeed's universal form instead
+        # (stage 0 keeps the whole optimizer state in the model-states file: it loads as is)
+        ds_config = parallel.universal_config(ds_config)
+        load_dir, load_tag = parallel.to_universal(ckpt_dir, tag, info.rank == 0)
     engine = parallel.build_engine(_build_model(cfg), cfg, ds_config, total_steps, per_epoch)
     if tag is not None:
-        parallel.load_checkpoint(engine, ckpt_dir, tag)
-        _set_rng_state(torch.load(ckpt_dir / tag / f"rng_rank{info.rank}.pt", weights_only=False))
+        parallel.load_checkpoint(engine, load_dir, load_tag)
+        if resharded:  # no RNG state of this rank was saved; dropout masks change from here on
+            torch.manual_seed(cfg.train.seed + 1000 * client["global_step"] + info.rank)
+        else:
+            rng_file = ckpt_dir / tag / f"rng_rank{info.rank}.pt"
+            rng.set_state(torch.load(rng_file, weights_only=False))
         if rank0:
             log.info(
-                "Resumed from %s/%s at epoch %d, step %d",
+                "Resumed from %s/%s at epoch %d, step %d (written by %d processes, now %d)",
                 ckpt_dir,
                 tag,
                 client["epoch"],
                 client["global_step"],
+                resumed[1],
+                info.world_size,
             )
+    keys_log = _sample_key_log(cfg, info) if cfg.train.log_sample_keys else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     classes = read_manifest(cfg.data.train_shards)["classes"]
     log_file = (out / "metrics.jsonl").open("a") if rank0 else None
@@ -259,7 +240,7 @@ def _train(
             )
         name = f"step{step}"
         (ckpt_dir / name).mkdir(parents=True, exist_ok=True)
-        torch.save(_rng_state(), ckpt_dir / name / f"rng_rank{info.rank}.pt")
+        torch.save(rng.state(), ckpt_dir / name / f"rng_rank{info.rank}.pt")
         if rank0:
             torch.save(client, ckpt_dir / name / "client.pt")
         dist.barrier()  # every rank's RNG file exists before DeepSpeed writes `latest`
@@ -272,6 +253,8 @@ def _train(
         loader = build_eval_loader(
             cfg, rank=info.rank, world_size=info.world_size, batch_size=cfg.data.eval_batch_size
         )
+        if keys_log is not None:
+            loader = _logging_keys(loader, keys_log, {"eval_at_step": step})
         res = metrics.evaluate(
             engine,
             loader,
@@ -302,20 +285,28 @@ def _train(
         total=total_steps, initial=step, disable=not rank0, desc="train", logger=log
     )
     engine.train()
+    layout = Layout(info.world_size, max(cfg.data.num_workers, 1), micro)
     for epoch in range(client["epoch"], cfg.train.epochs):
-        skip = client["step_in_epoch"] * accum if epoch == client["epoch"] else 0
+        first = client["step_in_epoch"] * accum if epoch == client["epoch"] else 0
+        if first and client["position"]:
+            at = position.resume(client["position"], layout)
+        else:  # a new epoch (or a checkpoint from before positions were saved: same layout)
+            at = {**position.new_epoch(layout, per_epoch * batch), "batches": first}
         loader = build_train_loader(
             cfg,
             rank=info.rank,
             world_size=info.world_size,
             epoch=epoch,
             micro_batch_size=micro,
-            num_batches=per_epoch * accum,
-            skip_batches=skip,
+            num_batches=layout.batches(at["segments"]),
+            skip_batches=at["batches"],
+            segments=at["segments"],
         )
         losses, tick, clips_seen = [], time.perf_counter(), 0
-        batches = _outside_training_rng(loader)
-        for micro_index, (clips, labels) in enumerate(batches, start=skip):
+        batches = rng.outside_training_rng(loader)
+        for micro_index, (clips, labels, keys) in enumerate(batches, start=first):
+            if keys_log is not None:
+                _write(keys_log, {"epoch": epoch, "step": step + 1, "keys": keys})
             lr = engine.get_lr()[0]
             loss = train_step(engine, criterion, clips.to(device, dtype), labels.to(device))
             if not math.isfinite(loss):
@@ -328,11 +319,15 @@ def _train(
             if (micro_index + 1) % accum:
                 continue
             step += 1
-            client.update(epoch=epoch, step_in_epoch=(micro_index + 1) // accum, global_step=step)
+            played = at["batches"] + micro_index + 1 - first
+            client.update(
+                epoch=epoch,
+                step_in_epoch=(micro_index + 1) // accum,
+                global_step=step,
+                position={**at, "batches": played},
+            )
             bar.update()
             record = {"step": step, "epoch": epoch, "loss": sum(losses[-accum:]) / accum, "lr": lr}
-            if rank0:
-                _write(log_file, record)
             if step % cfg.train.log_every_steps == 0:
                 elapsed = time.perf_counter() - tick
                 record.update(
@@ -345,9 +340,11 @@ def _train(
                         {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
                         step,
                     )
+            if rank0:
+                _write(log_file, record)  # with clips/s and memory every log_every_steps
             if step % cfg.train.checkpoint_every_steps == 0:
                 save(step)
-        client.update(epoch=epoch + 1, step_in_epoch=0)
+        client.update(epoch=epoch + 1, step_in_epoch=0, position=None)
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_every_epochs == 0 or last:
             result = run_eval(step)
@@ -364,8 +361,9 @@ def _train(
     if result is None:  # resumed after the final eval was already done
         result = run_eval(step)
     model_uri = _finish(engine, cfg, tracker, result, info.rank, device)
-    if log_file is not None:
-        log_file.close()
+    for handle in (log_file, keys_log):
+        if handle is not None:
+            handle.close()
     return TrainResult(step, result.top1, result.top5, model_uri, out)
 
 
@@ -382,6 +380,22 @@ def train_step(
         engine.backward(loss)
         engine.step()
     return reduced
+
+
+def _sample_key_log(cfg: Config, info: parallel.DistInfo) -> Any:
+    """`train.log_sample_keys`: which rank (of which node) played which samples, one file per
+    rank, appended across resumes; a header line per launch says who this rank is."""
+    folder = Path(cfg.train.output_dir) / "sample_keys"
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / f"rank{info.rank}.jsonl").open("a")
+    _write(handle, {"launch": parallel.describe_rank(info)})
+    return handle
+
+
+def _logging_keys(loader: Iterable[Any], handle: Any, record: dict[str, Any]) -> Iterator[Any]:
+    for batch in loader:
+        _write(handle, {**record, "keys": list(batch[2])})
+        yield batch
 
 
 def _write(handle: Any, record: dict[str, Any]) -> None:

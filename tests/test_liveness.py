@@ -1,0 +1,57 @@
+"""Naming the lost rank: heartbeats in a real TCPStore (the launcher's rendezvous store)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+from engine_helpers import free_port
+
+from zeroi2v.engine import liveness
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch):
+    port = free_port()
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    return server
+
+
+def test_a_rank_whose_heartbeat_stops_is_named(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSS_RANK", "1")
+    node1 = liveness.Heartbeat(rank=1, world_size=3, interval_s=0.1)
+    monkeypatch.setenv("CROSS_RANK", "0")
+    beats = [liveness.Heartbeat(rank=r, world_size=3, interval_s=0.1) for r in (0, 2)]
+    node1.stop()  # as if its process had been killed
+    lost = beats[0].lost_ranks()
+    assert list(lost) == [1] and lost[1].startswith("node 1, host ")
+    error = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer")
+    message = str(beats[0].explain(error, timeout_s=60))
+    assert message.startswith("lost rank 1 (node 1, host ") and "--resume" in message
+    for beat in beats:
+        beat.stop()
+
+
+def test_store_gone_means_rank_0s_node_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    beats = [liveness.Heartbeat(rank=r, world_size=2, interval_s=0.1) for r in (0, 1)]
+    beats[0].stop()
+    del server  # the store's server lives in rank 0's process
+    lost = beats[1].lost_ranks()
+    assert list(lost) == [0] and "rendezvous store" in lost[0]
+    beats[1].stop()
+
+
+def test_only_transport_failures_are_translated(store) -> None:
+    with pytest.raises(ValueError, match="a bug"):
+        with liveness.watched(rank=0, world_size=2, timeout_s=60):
+            raise ValueError("a bug")
+    with pytest.raises(RuntimeError, match="not a network problem"):
+        with liveness.watched(rank=0, world_size=2, timeout_s=60):
+            raise RuntimeError("not a network problem")
