@@ -237,7 +237,8 @@ def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
     import torch.distributed as dist
 
     out = Path(directory) / "universal"
-    if convert and not (out / "latest_universal").is_file():
+    done = out / "latest_universal"  # written last: a conversion of `tag` is complete
+    if convert and not (done.is_file() and done.read_text() == tag):
         from deepspeed.checkpoint import ds_to_universal
 
         args = argparse.Namespace(  # ds_to_universal's command-line options, no process pool
@@ -250,7 +251,7 @@ def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
             inject_missing_state=True,  # our client state does not carry the version tag
         )
         ds_to_universal.main(args)
-        (out / "latest_universal").write_text(tag)
+        done.write_text(tag)
     dist.barrier()
     return out, tag
 
