@@ -16,7 +16,13 @@ import sys
 from zeroi2v import logs
 from zeroi2v.config import load, to_dict
 from zeroi2v.engine import parallel
-from zeroi2v.errors import ConfigError, LostRankError, NonFiniteLossError, TrackingServerError
+from zeroi2v.errors import (
+    CheckpointDamagedError,
+    ConfigError,
+    LostRankError,
+    NonFiniteLossError,
+    TrackingServerError,
+)
 
 
 def main(argv: list[str] | None = None):
@@ -57,6 +63,7 @@ def cli() -> None:
         NonFiniteLossError,
         TrackingServerError,
         LostRankError,
+        CheckpointDamagedError,
     ) as error:
         sys.exit(f"error: {error}")
 

@@ -92,6 +92,10 @@ class TrainConfig(_Section):
     output_dir: str = "runs/default"
     eval_every_epochs: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1)  # None: keep every checkpoint
+    # a damaged / incomplete newest checkpoint on --resume: resume from the newest intact one,
+    # or stop with its name
+    on_damaged_checkpoint: Literal["fallback", "stop"] = "fallback"
     activation_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: samples in the manifest // batch

@@ -26,3 +26,7 @@ class TrackingServerError(RuntimeError):
 
 class LostRankError(RuntimeError):
     """A collective failed because ranks stopped answering; the message names them."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """No checkpoint can be resumed from (or the newest is damaged and the config says stop)."""

@@ -217,7 +217,9 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 
 def save_checkpoint(engine: Any, directory: Path, tag: str, client_state: dict) -> None:
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+    """Every rank writes its files; `latest` is left to `ckpt_integrity.commit` (after the
+    manifest), so DeepSpeed must not point it at a checkpoint that has none yet."""
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
 
 
 def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +259,7 @@ def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
 
 
 def latest_tag(directory: Path) -> str | None:
-    """The tag DeepSpeed's `latest` file points to (written only after a complete save)."""
+    """The tag the `latest` file points to (written only after a save's manifest)."""
     latest = Path(directory) / "latest"
     return latest.read_text().strip() if latest.is_file() else None
 
