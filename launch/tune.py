@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from zeroi2v import config as config_lib
-from zeroi2v import logs
+from zeroi2v import logs, redact
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     args, overrides = parser.parse_known_args(argv)
     logs.setup()
+    redact.install()  # no credentials in any log line or traceback
     config_lib.load(args.config)  # readable errors for a bad file
     raw = config_lib.apply_overrides(json.loads(args.config.read_text()), overrides)
     cfg = config_lib.from_dict(raw)  # fail on bad overrides before Ray starts
     if args.print_config:
-        print(json.dumps(config_lib.to_dict(cfg), indent=2, ensure_ascii=False))
+        print(json.dumps(redact.mask_config(config_lib.to_dict(cfg)), indent=2, ensure_ascii=False))
         return 0
     from zeroi2v.tune.search import run_search
 
@@ -40,5 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Errors a user can cause end the process with their one-sentence message."""
+    try:
+        sys.exit(main())
+    except (config_lib.ConfigError, FileNotFoundError) as error:
+        sys.exit(f"error: {redact.mask_secrets(str(error))}")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

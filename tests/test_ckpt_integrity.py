@@ -34,16 +34,16 @@ def _truncate(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
 
-def _one(folder: Path, pattern: str) -> Path:
-    (found,) = folder.glob(pattern)
-    return found
+def _last(folder: Path, pattern: str) -> Path:
+    """With 2 processes ZeRO-1 writes an optimizer file per rank: damage rank 1's."""
+    return sorted(folder.glob(pattern))[-1]
 
 
 DAMAGE = {
-    "optimizer_bytes": lambda f: _overwrite_random(_one(f, "*optim_states.pt"), 2000),
-    "model_bytes": lambda f: _overwrite_random(_one(f, "*model_states.pt"), 64),
+    "optimizer_bytes": lambda f: _overwrite_random(_last(f, "*optim_states.pt"), 2000),
+    "model_bytes": lambda f: _overwrite_random(_last(f, "*model_states.pt"), 64),
     "client_truncated": lambda f: _truncate(f / "client.json"),
-    "model_truncated": lambda f: _truncate(_one(f, "*model_states.pt")),
+    "model_truncated": lambda f: _truncate(_last(f, "*model_states.pt")),
 }
 
 
@@ -198,3 +198,19 @@ def test_resume_stop_is_one_sentence_from_the_cli(synthetic_shards, tmp_path):
         f"train.on_damaged_checkpoint is 'stop' (set it to 'fallback' to resume from the newest "
         f"intact checkpoint)"
     ]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_deepspeed_files_load_weights_only(tmp_path, monkeypatch):
+    """The engine's checkpoint loader and `read_checkpoint_weights` run no pickled code."""
+    from zeroi2v.engine import parallel
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"module": {"w": torch.ones(2)}, "evil": _RunsCode()}, tmp_path / "x.pt")
+    with pytest.raises(Exception, match="unsupported GLOBAL posix.system"):
+        parallel.load_weights_only(tmp_path / "x.pt")
+    assert not (tmp_path / "pwned").exists()
