@@ -76,6 +76,9 @@ def save_model(
     )
     pyfunc_conf = mlflow_model.flavors["python_function"]
     pyfunc_conf["loader_module"] = PYFUNC_LOADER
+    # MLflow lets model_config override only the keys the logged flavor declares ("config");
+    # path_root (None: the server reads no files) is one, see zeroi2v.use.serving
+    pyfunc_conf["config"] = {**pyfunc_conf.get("config", {}), "path_root": None}
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
