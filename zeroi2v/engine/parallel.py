@@ -198,11 +198,13 @@ def build_engine(
 
 def deepspeed_safe_globals() -> list[type]:
     """The only non-tensor classes DeepSpeed pickles into its checkpoint files (fp16 loss
-    scalers, the ZeRO stage enum): allowed by name, so those files load with weights_only=True."""
+    scalers, the ZeRO stage enum, ZeRO's partition slice addresses): allowed by name, so those
+    files load with weights_only=True."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:

@@ -209,7 +209,9 @@ class Tracker:
         name = self.cfg.tracking.model_name
         tags = {} if val_top1 is None else {"val_top1": f"{val_top1:.6f}"}
         version = mlflow.register_model(info.model_uri, name, tags=tags).version
-        if val_top1 is not None and val_top1 > self._champion_top1(name):
+        # compare the score as stored (6 decimals) with the champion's stored one: an equal
+        # score (5/6 vs "0.833333") must not beat it
+        if val_top1 is not None and float(tags["val_top1"]) > self._champion_top1(name):
             self.client.set_registered_model_alias(name, "champion", version)
             log.info(
                 "Model %s version %s is the new champion (val top-1 %.4f).", name, version, val_top1
