@@ -104,7 +104,7 @@ def test_champion_moves_only_when_top1_improves(tracked_run):
 def test_an_equal_score_does_not_beat_the_champion(tracked_run):
     """5/6 is stored as "0.833333": the same 5/6 again must leave the champion where it is."""
     cfg, _ = tracked_run
-    from zeroi2v.tracking import Tracker
+    from zeroi2v.engine.tracking import Tracker
 
     cfg = config.from_dict(config.to_dict(cfg), {"tracking.model_name": "champion_equal"})
     model = torch.nn.Linear(3, cfg.model.num_classes)
