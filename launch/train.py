@@ -11,18 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from zeroi2v import logs, redact
 from zeroi2v.config import load, to_dict
 from zeroi2v.engine import parallel
-from zeroi2v.errors import (
-    CheckpointDamagedError,
-    ConfigError,
-    LostRankError,
-    NonFiniteLossError,
-    TrackingServerError,
-)
 
 
 def main(argv: list[str] | None = None):
@@ -53,21 +45,5 @@ def main(argv: list[str] | None = None):
     return train(cfg, resume=args.resume)
 
 
-def cli() -> None:
-    """Errors a user can cause end the process with their one-sentence message."""
-
-    try:
-        main()
-    except (
-        ConfigError,
-        FileNotFoundError,
-        NonFiniteLossError,
-        TrackingServerError,
-        LostRankError,
-        CheckpointDamagedError,
-    ) as error:
-        sys.exit(f"error: {redact.mask_secrets(str(error))}")
-
-
 if __name__ == "__main__":
-    cli()
+    redact.run_cli(main)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from zeroi2v import config as config_lib
@@ -41,13 +40,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """Errors a user can cause end the process with their one-sentence message."""
-    try:
-        sys.exit(main())
-    except (config_lib.ConfigError, FileNotFoundError) as error:
-        sys.exit(f"error: {redact.mask_secrets(str(error))}")
-
-
 if __name__ == "__main__":
-    cli()
+    redact.run_cli(main)

@@ -16,9 +16,21 @@ import pytest
 from data_prep.__main__ import main as data_prep_main
 from data_prep.inspect import iter_samples
 from data_prep.video_io import DECORD_UNREADABLE_WIDTHS, encode_rgb, probe
+from zeroi2v.redact import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny_cpu.json")
+
+
+@pytest.fixture
+def process_hooks(monkeypatch):
+    """`run_cli` installs process-wide masking; give the test process its hooks back."""
+    import logging
+
+    factory = logging.getLogRecordFactory()
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    yield
+    logging.setLogRecordFactory(factory)
 
 
 @pytest.mark.parametrize(
@@ -43,26 +55,39 @@ TINY = str(REPO / "configs" / "tiny_cpu.json")
         ),
     ],
 )
-def test_bad_config_values_are_one_sentence(args, expected, monkeypatch):
+def test_bad_config_values_are_one_sentence(args, expected, monkeypatch, process_hooks):
     from launch import train as train_cli
 
     monkeypatch.setattr(sys, "argv", ["train.py", "--config", TINY, *args, "--print-config"])
     with pytest.raises(SystemExit) as exit_:
-        train_cli.cli()
+        run_cli(train_cli.main)
     assert exit_.value.code == f"error: {expected}"
 
 
-def test_config_file_that_is_a_json_list(tmp_path, monkeypatch):
+def test_config_file_that_is_a_json_list(tmp_path, monkeypatch, process_hooks):
     from launch import train as train_cli
 
     path = tmp_path / "list.json"
     path.write_text(json.dumps([{"model": {}}]))
     monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(path)])
     with pytest.raises(SystemExit) as exit_:
-        train_cli.cli()
+        run_cli(train_cli.main)
     assert exit_.value.code == (
         f'error: {path} must hold one JSON object of sections ({{"model": {{...}}, ...}}), '
         f"not a list"
+    )
+
+
+def test_predict_with_a_missing_model_is_one_sentence(tmp_path, monkeypatch, process_hooks):
+    from launch import predict as predict_cli
+
+    missing = tmp_path / "nothing.pt"
+    monkeypatch.setattr(sys, "argv", ["predict.py", "--model", str(missing), "a.mp4"])
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(predict_cli.main)
+    assert exit_.value.code == (
+        f"error: model {missing} does not exist (expected models:/NAME@ALIAS, a merged .pt or "
+        f"a DeepSpeed checkpoint folder)"
     )
 
 

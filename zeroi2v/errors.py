@@ -30,3 +30,15 @@ class LostRankError(RuntimeError):
 
 class CheckpointDamagedError(RuntimeError):
     """No checkpoint can be resumed from (or the newest is damaged and the config says stop)."""
+
+
+# What the launch scripts report as one sentence (`zeroi2v.redact.run_cli`); anything else is a
+# bug and keeps its traceback.
+USER_ERRORS = (
+    ConfigError,
+    CheckpointDamagedError,
+    NonFiniteLossError,
+    TrackingServerError,
+    LostRankError,
+    FileNotFoundError,
+)

@@ -8,7 +8,9 @@ the process, third-party loggers included, and uncaught tracebacks), the entry p
 one-sentence errors, MLflow params and the printed config. The config itself keeps the real
 values: the run still needs them.
 
-This module imports nothing of ours, so every layer can use it.
+`run_cli` is the `__main__` of every launch script: masking on, and the errors a user can
+cause (`zeroi2v.errors`, missing files) end the process with ``error: <one sentence>``.
+This module imports only `zeroi2v.errors`, so every layer can use it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+from zeroi2v.errors import USER_ERRORS
 
 MASK = "***"
 # A name that says "secret": password, token, signature, sig, credential, api_key, access-key...
@@ -104,3 +108,14 @@ def install() -> None:
         sys.stderr.write(mask_secrets("".join(traceback.format_exception(kind, error, tb))))
 
     sys.excepthook = excepthook
+
+
+def run_cli(main: Callable[[], Any]) -> NoReturn:
+    """Run a launch script's `main` with masking installed; an expected failure exits with
+    its masked one-sentence message (status 1) instead of a traceback."""
+    install()
+    try:
+        result = main()
+    except USER_ERRORS as error:
+        sys.exit(f"error: {mask_secrets(str(error))}")
+    sys.exit(result if isinstance(result, int) else 0)
