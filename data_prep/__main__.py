@@ -2,7 +2,7 @@
 
 Exit status of `shard`: 0 when every input was written, 3 when some inputs were skipped
 (listed in manifest.json; the count is printed), 1 on errors (bad arguments, unreadable
-annotations, a foreign output folder), 2 on usage errors (argparse).
+annotations, a foreign output folder, nothing kept at all), 2 on usage errors (argparse).
 """
 
 from __future__ import annotations
@@ -90,6 +90,11 @@ def _shard(args: argparse.Namespace) -> int:
     skipped = result["skipped"]
     for entry in skipped:
         print(f"skipped {entry['source']}: {entry['reason']}", file=sys.stderr)
+    if result["count"] == 0:
+        raise ValueError(
+            f"no {args.split} sample was kept: all {len(skipped)} inputs were skipped "
+            f"(reasons above and in {args.out / 'manifest.json'})"
+        )
     print(
         f"{args.split}: {result['count']} samples in {len(result['shards'])} shards, "
         f"{len(skipped)} skipped (see {args.out / 'manifest.json'})"

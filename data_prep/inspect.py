@@ -23,7 +23,13 @@ LABEL_HEIGHT = 14  # pixels of caption above each row of the contact sheet
 def iter_samples(shard: Path) -> Iterator[dict]:
     """Samples of one tar as {"__key__", ext: bytes, ...} (webdataset's grouping rule)."""
     sample: dict = {}
-    with tarfile.open(shard) as tar:
+    try:
+        tar = tarfile.open(shard)
+    except tarfile.TarError:
+        raise ValueError(
+            f"{shard} is not a tar file (expected shards from data_prep shard)"
+        ) from None
+    with tar:
         for member in tar:
             if not member.isfile():
                 continue

@@ -8,6 +8,7 @@ reaches a shard. PyAV (libx264) does the writing.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -16,6 +17,18 @@ import decord
 import numpy as np
 
 MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's demuxer name for the mp4 family
+# Frame widths whose videos decord 0.6 opens but cannot decode ("Check failed: from_size ==
+# to_size": it copies rows padded to a larger width). Measured for every even width 2..398 at
+# heights 16..48 (the height does not matter); every other even width reads back.
+DECORD_UNREADABLE_WIDTHS = frozenset({2, 4, 6, 8, 12, 16, 24, 48, 72})
+_LOG_TIME = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] ")  # decord's "[20:35:56] " log prefix
+
+
+def readable_width(width: int) -> int:
+    """`width` (even), or the next even width decord reads back."""
+    while width in DECORD_UNREADABLE_WIDTHS:
+        width += 2
+    return width
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ def probe(data: bytes) -> VideoMeta:
         fps = float(reader.get_avg_fps())
     except (decord.DECORDError, RuntimeError, ValueError) as err:
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        message = _LOG_TIME.sub("", message)  # identical runs give identical skip reasons
         raise RuntimeError(f"decord cannot decode it ({message[:160]})") from err
     if not fps > 0:
         raise RuntimeError(f"invalid frame rate {fps}")
@@ -81,6 +95,11 @@ def encode_rgb(frames: np.ndarray, fps: float, *, lossless: bool = False, crf: i
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     height, width = frames.shape[1:3]
+    if width in DECORD_UNREADABLE_WIDTHS:
+        raise ValueError(
+            f"decord 0.6 cannot read back videos {width} pixels wide (nor "
+            f"{sorted(DECORD_UNREADABLE_WIDTHS)}); choose another size"
+        )
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264rgb" if lossless else "libx264", rate=_rate(fps))
@@ -99,11 +118,12 @@ def _x264_options(crf: int) -> dict[str, str]:
 
 
 def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """Downscale so the short side is `short_side` (never upscale); even sizes for yuv420p."""
+    """Downscale so the short side is `short_side` (never upscale); even sizes for yuv420p,
+    widened by 2 pixels where decord could not read the width back (24 → 26)."""
     if short_side and min(width, height) > short_side:
         scale = short_side / min(width, height)
         width, height = round(width * scale), round(height * scale)
-    return max(2, width - width % 2), max(2, height - height % 2)
+    return readable_width(max(2, width - width % 2)), max(2, height - height % 2)
 
 
 def needs_reencode(data: bytes, meta: VideoMeta, short_side: int | None, fps: float | None) -> bool:

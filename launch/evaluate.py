@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from zeroi2v import logs
 from zeroi2v.config import apply_overrides, from_dict, load, to_dict
+from zeroi2v.redact import run_cli
 
 _LOCAL_DATA_KEYS = ("train_shards", "val_shards", "num_workers", "eval_batch_size")
 
@@ -55,5 +55,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logs.setup()
-    main()
+    run_cli(main)

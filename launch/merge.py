@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from zeroi2v import logs
 from zeroi2v.config import load
+from zeroi2v.redact import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,5 +45,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logs.setup()
-    main()
+    run_cli(main)

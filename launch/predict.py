@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from zeroi2v import logs
+from zeroi2v.redact import run_cli
 from zeroi2v.use.inference import Prediction, format_predictions, predict
 
 
@@ -36,5 +36,4 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
 
 
 if __name__ == "__main__":
-    logs.setup()
-    main()
+    run_cli(main)

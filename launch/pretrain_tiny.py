@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from zeroi2v import config, logs
+from zeroi2v import config
 from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
+from zeroi2v.redact import run_cli
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -25,5 +26,4 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
-    logs.setup()
-    main()
+    run_cli(main)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from zeroi2v import logs
 from zeroi2v.config import load
 from zeroi2v.models.profile import profile
+from zeroi2v.redact import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,5 +66,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logs.setup()
-    main()
+    run_cli(main)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from zeroi2v import logs
+from zeroi2v import logs, redact
 from zeroi2v.config import load, to_dict
 from zeroi2v.engine import parallel
-from zeroi2v.errors import ConfigError, LostRankError, NonFiniteLossError, TrackingServerError
 
 
 def main(argv: list[str] | None = None):
@@ -37,8 +35,9 @@ def main(argv: list[str] | None = None):
     args, dashed = parser.parse_known_args(argv)
     cfg = load(args.config, [*args.overrides, *dashed])
     if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+        print(json.dumps(redact.mask_config(to_dict(cfg)), indent=2))
         return None
+    redact.install()  # no credentials in any log line or traceback
     logs.setup()  # INFO on rank 0, WARNING elsewhere ($ZEROI2V_LOG_ALL_RANKS=1: all INFO)
     parallel.select_accelerator()  # before anything imports deepspeed
     from zeroi2v.engine.trainer import train
@@ -46,20 +45,5 @@ def main(argv: list[str] | None = None):
     return train(cfg, resume=args.resume)
 
 
-def cli() -> None:
-    """Errors a user can cause end the process with their one-sentence message."""
-
-    try:
-        main()
-    except (
-        ConfigError,
-        FileNotFoundError,
-        NonFiniteLossError,
-        TrackingServerError,
-        LostRankError,
-    ) as error:
-        sys.exit(f"error: {error}")
-
-
 if __name__ == "__main__":
-    cli()
+    redact.run_cli(main)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from zeroi2v import config as config_lib
-from zeroi2v import logs
+from zeroi2v import logs, redact
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     args, overrides = parser.parse_known_args(argv)
     logs.setup()
+    redact.install()  # no credentials in any log line or traceback
     config_lib.load(args.config)  # readable errors for a bad file
     raw = config_lib.apply_overrides(json.loads(args.config.read_text()), overrides)
     cfg = config_lib.from_dict(raw)  # fail on bad overrides before Ray starts
     if args.print_config:
-        print(json.dumps(config_lib.to_dict(cfg), indent=2, ensure_ascii=False))
+        print(json.dumps(redact.mask_config(config_lib.to_dict(cfg)), indent=2, ensure_ascii=False))
         return 0
     from zeroi2v.tune.search import run_search
 
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    redact.run_cli(main)

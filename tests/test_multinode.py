@@ -129,7 +129,8 @@ def test_two_node_job(two_nodes: Path, synthetic_shards: Path) -> None:
     assert (checkpoints / "latest").read_text() == f"step{STEPS}"
     for tag in ("step3", "step6", f"step{STEPS}"):
         assert sorted(p.name for p in (checkpoints / tag).iterdir()) == [
-            "client.pt",
+            "client.json",
+            "manifest.json",
             "mp_rank_00_model_states.pt",
             "rng_rank0.pt",
             "rng_rank1.pt",

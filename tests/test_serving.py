@@ -40,14 +40,16 @@ def _post(port: int, payload: dict, timeout: float = 60) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, synthetic_shards):
-    """The registered model behind a real `mlflow models serve` on 127.0.0.1:<free port>."""
+def served(tmp_path_factory, synthetic_shards, synthetic_videos):
+    """The registered model behind a real `mlflow models serve` on 127.0.0.1:<free port>,
+    allowed to read files under the synthetic val videos only."""
     tmp = tmp_path_factory.mktemp("serving_registry")
     cfg, _, classes = register_tiny(tmp, synthetic_shards, MODEL_NAME)
     port = _free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri,
+        "SERVING_MODEL_CONFIG": json.dumps({"path_root": str(synthetic_videos / "val")}),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     log = (tmp / "serve.log").open("w")
@@ -123,6 +125,21 @@ def test_served_top1_equals_predict(served, synthetic_videos, monkeypatch):
     assert by_path[0]["label"] == expected[1].labels[0]
 
 
+def test_server_reads_no_file_outside_its_path_root(served, synthetic_videos):
+    port, cfg, _ = served
+    inside = sorted((synthetic_videos / "val").rglob("*.mp4"))[0]
+    outside = sorted((synthetic_videos / "train").rglob("*.mp4"))[0]
+    escaping = (
+        synthetic_videos / "val" / ".." / "train" / outside.relative_to(synthetic_videos / "train")
+    )
+    for path in (outside, escaping, Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///"))):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            _post(port, {"dataframe_records": [{"path": str(path)}]})
+        assert error.value.code == 400
+        assert "is not a file under the allowed root" in error.value.read().decode()
+    assert _post(port, {"dataframe_records": [{"path": str(inside)}]})["predictions"][0]["label"]
+
+
 def test_bad_request_is_rejected(served):
     port, _, _ = served
     with pytest.raises(urllib.error.HTTPError) as error:
@@ -141,16 +158,24 @@ def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_vide
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     uri = f"models:/{MODEL_NAME}@champion"
     videos = [sorted((synthetic_videos / "val" / name).glob("*.mp4"))[0] for name in classes]
-    pyfunc = mlflow.pyfunc.load_model(uri)
     encoded = [base64.b64encode(v.read_bytes()).decode() for v in videos]
+    paths = pd.DataFrame({"path": list(map(str, videos))})
+    pyfunc = mlflow.pyfunc.load_model(uri)  # by default it reads only what it is sent
     from_base64 = pyfunc.predict(pd.DataFrame({"video": encoded}))
-    from_paths = pyfunc.predict(pd.DataFrame({"path": list(map(str, videos))}))
+    with pytest.raises(ValueError, match="reading files on the server is off"):
+        pyfunc.predict(paths)
+    allowed = mlflow.pyfunc.load_model(uri, model_config={"path_root": str(videos[0].parents[1])})
+    from_paths = allowed.predict(paths)
+    with pytest.raises(ValueError, match="is not a file under the allowed root"):
+        allowed.predict(pd.DataFrame({"path": [str(videos[0].parents[2] / "train")]}))
     assert from_base64["label"].tolist() == from_paths["label"].tolist()
     assert set(from_base64["label"]) <= set(classes)
 
     local = Path(mlflow.artifacts.download_artifacts(uri))
     raw = _load_pyfunc(str(local / "data"))  # what the server's loader builds
     assert isinstance(raw, VideoPyfunc)
+    with pytest.raises(ValueError, match="not valid base64"):  # without a root, text is base64
+        raw.predict([str(videos[0])])
     from_bytes = raw.predict([v.read_bytes() for v in videos])
     assert from_bytes["label"].tolist() == from_paths["label"].tolist()
     assert from_bytes["score"].tolist() == pytest.approx(from_paths["score"].tolist())

@@ -99,3 +99,21 @@ def test_champion_moves_only_when_top1_improves(tracked_run):
         for v in client.search_model_versions("name='champion_test'")
     }
     assert versions == {"1": "0.500000", "2": "0.400000", "3": "0.700000"}
+
+
+def test_an_equal_score_does_not_beat_the_champion(tracked_run):
+    """5/6 is stored as "0.833333": the same 5/6 again must leave the champion where it is."""
+    cfg, _ = tracked_run
+    from zeroi2v.engine.tracking import Tracker
+
+    cfg = config.from_dict(config.to_dict(cfg), {"tracking.model_name": "champion_equal"})
+    model = torch.nn.Linear(3, cfg.model.num_classes)
+    tracker = Tracker(cfg)
+    client = _client(cfg)
+    try:
+        for _ in range(2):
+            tracker.log_model(model, torch.randn(1, 3), 5 / 6)
+            alias = client.get_model_version_by_alias("champion_equal", "champion")
+            assert str(alias.version) == "1"
+    finally:
+        tracker.finish()

@@ -92,6 +92,10 @@ class TrainConfig(_Section):
     output_dir: str = "runs/default"
     eval_every_epochs: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1)  # None: keep every checkpoint
+    # a damaged / incomplete newest checkpoint on --resume: resume from the newest intact one,
+    # or stop with its name
+    on_damaged_checkpoint: Literal["fallback", "stop"] = "fallback"
     activation_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: samples in the manifest // batch
@@ -178,6 +182,12 @@ def check_batch_sizes(ds: Mapping[str, Any], world_size: int | None = None) -> N
     total = ds.get("train_batch_size")
     if micro is None:
         raise ConfigError("deepspeed.train_micro_batch_size_per_gpu is required")
+    for key, value in (
+        ("train_micro_batch_size_per_gpu", micro),
+        ("gradient_accumulation_steps", accum),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"deepspeed.{key} must be a positive integer, got {value!r}")
     if total is None:
         return
     per_rank = micro * accum
@@ -279,6 +289,11 @@ def load(
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f'{path} must hold one JSON object of sections ({{"model": {{...}}, ...}}), '
+                f"not a {type(raw).__name__}"
+            )
     return from_dict(raw, overrides)
 
 

@@ -26,3 +26,19 @@ class TrackingServerError(RuntimeError):
 
 class LostRankError(RuntimeError):
     """A collective failed because ranks stopped answering; the message names them."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """No checkpoint can be resumed from (or the newest is damaged and the config says stop)."""
+
+
+# What the launch scripts report as one sentence (`zeroi2v.redact.run_cli`); anything else is a
+# bug and keeps its traceback.
+USER_ERRORS = (
+    ConfigError,
+    CheckpointDamagedError,
+    NonFiniteLossError,
+    TrackingServerError,
+    LostRankError,
+    FileNotFoundError,
+)

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from zeroi2v.config import Config, to_dict
+from zeroi2v.redact import mask_config
 
 CONFIG_KEY = "zeroi2v_config"  # model metadata key holding the resolved config
 CLASSES_KEY = "zeroi2v_classes"  # model metadata key with the class names
@@ -65,7 +66,7 @@ def save_model(
     import mlflow
 
     metadata = {**(mlflow_model.metadata or {}), **(kwargs.pop("metadata", None) or {})}
-    metadata[CONFIG_KEY] = to_dict(cfg)
+    metadata[CONFIG_KEY] = mask_config(to_dict(cfg))  # the registry never sees credentials
     if classes is not None:
         if len(classes) != cfg.model.num_classes:
             raise ValueError(f"got {len(classes)} class names for {cfg.model.num_classes} classes")
@@ -75,6 +76,9 @@ def save_model(
     )
     pyfunc_conf = mlflow_model.flavors["python_function"]
     pyfunc_conf["loader_module"] = PYFUNC_LOADER
+    # MLflow lets model_config override only the keys the logged flavor declares ("config");
+    # path_root (None: the server reads no files) is one, see zeroi2v.use.serving
+    pyfunc_conf["config"] = {**pyfunc_conf.get("config", {}), "path_root": None}
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 

@@ -191,6 +191,39 @@ def build_engine(
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
+    if type(engine.checkpoint_engine).__name__ == "TorchCheckpointEngine":  # the default writer
+        engine.checkpoint_engine = _weights_only_engine(engine.checkpoint_engine)
+    return engine
+
+
+def deepspeed_safe_globals() -> list[type]:
+    """The only non-tensor classes DeepSpeed pickles into its checkpoint files (fp16 loss
+    scalers, the ZeRO stage enum, ZeRO's partition slice addresses): allowed by name, so those
+    files load with weights_only=True."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
+    """`torch.load(weights_only=True)` of a DeepSpeed checkpoint file: no pickled code runs."""
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _weights_only_engine(default: Any) -> Any:
+    """DeepSpeed's torch checkpoint engine with a `load` that runs no pickled code (its own
+    `load` passes weights_only=False, torch_checkpoint_engine.py in DeepSpeed 0.19.8)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return load_weights_only(path, map_location)
+
+    engine = WeightsOnlyCheckpointEngine.__new__(WeightsOnlyCheckpointEngine)
+    engine.__dict__.update(default.__dict__)  # same settings (serialization, name)
     return engine
 
 
@@ -217,7 +250,9 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 
 def save_checkpoint(engine: Any, directory: Path, tag: str, client_state: dict) -> None:
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+    """Every rank writes its files; `latest` is left to `ckpt_integrity.commit` (after the
+    manifest), so DeepSpeed must not point it at a checkpoint that has none yet."""
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
 
 
 def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +292,7 @@ def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
 
 
 def latest_tag(directory: Path) -> str | None:
-    """The tag DeepSpeed's `latest` file points to (written only after a complete save)."""
+    """The tag the `latest` file points to (written only after a save's manifest)."""
     latest = Path(directory) / "latest"
     return latest.read_text().strip() if latest.is_file() else None
 
@@ -284,10 +319,17 @@ def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str
     name = "mp_rank_00_model_states.pt"
     if not (directory / tag / name).is_file():
         name = f"zero_pp_rank_0_{name}"
-    states = torch.load(directory / tag / name, map_location="cpu", weights_only=False)
+    from zeroi2v.engine.ckpt_integrity import CheckpointDamagedError, problem
+
+    why = problem(directory / tag)
+    if why is not None:  # verified before anything in it is unpickled
+        raise CheckpointDamagedError(f"checkpoint {directory / tag} is damaged: {why}")
+    states = load_weights_only(directory / tag / name)
     weights = {k: v.float() for k, v in states["module"].items() if v.numel()}
     stage = states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
     if stage > 0:  # trainable weights: the fp32 master copy held in the ZeRO partitions
+        # Third-party loader: zero_to_fp32 unpickles the optimizer files with weights_only=False
+        # (DeepSpeed 0.19.8, zero_to_fp32.py); they were just checked against the manifest.
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         weights.update(get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag))

@@ -77,7 +77,7 @@ def load_checkpoint_model(path: Path, cfg: Config | None = None) -> tuple[nn.Mod
 
     path = Path(path)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors + JSON config
         cfg = config_lib.from_dict(saved["config"])
         model = merge(build_model(cfg), inplace=True)  # the merged architecture
         model.load_state_dict(saved["state_dict"])

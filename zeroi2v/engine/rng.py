@@ -8,27 +8,38 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 
-def state() -> dict[str, Any]:
-    state = {
+def file_name(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def save(path: Path) -> None:
+    """torch, numpy, python (and CUDA) RNG states as tensors and plain numbers, so `load` needs
+    no pickled code (weights_only=True); numpy's uint32 key array travels as int64."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss or None)
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
-    return state
+    torch.save(state, path)
 
 
-def set_state(state: dict[str, Any]) -> None:
+def load(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 

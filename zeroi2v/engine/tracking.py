@@ -28,6 +28,7 @@ from zeroi2v import config as config_lib
 from zeroi2v.config import Config
 from zeroi2v.engine.model_format import log_pyfunc_model
 from zeroi2v.errors import TrackingServerError
+from zeroi2v.redact import mask_config, mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ def check_server(uri: str) -> None:
         except Exception as error:  # noqa: BLE001 - any failure means "unusable"
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             raise TrackingServerError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
-                f"tracking.tracking_uri / $MLFLOW_TRACKING_URI, or set tracking.enabled=false."
+                mask_secrets(
+                    f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+                    f"tracking.tracking_uri / $MLFLOW_TRACKING_URI, or set tracking.enabled=false."
+                )
             ) from None
 
 
@@ -138,9 +141,9 @@ class Tracker:
         self.run_id = self.run.info.run_id
         if run_id is None:  # a resumed run keeps what it logged at the start
             mlflow.set_tags(_environment_tags(world_size))
-            mlflow.log_dict(config_lib.to_dict(cfg), "config.json")
+            mlflow.log_dict(mask_config(config_lib.to_dict(cfg)), "config.json")
             params = {
-                k: json.dumps(v) if not isinstance(v, str) else v
+                k: mask_secrets(json.dumps(v) if not isinstance(v, str) else v)
                 for k, v in config_lib.flatten(cfg).items()
             }
             items = sorted(params.items())
@@ -206,7 +209,9 @@ class Tracker:
         name = self.cfg.tracking.model_name
         tags = {} if val_top1 is None else {"val_top1": f"{val_top1:.6f}"}
         version = mlflow.register_model(info.model_uri, name, tags=tags).version
-        if val_top1 is not None and val_top1 > self._champion_top1(name):
+        # compare the score as stored (6 decimals) with the champion's stored one: an equal
+        # score (5/6 vs "0.833333") must not beat it
+        if val_top1 is not None and float(tags["val_top1"]) > self._champion_top1(name):
             self.client.set_registered_model_alias(name, "champion", version)
             log.info(
                 "Model %s version %s is the new champion (val top-1 %.4f).", name, version, val_top1

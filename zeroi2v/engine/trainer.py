@@ -35,7 +35,16 @@ from zeroi2v.data.pipeline import (
     read_manifest,
 )
 from zeroi2v.data.shards import expand_shards
-from zeroi2v.engine import liveness, metrics, parallel, position, release, rng
+from zeroi2v.engine import (
+    ckpt_integrity,
+    liveness,
+    metrics,
+    parallel,
+    position,
+    release,
+    rng,
+    train_state,
+)
 from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -132,12 +141,14 @@ def train(
         "train_batch_size": ds_config["train_batch_size"],
         "position": None,  # within the epoch; None at its start
     }
-    tag = parallel.latest_tag(ckpt_dir) if resume else None
-    if resume and tag is None:
-        raise FileNotFoundError(f"--resume: no checkpoint ('latest' file) in {ckpt_dir}")
+    tag = None
     saved_world = world_size
-    if tag is not None:
-        client.update(torch.load(ckpt_dir / tag / "client.pt", weights_only=False))
+    if resume:  # verified (sizes, sha256) before anything in it is loaded
+        point = ckpt_integrity.resume_point(ckpt_dir, cfg.train.on_damaged_checkpoint)
+        if point.note and rank_env == 0:
+            log.warning(point.note)
+        tag = point.tag
+        client.update(train_state.load_client(ckpt_dir / tag))
         position.check_global_batch(tag, client, ds_config)
         saved_world, client["world_size"] = client["world_size"], world_size
     tracker = None
@@ -213,8 +224,7 @@ def _train(
         if resharded:  # no RNG state of this rank was saved; dropout masks change from here on
             torch.manual_seed(cfg.train.seed + 1000 * client["global_step"] + info.rank)
         else:
-            rng_file = ckpt_dir / tag / f"rng_rank{info.rank}.pt"
-            rng.set_state(torch.load(rng_file, weights_only=False))
+            rng.load(ckpt_dir / tag / rng.file_name(info.rank))
         if rank0:
             log.info(
                 "Resumed from %s/%s at epoch %d, step %d (written by %d processes, now %d)",
@@ -228,7 +238,7 @@ def _train(
     keys_log = _sample_key_log(cfg, info) if cfg.train.log_sample_keys else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     classes = read_manifest(cfg.data.train_shards)["classes"]
-    log_file = (out / "metrics.jsonl").open("a") if rank0 else None
+    log_file = _open_metrics_log(out / "metrics.jsonl", client.get("metrics_bytes"), rank0)
     last_saved = tag
 
     def save(step: int) -> None:
@@ -238,13 +248,17 @@ def _train(
                 f"weights became non-finite at step {step}; not saving them, the last good "
                 f"checkpoint is {last_saved or 'none'} in {ckpt_dir}"
             )
-        name = f"step{step}"
-        (ckpt_dir / name).mkdir(parents=True, exist_ok=True)
-        torch.save(rng.state(), ckpt_dir / name / f"rng_rank{info.rank}.pt")
+        name = ckpt_integrity.tag_for(step)
         if rank0:
-            torch.save(client, ckpt_dir / name / "client.pt")
-        dist.barrier()  # every rank's RNG file exists before DeepSpeed writes `latest`
-        parallel.save_checkpoint(engine, ckpt_dir, name, client)
+            ckpt_integrity.prepare_folder(ckpt_dir, step)
+            # a resume cuts metrics.jsonl back to what was logged up to here
+            client["metrics_bytes"] = (out / "metrics.jsonl").stat().st_size
+            train_state.save_client(ckpt_dir / name, client)
+        dist.barrier()
+        rng.save(ckpt_dir / name / rng.file_name(info.rank))
+        parallel.save_checkpoint(engine, ckpt_dir, name, client)  # ends with a barrier
+        if rank0:  # every rank's files exist: manifest, then `latest`, then pruning
+            ckpt_integrity.commit(ckpt_dir, step, cfg.train.keep_checkpoints)
         last_saved = name
 
     @torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
@@ -396,6 +410,16 @@ def _logging_keys(loader: Iterable[Any], handle: Any, record: dict[str, Any]) ->
     for batch in loader:
         _write(handle, {**record, "keys": list(batch[2])})
         yield batch
+
+
+def _open_metrics_log(path: Path, committed_bytes: int | None, rank0: bool) -> Any:
+    """Rank 0: metrics.jsonl for appending; on resume first cut back to what the checkpoint had
+    logged, so the steps between that checkpoint and a crash are not recorded twice."""
+    if not rank0:
+        return None
+    if committed_bytes is not None and path.is_file() and path.stat().st_size > committed_bytes:
+        os.truncate(path, committed_bytes)
+    return path.open("a")
 
 
 def _write(handle: Any, record: dict[str, Any]) -> None:

@@ -89,9 +89,10 @@ def offsets_per_block(spec: Any, backbone: BackboneSpec, frames: int) -> list[li
         stages = [parse_multiset(s) for s in spec]
         per_block = [stages[s] for s in backbone.stage_of_block()]
     else:
+        got = f"{len(spec)} entries" if isinstance(spec, Sequence) else repr(spec)
         raise ConfigError(
             f"{_FIELD}: give one multiset, one per block ({backbone.num_blocks}) "
-            f"or one per stage ({len(backbone.depths)}); got {len(spec)} entries"
+            f"or one per stage ({len(backbone.depths)}); got {got}"
         )
     resolved = []
     for block, (multiset, num_heads) in enumerate(zip(per_block, heads, strict=True)):

@@ -8,8 +8,11 @@ gives `VideoPyfunc`: it decodes videos into the config's test views
 predict.py and evaluation do. The same saved weights also load as the ``pytorch`` flavor.
 
 Inputs (one row per video): a DataFrame / records / ``{"inputs": {...}}`` with a ``video``
-column (base64 of the file bytes) and/or a ``path`` column (a file the server can read), or a
-plain list of base64 strings, paths or bytes. Output: a DataFrame with ``label``, ``score``
+column (base64 of the file bytes), or a plain list of base64 strings or bytes. The server reads
+only what it is sent: a ``path`` column (a file on the server) is refused unless the model is
+loaded with ``model_config={"path_root": DIR}`` (for ``mlflow models serve``:
+``SERVING_MODEL_CONFIG='{"path_root": "DIR"}'``), and then only files under DIR (after
+resolving ``..`` and symlinks) are read. Output: a DataFrame with ``label``, ``score``
 (top-1 probability), ``index``, and the top-k ``labels`` / ``scores`` / ``indices`` lists;
 ``params={"top_k": k}`` (default 5).
 """
@@ -40,8 +43,21 @@ def _decode_base64(text: str) -> bytes:
         raise ValueError(f"a 'video' value is not valid base64 ({error})") from None
 
 
-def _as_videos(model_input: Any) -> list[bytes | str]:
-    """Rows of any accepted input → raw bytes (for ``video``) or a path (for ``path``)."""
+def _allowed_path(path: str, root: Path | None) -> str:
+    """`path` when it names a file under `root`; refuses everything when no root is set."""
+    if root is None:
+        raise ValueError(
+            "reading files on the server is off: send the video's bytes as base64 in 'video' "
+            "(or serve the model with model_config {'path_root': DIR} to allow files under DIR)"
+        )
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(root) or not resolved.is_file():
+        raise ValueError(f"path {path!r} is not a file under the allowed root {root}")
+    return str(resolved)
+
+
+def _as_videos(model_input: Any, root: Path | None = None) -> list[bytes | str]:
+    """Rows of any accepted input → raw bytes (for ``video``) or an allowed path (``path``)."""
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(model_input)
     if isinstance(model_input, pd.DataFrame):
@@ -57,7 +73,7 @@ def _as_videos(model_input: Any) -> list[bytes | str]:
             if isinstance(video, bytes | str) and len(video):
                 videos.append(video if isinstance(video, bytes) else _decode_base64(video))
             elif isinstance(path, str) and path:
-                videos.append(path)
+                videos.append(_allowed_path(path, root))
             else:
                 raise ValueError("every row needs a non-empty 'video' (base64) or 'path'")
         return videos
@@ -66,18 +82,20 @@ def _as_videos(model_input: Any) -> list[bytes | str]:
     if isinstance(model_input, bytes | str):
         model_input = [model_input]
     if isinstance(model_input, list):
-        return [_list_item(item) for item in model_input]
+        return [_list_item(item, root) for item in model_input]
     raise ValueError(f"unsupported input type {type(model_input).__name__}")
 
 
-def _list_item(item: Any) -> bytes | str:
+def _list_item(item: Any, root: Path | None) -> bytes | str:
+    """Bytes, base64, or (only with a path root) a file under it; without a root a string is
+    always base64, so the server never even checks whether a file exists."""
     if isinstance(item, bytes):
         return item
     if isinstance(item, str):
-        return item if Path(item).is_file() else _decode_base64(item)
-    raise ValueError(
-        f"list items must be base64 strings, paths or bytes, got {type(item).__name__}"
-    )
+        if root is not None and Path(item).resolve().is_relative_to(root):
+            return _allowed_path(item, root)
+        return _decode_base64(item)
+    raise ValueError(f"list items must be base64 strings or bytes, got {type(item).__name__}")
 
 
 # ----------------------------------------------------------------------------- pyfunc
@@ -86,14 +104,22 @@ def _list_item(item: Any) -> bytes | str:
 class VideoPyfunc:
     """What ``mlflow.pyfunc.load_model`` returns for a zeroi2v model (via `_load_pyfunc`)."""
 
-    def __init__(self, model: nn.Module, cfg: Config, classes: list[str], device: str = "cpu"):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        classes: list[str],
+        device: str = "cpu",
+        path_root: str | Path | None = None,
+    ):
         self.predictor = VideoPredictor(model, cfg, classes, device=device)
+        self.path_root = None if path_root is None else Path(path_root).resolve()
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         top_k = int((params or {}).get("top_k") or DEFAULT_TOP_K)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        predictions = self.predictor.predict(_as_videos(model_input), top_k=top_k)
+        predictions = self.predictor.predict(_as_videos(model_input, self.path_root), top_k=top_k)
         return pd.DataFrame(
             {
                 "label": [p.labels[0] for p in predictions],
@@ -107,7 +133,8 @@ class VideoPyfunc:
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> VideoPyfunc:
-    """MLflow's loader hook: `data_path` is ``<model>/data`` (the pytorch flavor's data)."""
+    """MLflow's loader hook: `data_path` is ``<model>/data`` (the pytorch flavor's data);
+    `model_config` may set ``device`` and ``path_root`` (see the module docstring)."""
     import mlflow
     from mlflow.models import Model
 
@@ -119,4 +146,5 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
     classes = meta.get(CLASSES_KEY) or [str(i) for i in range(cfg.model.num_classes)]
     device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     model = mlflow.pytorch.load_model(str(root), map_location="cpu")
-    return VideoPyfunc(model, cfg, list(classes), device=device)
+    path_root = (model_config or {}).get("path_root")
+    return VideoPyfunc(model, cfg, list(classes), device=device, path_root=path_root)

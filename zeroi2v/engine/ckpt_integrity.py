@@ -1,0 +1,182 @@
+"""Checkpoints that prove they are intact: a manifest of every file's size and sha256.
+
+A save is committed in this order, each step only after the one before finished:
+
+1. every rank writes its files into ``<dir>/stepN/`` (DeepSpeed's model / optimizer states,
+   our per-rank RNG tensors, the client state as JSON);
+2. after a barrier, rank 0 hashes every file of the folder and writes ``stepN/manifest.json``
+   (temporary file + ``os.replace``, so it is either absent or complete);
+3. rank 0 points ``<dir>/latest`` at ``stepN`` the same way and prunes old checkpoints.
+
+A crash before step 3 leaves ``latest`` on the previous checkpoint, and a folder without a
+manifest is never loaded. `--resume` verifies sizes and hashes *before* anything is unpickled;
+a damaged newest checkpoint is named in one sentence and the newest intact one is used instead
+(or the run stops, ``train.on_damaged_checkpoint="stop"``).
+
+This proves integrity, not authenticity: whoever can write the folder can rewrite the
+manifest too. Load only checkpoints you (or someone you trust) wrote. The manifest assumes the
+ranks share one filesystem, as DeepSpeed's own ``latest`` file does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from zeroi2v.errors import CheckpointDamagedError
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+_TAG = re.compile(r"^step(\d+)$")
+
+OnDamaged = Literal["fallback", "stop"]
+
+
+def tag_for(step: int) -> str:
+    return f"step{step}"
+
+
+def _step(tag: str) -> int | None:
+    match = _TAG.match(tag)
+    return int(match.group(1)) if match else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def prepare_folder(directory: Path, step: int) -> Path:
+    """Rank 0, before any rank writes: an empty ``stepN`` folder (a crashed save's leftovers
+    would otherwise end up in the new manifest)."""
+    folder = Path(directory) / tag_for(step)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def commit(directory: Path, step: int, keep: int | None = None) -> None:
+    """Rank 0, once every rank wrote ``stepN``: the manifest, then ``latest``, then pruning."""
+    directory = Path(directory)
+    folder = directory / tag_for(step)
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in _files(folder)
+    }
+    _write_atomic(folder / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
+    _write_atomic(directory / LATEST, tag_for(step))
+    if keep is not None:
+        prune(directory, keep)
+
+
+def prune(directory: Path, keep: int) -> list[str]:
+    """Keep the `keep` newest committed checkpoints (at or before ``latest``); delete every
+    checkpoint folder older than the oldest kept one. Returns the deleted tags."""
+    tags = _tags_newest_first(Path(directory))
+    committed = [t for t in tags if (Path(directory) / t / MANIFEST).is_file()]
+    if len(committed) <= keep:
+        return []
+    oldest_kept = _step(committed[keep - 1])
+    doomed = [t for t in tags if _step(t) < oldest_kept]
+    for tag in doomed:
+        shutil.rmtree(Path(directory) / tag, ignore_errors=True)
+    return doomed
+
+
+def _tags_newest_first(directory: Path) -> list[str]:
+    """``stepN`` folders no newer than ``latest`` (newer ones are saves that never committed)."""
+    latest = directory / LATEST
+    limit = _step(latest.read_text().strip()) if latest.is_file() else None
+    steps = [
+        _step(p.name) for p in directory.glob("step*") if p.is_dir() and _step(p.name) is not None
+    ]
+    return [tag_for(s) for s in sorted(steps, reverse=True) if limit is None or s <= limit]
+
+
+def problem(folder: Path) -> str | None:
+    """Why `folder` is not an intact checkpoint (a phrase naming the file), or None."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        expected = manifest["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST}, so its save never finished"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    present = {p.relative_to(folder).as_posix(): p for p in _files(folder)}
+    for name, entry in expected.items():
+        path = present.get(name)
+        if path is None:
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} is {path.stat().st_size} bytes, the manifest says {entry['size']}"
+    extra = sorted(set(present) - set(expected))
+    if extra:
+        return f"{extra[0]} is not in its manifest"
+    for name, entry in expected.items():
+        if _sha256(present[name]) != entry["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    tag: str
+    note: str | None  # one sentence on the damaged checkpoints skipped; None: `latest` was intact
+
+
+def resume_point(directory: Path, on_damaged: OnDamaged = "fallback") -> ResumePoint:
+    """The newest intact checkpoint in `directory`, verified before anything loads it.
+
+    Raises `FileNotFoundError` when there is no checkpoint at all, and `CheckpointDamagedError`
+    when none is intact, or when the newest is damaged and `on_damaged` is ``"stop"``.
+    """
+    directory = Path(directory)
+    tags = _tags_newest_first(directory)
+    if not tags:
+        raise FileNotFoundError(f"--resume: no checkpoint (stepN folder) in {directory}")
+    damaged = []
+    for tag in tags:
+        why = problem(directory / tag)
+        if why is None:
+            if not damaged:
+                return ResumePoint(tag, None)
+            return ResumePoint(
+                tag, f"{_describe(directory, damaged)}; resuming from {tag}, the newest intact one."
+            )
+        damaged.append((tag, why))
+        if on_damaged == "stop":
+            raise CheckpointDamagedError(
+                f"{_describe(directory, damaged)}; not resuming because "
+                f"train.on_damaged_checkpoint is 'stop' (set it to 'fallback' to resume from the "
+                f"newest intact checkpoint)"
+            )
+    raise CheckpointDamagedError(f"{_describe(directory, damaged)}; no intact checkpoint is left")
+
+
+def _describe(directory: Path, damaged: list[tuple[str, str]]) -> str:
+    parts = [f"{tag} ({why})" for tag, why in damaged]
+    noun = "checkpoint" if len(parts) == 1 else "checkpoints"
+    verb = "is" if len(parts) == 1 else "are"
+    return f"{noun} {', '.join(parts)} in {directory} {verb} damaged or incomplete"
