@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
         args.model, args.videos, top_k=args.top_k, json_path=args.json, device=args.device
     )
     print(format_predictions(predictions))
+    missing = len(args.videos) - len(predictions)
+    if missing:
+        print(f"skipped {missing} of {len(args.videos)} videos that do not decode", file=sys.stderr)
     return predictions
 
 

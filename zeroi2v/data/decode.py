@@ -13,6 +13,7 @@ import io
 import decord
 import numpy as np
 
+from data_prep.quiet import decoder_detail, quiet_stderr
 from zeroi2v.errors import CorruptVideoError
 
 
@@ -56,9 +57,10 @@ def open_video(
         if new_size != tuple(stored):
             width, height = new_size
     try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
+        with quiet_stderr():  # decord prints the bytes of a file it cannot open
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
     except (RuntimeError, decord.DECORDError) as exc:
-        raise CorruptVideoError(f"cannot open the video: {_first_line(exc)}") from exc
+        raise CorruptVideoError(f"cannot open the video: {decoder_detail(exc)}") from exc
     if len(reader) < 1:
         raise CorruptVideoError("the video has no frames")
     return reader
@@ -67,9 +69,16 @@ def open_video(
 def read_frames(reader: decord.VideoReader, indices: np.ndarray) -> np.ndarray:
     """Frames at ``indices`` as a (T, H, W, 3) uint8 array."""
     try:
-        return reader.get_batch(np.asarray(indices, dtype=np.int64).tolist()).asnumpy()
+        with quiet_stderr():
+            return reader.get_batch(np.asarray(indices, dtype=np.int64).tolist()).asnumpy()
     except (RuntimeError, decord.DECORDError, IndexError) as exc:
-        raise CorruptVideoError(f"cannot decode frames: {_first_line(exc)}") from exc
+        raise CorruptVideoError(f"cannot decode frames: {decoder_detail(exc)}") from exc
+
+
+def frame_count(reader: decord.VideoReader, stored: int | None = None) -> int:
+    """Frames a reader may ask for: decord's count, capped by the count that decoded at shard
+    time (``stored``, the shard json's ``frames``) when the shard says so."""
+    return min(len(reader), stored) if stored else len(reader)
 
 
 def decode(
@@ -81,8 +90,3 @@ def decode(
 ) -> np.ndarray:
     """Open ``data`` and read ``indices`` (T, H, W, 3) uint8; for callers that know the indices."""
     return read_frames(open_video(data, short_side=short_side, size=size), indices)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
