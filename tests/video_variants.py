@@ -28,6 +28,7 @@ class Variant:
     rotation: int = 0  # display rotation (counter-clockwise degrees)
     vfr: bool = False  # frame durations alternate 1/24 s and 2/24 s
     options: dict[str, str] = field(default_factory=dict)
+    container_options: dict[str, str] = field(default_factory=dict)  # e.g. movflags=faststart
 
 
 X264 = {"preset": "ultrafast"}
@@ -65,7 +66,9 @@ def moving_frames(frames: int, width: int, height: int) -> np.ndarray:
 def write(path: Path, variant: Variant) -> Path:
     """Encode `variant` to `path` (the container is chosen by `variant.container`)."""
     width, height = variant.size
-    with av.open(str(path), "w", format=variant.container) as out:
+    with av.open(
+        str(path), "w", format=variant.container, options=variant.container_options
+    ) as out:
         stream = out.add_stream(variant.codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, variant.pix_fmt
         stream.options = dict(variant.options)
@@ -104,6 +107,13 @@ def _as_format(chunk: np.ndarray, fmt: str) -> np.ndarray:
     if fmt.startswith("s16"):
         chunk = (chunk * 32767).astype(np.int16)
     return chunk if fmt.endswith("p") else np.ascontiguousarray(chunk.T.reshape(1, -1))
+
+
+def audio_only(path: Path) -> Path:
+    """An .m4a with one AAC track and no video."""
+    with av.open(str(path), "w", format="mp4") as out:
+        _write_tone(out, out.add_stream("aac", rate=44100), seconds=1.0)
+    return path
 
 
 def lying_header(good_mp4: bytes, keep: int) -> bytes:
