@@ -130,9 +130,10 @@ def lying_header(good_mp4: bytes, keep: int) -> bytes:
     return bytes(data)
 
 
-def corrupt_middle(data: bytes, seed: int = 1) -> bytes:
-    """Random bytes over the sixth of the file that starts at its middle."""
+def corrupt_middle(data: bytes, start: float = 0.5, length: float = 1 / 6, seed: int = 1) -> bytes:
+    """Random bytes over `length` of the file from `start` (fractions of its size) on."""
     out = bytearray(data)
-    garbage = np.random.default_rng(seed).integers(0, 256, len(data) // 6, dtype=np.uint8)
-    out[len(data) // 2 : len(data) // 2 + len(garbage)] = garbage.tobytes()
+    begin, count = int(len(data) * start), int(len(data) * length)
+    garbage = np.random.default_rng(seed).integers(0, 256, count, dtype=np.uint8)
+    out[begin : begin + count] = garbage.tobytes()
     return bytes(out)

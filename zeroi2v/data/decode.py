@@ -36,7 +36,7 @@ def probe_size(data: bytes) -> tuple[int, int]:
             stream = container.streams.video[0]
             return int(stream.width), int(stream.height)
     except (av.FFmpegError, IndexError, ValueError) as exc:
-        raise CorruptVideoError(f"cannot read the video header: {exc}") from exc
+        raise CorruptVideoError(f"cannot read the video header: {decoder_detail(exc)}") from exc
 
 
 def open_video(
