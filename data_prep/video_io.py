@@ -153,7 +153,13 @@ def reencode(
                 upright = np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(upright), format="rgb24")
             while int(emitted * step + 1e-6) <= index:
-                scaled = frame.reformat(width=width, height=height, format="yuv420p")
+                scaled = frame.reformat(
+                    width=width,
+                    height=height,
+                    format="yuv420p",
+                    src_color_range=frame.color_range,  # JPEG (full) range in yuvj/MJPEG
+                    dst_color_range="MPEG",  # what yuv420p H.264 is tagged and read as
+                )
                 scaled.pts, scaled.time_base = emitted, 1 / stream.average_rate  # constant rate
                 out.mux(stream.encode(scaled))
                 emitted += 1
