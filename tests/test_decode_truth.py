@@ -140,3 +140,14 @@ def test_predict_skips_and_counts_a_video_that_fails(hostile_shards, synthetic_v
     assert predictor.skipped[1][1] == (
         "cannot read the video header: Invalid data found when processing input"
     )
+
+
+def test_widths_decord_cannot_resize_to_are_read_one_pixel_wider(tmp_path):
+    """decord 0.6 fails to resize to width 48 (and a few others): a 96×64 clip at short side
+    32 is read 49 wide instead of being dropped as corrupt."""
+    from zeroi2v.data.decode import DECORD_BAD_WIDTHS, open_video, read_frames
+
+    data = variants.write(tmp_path / "wide.mp4", CLIP).read_bytes()
+    for short_side, width in ((32, 49), (64, 96), (8, 13)):
+        frames = read_frames(open_video(data, short_side=short_side), [0, 47])
+        assert frames.shape[1:] == (short_side, width, 3) and width not in DECORD_BAD_WIDTHS

@@ -2,8 +2,9 @@
 
 Resizing happens inside the decoder (decord's ``width``/``height``, ffmpeg's swscale) rather than
 afterwards: resizing a 340×256 frame to the short side costs less than handing a full-size frame
-to torch. Known decord 0.6 bug: a few tiny output widths (8, 12, 16, 24, 48, 72 px) fail with a
-size-mismatch error and therefore read as corrupt; real videos and short sides ≥ 80 are not hit.
+to torch. Known decord 0.6 bug: a few tiny output widths (2–4, 6, 8, 12, 16, 24, 48, 72 px; measured
+over widths 2–700) fail with a size-mismatch error, so such a width is decoded one pixel wider
+(a 3:2 clip at short side 32 is 48 px wide: it is read 49 wide, the crops follow).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import numpy as np
 
 from data_prep.quiet import decoder_detail, quiet_stderr
 from zeroi2v.errors import CorruptVideoError
+
+
+DECORD_BAD_WIDTHS = frozenset({2, 3, 4, 6, 8, 12, 16, 24, 48, 72})
 
 
 def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -56,6 +60,8 @@ def open_video(
         new_size = resized_size(*stored, short_side)
         if new_size != tuple(stored):
             width, height = new_size
+            while width in DECORD_BAD_WIDTHS:
+                width += 1
     try:
         with quiet_stderr():  # decord prints the bytes of a file it cannot open
             reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
