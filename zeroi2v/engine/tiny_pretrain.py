@@ -88,10 +88,6 @@ def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int) -
     rng = np.random.default_rng(seed)
     model = build_model(_image_config(cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    # Cosine decay to zero: the weights settle into a minimum instead of stopping at a random
-    # point of a constant-rate walk, so tiny float differences (another machine's reduction
-    # order, another seed) no longer decide how good the features are.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     correct = 0.0
     for _ in logs.progress(range(steps), desc="tiny image pre-training", unit="step", logger=log):
         frames, cells = _location_batch(rng, cfg.model.image_size, batch, mean, std)
@@ -100,7 +96,6 @@ def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int) -
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
         correct = (logits.argmax(1) == cells).float().mean().item()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
