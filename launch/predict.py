@@ -9,6 +9,7 @@ Views, transforms and view averaging (softmax mean) are those of launch/evaluate
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zeroi2v import logs
 from zeroi2v.use.inference import Prediction, format_predictions, predict

@@ -122,7 +122,7 @@ def test_inspect_decodes_only_shown_frames_and_skips_the_garbled(hostile_shards,
 
 def test_predict_skips_and_counts_a_video_that_fails(hostile_shards, synthetic_videos):
     import zeroi2v
-    from zeroi2v.inference import VideoPredictor
+    from zeroi2v.use.inference import VideoPredictor
 
     cfg = load("configs/tiny_cpu.json", {"model.pretrained": None, "data.num_workers": 0})
     torch.manual_seed(0)

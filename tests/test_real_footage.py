@@ -105,7 +105,7 @@ def test_real_footage_through_shards_loaders_and_predict(tmp_path):
     import zeroi2v
     from zeroi2v.config import load
     from zeroi2v.data import build_eval_loader, build_train_loader
-    from zeroi2v.inference import VideoPredictor
+    from zeroi2v.use.inference import VideoPredictor
 
     root = _collection(tmp_path / "videos", list(variants.VARIANTS), REAL)
     out = tmp_path / "shards"
