@@ -31,7 +31,7 @@ from data_prep import check, video_io
 from data_prep.quiet import decoder_detail
 from data_prep.sources import Item, SourceList
 
-FORMAT_VERSION = 2  # 2: every frame decoded at shard time, lying headers re-encoded
+FORMAT_VERSION = 1
 KILL_HOOK = "DATA_PREP_KILL_AFTER_SAMPLES"  # test hook: SIGKILL self after N samples written
 
 
