@@ -97,7 +97,8 @@ def _shard(args: argparse.Namespace) -> int:
         )
     print(
         f"{args.split}: {result['count']} samples in {len(result['shards'])} shards, "
-        f"{len(skipped)} skipped (see {args.out / 'manifest.json'})"
+        f"{len(skipped)} skipped (see {args.out / 'manifest.json'}), "
+        f"{result['side_files']} side files (.txt/.json/.csv/hidden) ignored"
     )
     return EXIT_SKIPPED if skipped else 0
 
@@ -117,8 +118,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
     print(format_table(count(args.shards)))
     if args.out:
-        contact_sheet(args.shards, args.clips, args.columns).save(args.out)
-        print(f"contact sheet: {args.out}")
+        skipped: list[tuple[str, str]] = []
+        contact_sheet(args.shards, args.clips, args.columns, skipped=skipped).save(args.out)
+        for key, reason in skipped:
+            print(f"skipped {key}: {reason}", file=sys.stderr)
+        print(f"contact sheet: {args.out} ({len(skipped)} samples skipped: they do not decode)")
     return 0
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_prep.video_io import decode_all
+from data_prep.video_io import decode_at
 
 LABEL_HEIGHT = 14  # pixels of caption above each row of the contact sheet
 
 
 def iter_samples(shard: Path) -> Iterator[dict]:
     """Samples of one tar as {"__key__", ext: bytes, ...} (webdataset's grouping rule)."""
+    if not tarfile.is_tarfile(shard):
+        raise ValueError(f"{shard} is not a tar shard (expected a {{split}}-NNNNNN.tar file)")
     sample: dict = {}
     try:
         tar = tarfile.open(shard)
@@ -70,24 +72,35 @@ def frame_indices(total: int, columns: int) -> list[int]:
 
 
 def contact_sheet(
-    shards: Sequence[Path], clips: int = 4, columns: int = 8, scale: int = 2
+    shards: Sequence[Path],
+    clips: int = 4,
+    columns: int = 8,
+    scale: int = 2,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Image.Image:
-    """Rows = the first `clips` samples, columns = evenly spaced frames, label caption per row.
+    """Rows = the first `clips` decodable samples, columns = evenly spaced frames, a caption.
 
-    Frames are enlarged `scale`× (nearest) so tiny test clips stay visible. Tile (r, c) sits at
-    x = c * W * scale, y = r * (H * scale + LABEL_HEIGHT) + LABEL_HEIGHT.
+    Only the frames shown are decoded. Samples that fail to decode are appended to `skipped`
+    as (key, reason) and replaced by the next one. Frames are enlarged `scale`× (nearest) so
+    tiny test clips stay visible. Tile (r, c) sits at x = c * W * scale,
+    y = r * (H * scale + LABEL_HEIGHT) + LABEL_HEIGHT.
     """
     rows = []
     for shard in shards:
         for sample in iter_samples(Path(shard)):
-            video = decode_all(sample["mp4"])  # (T, H, W, 3)
-            rows.append(
-                (
-                    json.loads(sample["json"])["label"],
-                    sample["__key__"],
-                    video[frame_indices(len(video), columns)],
-                )
-            )
+            meta = json.loads(sample["json"])
+            stored = meta.get("frames")  # what decoded at shard time caps decord's count
+
+            def choose(total: int, stored: int | None = stored) -> list[int]:
+                return frame_indices(min(total, stored) if stored else total, columns)
+
+            try:
+                frames = decode_at(sample["mp4"], choose)  # (columns, H, W, 3)
+            except RuntimeError as err:
+                if skipped is not None:
+                    skipped.append((sample["__key__"], str(err)))
+                continue
+            rows.append((meta["label"], sample["__key__"], frames))
             if len(rows) == clips:
                 break
         if len(rows) == clips:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep import video_io
+from data_prep import check, video_io
+from data_prep.quiet import decoder_detail
 from data_prep.sources import Item, SourceList
 
 FORMAT_VERSION = 1
@@ -52,25 +53,48 @@ class Prepared:
 
 
 def prepare(item: Item, options: EncodeOptions) -> Prepared:
-    """Read, validate and (if needed) re-encode one video. Never raises for bad inputs."""
+    """Read, check (every frame decodes) and, if needed, re-encode one video. Never raises.
+
+    Bytes are copied as they are when decord (the training reader) counts exactly the frames
+    that FFmpeg decoded and no resize, frame-rate change, rotation or container change is asked;
+    otherwise what decodes is re-encoded, so the frame count stored is always the true one.
+    """
     try:
         data = item.path.read_bytes()
     except OSError as err:
-        return Prepared(item, reason=f"cannot read: {err.strerror or err}")
+        return Prepared(item, reason=f"cannot read the file: {err.strerror or err}")
+    try:
+        report = check.decode_check(data)
+    except check.Unusable as err:
+        return Prepared(item, reason=str(err))
     try:
         meta = video_io.probe(data)
-        if video_io.needs_reencode(data, meta, options.short_side, options.fps):
+        honest = meta.frames == report.frames
+    except RuntimeError:  # FFmpeg decodes it all but decord cannot: store a re-encoded copy
+        honest = False
+    try:
+        if not honest or report.rotation or _asks_change(data, report, options):
             data = video_io.reencode(
                 data,
-                source_fps=meta.fps,
+                source_fps=report.fps,
                 short_side=options.short_side,
                 fps=options.fps,
                 crf=options.crf,
+                rotation=report.rotation,
             )
             meta = video_io.probe(data)  # describe (and check) what is actually stored
-    except Exception as err:  # any decoder failure makes the input invalid
-        return Prepared(item, reason=str(err) or type(err).__name__)
+    except Exception as err:  # a decoder or encoder failure makes the input unusable
+        return Prepared(item, reason=f"cannot be re-encoded: {decoder_detail(err)}")
     return Prepared(item, data, meta.as_dict())
+
+
+def _asks_change(data: bytes, report: check.DecodeReport, options: EncodeOptions) -> bool:
+    """A resize or frame-rate change is asked, or the container is not mp4."""
+    if options.short_side and min(report.width, report.height) > options.short_side:
+        return True
+    if options.fps and abs(options.fps - report.fps) > 1e-3:
+        return True
+    return video_io.container_format(data) != video_io.MP4_FORMAT
 
 
 def _prepare_star(args: tuple[Item, EncodeOptions]) -> Prepared:
@@ -288,11 +312,19 @@ def shard_split(
         if writer is not None:
             finish_shard(len(order))
         skipped.extend(pending_skips)
+        skipped.extend(
+            {"source": _relative(path, root), "split": split, "reason": reason}
+            for path, reason in source.unusable
+        )
         progress.update(position=len(order), skipped=skipped, done=True)
         _write_json(progress_path, progress)
 
     shards = [{k: s[k] for k in ("name", "count", "sha256")} for s in progress["shards"]]
-    entry = {"shards": shards, "count": sum(s["count"] for s in shards)}
+    entry = {
+        "shards": shards,
+        "count": sum(s["count"] for s in shards),
+        "side_files": source.side_files,
+    }
     update_manifest(out, source.classes, split, entry, progress["skipped"])
     return {**entry, "skipped": progress["skipped"]}
 

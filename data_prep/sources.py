@@ -8,13 +8,18 @@ line is accounted for in the manifest.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
+import unicodedata
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from glob import escape as glob_escape
 from pathlib import Path
 
-VIDEO_EXTENSIONS = {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v"}
+# Clearly not videos: ignored (and counted) instead of being probed. Anything else is probed.
+SIDE_FILE_SUFFIXES = {".txt", ".json", ".csv", ".tsv", ".md", ".nfo", ".srt", ".vtt", ".log"}
 K400_COLUMNS = {"label", "youtube_id", "time_start", "time_end", "split"}
 SOURCES = ("folder", "k400", "ssv2", "ucf101", "hmdb51", "diving48")
 
@@ -30,11 +35,46 @@ class Item:
 class SourceList:
     classes: list[str]
     items: list[Item]
+    unusable: list[tuple[Path, str]] = field(default_factory=list)  # files, why not an item
+    side_files: int = 0  # .txt/.json/.csv/hidden files found and ignored
 
 
 def make_key(text: str) -> str:
-    """A webdataset-safe key: no dots or slashes, ASCII only."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text.replace("/", "__")).strip("_") or "_"
+    """A webdataset-safe key: no dots or slashes, ASCII only, readable.
+
+    Accents are dropped ("épée" → "epee"); a name with any non-ASCII character also gets a
+    short hash of the full name, so names differing only there stay apart.
+    """
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", plain.replace("/", "__")).strip("_") or "_"
+    return key if text.isascii() else f"{key}-{_short_hash(text)}"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def unique_keys(items: list[Item], root: Path) -> list[Item]:
+    """Items whose keys collide ("a b" and "a_b" both give "a_b") get a hash of their path."""
+    counts = Counter(item.key for item in items)
+    return [
+        replace(item, key=f"{item.key}-{_short_hash(_relative(item.path, root))}")
+        if counts[item.key] > 1
+        else item
+        for item in items
+    ]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def is_side_file(path: Path) -> bool:
+    """Hidden files and text/metadata files that sit next to videos in real collections."""
+    return path.name.startswith(".") or path.suffix.lower() in SIDE_FILE_SUFFIXES
 
 
 def read_classes(path: Path) -> list[str]:
@@ -43,8 +83,10 @@ def read_classes(path: Path) -> list[str]:
 
 
 def folder(root: Path, split: str, classes: list[str] | None = None) -> SourceList:
-    """`root/{split}/{class}/*.{mp4,webm,...}`; classes = sorted class folders of all splits.
+    """`root/{split}/{class}/**/*`; classes = sorted class folders of all splits.
 
+    Every regular file is judged by its content later (no extension list): all files in class
+    folders are items, side files are counted, files outside class folders are unusable.
     Taking the union over every split folder keeps class indices identical for train and val.
     """
     root = Path(root)
@@ -53,22 +95,26 @@ def folder(root: Path, split: str, classes: list[str] | None = None) -> SourceLi
         raise ValueError(f"folder source: {split_dir} is not a directory (want root/split/class)")
     if classes is None:
         classes = sorted(
-            {
-                p.name
-                for s in root.iterdir()
-                if s.is_dir()
-                for p in s.iterdir()
-                if p.is_dir() and p.suffix.lower() not in VIDEO_EXTENSIONS
-            }
+            {p.name for s in _visible_dirs(root) for p in _visible_dirs(s)},
         )
-    items = []
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if class_dir.suffix.lower() in VIDEO_EXTENSIONS:
-            continue  # a directory named like a video directly under split/ is not a class
-        for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() in VIDEO_EXTENSIONS:
-                items.append(Item(make_key(f"{class_dir.name}/{path.stem}"), path, class_dir.name))
-    return SourceList(classes, items)
+    items, unusable, side_files = [], [], 0
+    for path in sorted(split_dir.rglob("*")):
+        if path.is_dir():
+            continue
+        relative = path.relative_to(split_dir)
+        if any(part.startswith(".") for part in relative.parts) or is_side_file(path):
+            side_files += 1
+        elif len(relative.parts) == 1:
+            unusable.append((path, f"not inside a class folder (want {split}/CLASS/{path.name})"))
+        else:
+            label = relative.parts[0]
+            name = relative.with_suffix("").as_posix()
+            items.append(Item(make_key(name), path, label))
+    return SourceList(classes, items, unusable, side_files)
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def k400(
@@ -77,8 +123,8 @@ def k400(
     """Kinetics CSVs (label,youtube_id,time_start,time_end,split); rows where split == `split`.
 
     Classes default to the sorted labels of all given CSVs (pass train and val CSVs together so
-    both splits get the same indices). Videos: `root/{label}/{name}` if that exists, else
-    `root/{name}`, with name `{youtube_id}_{start:06d}_{end:06d}.mp4`.
+    both splits get the same indices). Videos: `root/{label}/{name}.*` if that exists, else
+    `root/{name}.*`, with name `{youtube_id}_{start:06d}_{end:06d}` (any container).
     """
     rows = []
     for path in annotations:
@@ -98,11 +144,17 @@ def k400(
             f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_"
             f"{int(float(row['time_end'])):06d}"
         )
-        path = Path(root) / row["label"] / f"{name}.mp4"
-        if not path.exists():
-            path = Path(root) / f"{name}.mp4"
-        items.append(Item(make_key(name), path, row["label"]))
+        items.append(Item(make_key(name), _k400_path(Path(root), row["label"], name), row["label"]))
     return SourceList(classes, items)
+
+
+def _k400_path(root: Path, label: str, name: str) -> Path:
+    """`root/label/name.*` or `root/name.*` (downloads come as .mp4, .mkv or .webm)."""
+    for folder in (root / label, root):
+        found = sorted(p for p in folder.glob(f"{glob_escape(name)}.*") if not is_side_file(p))
+        if found:
+            return found[0]
+    return root / f"{name}.mp4"  # missing: reported as "cannot read the file"
 
 
 def ssv2_class_name(template: str) -> str:
@@ -222,6 +274,13 @@ def load_source(
     classes = read_classes(classes_file) if classes_file else None
     if name != "folder" and not annotations:
         raise ValueError(f"--source {name} needs --annotations")
+    source = _load(name, root, annotations, split, classes)
+    return replace(source, items=unique_keys(source.items, Path(root)))
+
+
+def _load(
+    name: str, root: Path, annotations: Sequence[Path], split: str, classes: list[str] | None
+) -> SourceList:
     if name == "folder":
         return folder(root, split, classes)
     if name == "k400":

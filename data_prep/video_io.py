@@ -1,14 +1,14 @@
 """Probe, encode and re-encode videos entirely in memory.
 
-decord is the reader the training pipeline uses, so it is also the judge of what counts as a
-valid video here: a file that decord cannot open (or whose last frame it cannot decode) never
-reaches a shard. PyAV (libx264) does the writing.
+decord is the reader the training pipeline uses, so it has the last word on what is stored:
+a file that decord cannot open, count or decode to its last frame is re-encoded (if FFmpeg
+decoded all of it, see `data_prep.check`) or never reaches a shard. PyAV (libx264) writes.
 """
 
 from __future__ import annotations
 
 import io
-import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -16,12 +16,13 @@ import av
 import decord
 import numpy as np
 
+from data_prep.quiet import decoder_detail, quiet_stderr
+
 MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's demuxer name for the mp4 family
 # Frame widths whose videos decord 0.6 opens but cannot decode ("Check failed: from_size ==
 # to_size": it copies rows padded to a larger width). Measured for every even width 2..398 at
 # heights 16..48 (the height does not matter); every other even width reads back.
 DECORD_UNREADABLE_WIDTHS = frozenset({2, 4, 6, 8, 12, 16, 24, 48, 72})
-_LOG_TIME = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] ")  # decord's "[20:35:56] " log prefix
 
 
 def readable_width(width: int) -> int:
@@ -52,16 +53,15 @@ def probe(data: bytes) -> VideoMeta:
     if not data:
         raise RuntimeError("empty file")
     try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        frames = len(reader)
-        if frames == 0:
-            raise RuntimeError("no video frames")
-        first_last = reader.get_batch([0, frames - 1]).asnumpy()  # (2, H, W, 3)
-        fps = float(reader.get_avg_fps())
+        with quiet_stderr():
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+            frames = len(reader)
+            if frames == 0:
+                raise RuntimeError("no video frames")
+            first_last = reader.get_batch([0, frames - 1]).asnumpy()  # (2, H, W, 3)
+            fps = float(reader.get_avg_fps())
     except (decord.DECORDError, RuntimeError, ValueError) as err:
-        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        message = _LOG_TIME.sub("", message)  # identical runs give identical skip reasons
-        raise RuntimeError(f"decord cannot decode it ({message[:160]})") from err
+        raise RuntimeError(f"decord cannot decode it ({decoder_detail(err)})") from err
     if not fps > 0:
         raise RuntimeError(f"invalid frame rate {fps}")
     height, width = first_last.shape[1:3]
@@ -75,9 +75,18 @@ def container_format(data: bytes) -> str:
 
 
 def decode_all(data: bytes) -> np.ndarray:
-    """All frames as (T, H, W, 3) uint8 RGB, decoded by decord (tests and `inspect`)."""
-    reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-    return reader.get_batch(list(range(len(reader)))).asnumpy()
+    """All frames as (T, H, W, 3) uint8 RGB, decoded by decord (tests)."""
+    return decode_at(data, lambda total: list(range(total)))
+
+
+def decode_at(data: bytes, choose: Callable[[int], Sequence[int]]) -> np.ndarray:
+    """Only the frames ``choose(frame count)`` picks, (N, H, W, 3) uint8. Raises RuntimeError."""
+    try:
+        with quiet_stderr():
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+            return reader.get_batch(list(choose(len(reader)))).asnumpy()
+    except (decord.DECORDError, RuntimeError, ValueError, IndexError) as err:
+        raise RuntimeError(f"decord cannot decode it ({decoder_detail(err)})") from err
 
 
 def _rate(fps: float) -> Fraction:
@@ -126,39 +135,48 @@ def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return readable_width(max(2, width - width % 2)), max(2, height - height % 2)
 
 
-def needs_reencode(data: bytes, meta: VideoMeta, short_side: int | None, fps: float | None) -> bool:
-    """Copy bytes unless the container is not mp4, or a resize / frame-rate change is asked."""
-    if short_side and min(meta.width, meta.height) > short_side:
-        return True
-    if fps and abs(fps - meta.fps) > 1e-3:
-        return True
-    return container_format(data) != MP4_FORMAT
-
-
 def reencode(
-    data: bytes, *, source_fps: float, short_side: int | None, fps: float | None, crf: int = 18
+    data: bytes,
+    *,
+    source_fps: float,
+    short_side: int | None,
+    fps: float | None,
+    crf: int = 18,
+    rotation: int = 0,
 ) -> bytes:
     """Decode `data` with PyAV and write H.264 mp4, optionally resized and resampled in time.
 
     Frame-rate change picks source frame floor(i * source_fps / fps) for output frame i (drops
-    or repeats frames; no blending, so motion stays sharp). Audio is dropped.
+    or repeats frames; no blending, so motion stays sharp). Audio is dropped. `rotation` (the
+    display matrix's counter-clockwise degrees, `av.VideoFrame.rotation`) is applied to the
+    pixels, so the stored video is upright for readers that ignore the metadata (decord).
     """
     out_fps = fps or source_fps
     step = source_fps / out_fps
     buf = io.BytesIO()
     with av.open(io.BytesIO(data)) as src, av.open(buf, "w", format="mp4") as out:
         in_stream = src.streams.video[0]
-        width, height = _target_size(
-            in_stream.codec_context.width, in_stream.codec_context.height, short_side
-        )
+        in_width, in_height = in_stream.codec_context.width, in_stream.codec_context.height
+        if rotation % 180:
+            in_width, in_height = in_height, in_width
+        width, height = _target_size(in_width, in_height, short_side)
         stream = out.add_stream("libx264", rate=_rate(out_fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1
         stream.options = _x264_options(crf)
         emitted = 0
         for index, frame in enumerate(src.decode(in_stream)):
+            if rotation:
+                upright = np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90)
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(upright), format="rgb24")
             while int(emitted * step + 1e-6) <= index:
-                scaled = frame.reformat(width=width, height=height, format="yuv420p")
+                scaled = frame.reformat(
+                    width=width,
+                    height=height,
+                    format="yuv420p",
+                    src_color_range=frame.color_range,  # JPEG (full) range in yuvj/MJPEG
+                    dst_color_range="MPEG",  # what yuv420p H.264 is tagged and read as
+                )
                 scaled.pts, scaled.time_base = emitted, 1 / stream.average_rate  # constant rate
                 out.mux(stream.encode(scaled))
                 emitted += 1

@@ -9,6 +9,7 @@ Views, transforms and view averaging (softmax mean) are those of launch/evaluate
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zeroi2v.redact import run_cli
 from zeroi2v.use.inference import Prediction, format_predictions, predict
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
         args.model, args.videos, top_k=args.top_k, json_path=args.json, device=args.device
     )
     print(format_predictions(predictions))
+    missing = len(args.videos) - len(predictions)
+    if missing:
+        print(f"skipped {missing} of {len(args.videos)} videos that do not decode", file=sys.stderr)
     return predictions
 
 

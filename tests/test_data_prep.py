@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import video_variants as variants
 
 from data_prep import sources
 from data_prep.__main__ import EXIT_SKIPPED, main
@@ -173,64 +175,83 @@ def test_reencode_webm_resize_and_fps(tmp_path):
 # --- bad inputs ------------------------------------------------------------------------------
 
 
-def test_bad_inputs_are_skipped_with_reasons(synthetic_videos, tmp_path, capsys):
+def test_every_file_is_sharded_or_skipped_in_plain_words(synthetic_videos, tmp_path, capfd):
+    """A real collection: any container or case, side files, hostile files, non-ASCII names."""
     root = tmp_path / "videos"
     good = sorted((synthetic_videos / "val" / "moving_up").glob("*.mp4"))[:3]
     for cls in ("a", "b"):
         (root / "train" / cls).mkdir(parents=True)
         for path in good:
             shutil.copy(path, root / "train" / cls / path.name)
-    bad_dir = root / "train" / "a"
-    (bad_dir / "zero.mp4").write_bytes(b"")
+    a, b = root / "train" / "a", root / "train" / "b"
+    (a / "zero.mp4").write_bytes(b"")
     data = good[0].read_bytes()
-    (bad_dir / "truncated.mp4").write_bytes(data[: len(data) // 2])
-    (bad_dir / "text.mp4").write_text("not a video\n" * 20)
-    (bad_dir / "dangling.mp4").symlink_to(tmp_path / "does-not-exist.mp4")
-    (bad_dir / "folder.mp4").mkdir()
+    (a / "truncated.mp4").write_bytes(data[: len(data) // 2])  # index (moov) at the end: lost
+    fast = variants.write(
+        tmp_path / "fast.mp4",
+        variants.Variant("mp4", "libx264", frames=48, container_options={"movflags": "faststart"}),
+    ).read_bytes()
+    (a / "cut.mp4").write_bytes(fast[: len(fast) * 2 // 3])  # index first, data cut
+    (a / "text.mp4").write_text("SECRET-BYTES of a text file\n" * 20)
+    (a / "dangling.mp4").symlink_to(tmp_path / "does-not-exist.mp4")
+    variants.audio_only(a / "song.m4a")
+    clip = variants.write(tmp_path / "clip.mp4", variants.Variant("mp4", "libx264", frames=48))
+    (a / "garbled.mp4").write_bytes(variants.corrupt_middle(clip.read_bytes()))
+    (a / "lying.mp4").write_bytes(variants.lying_header(clip.read_bytes(), keep=12))
+    variants.write(a / "clip.MPG", variants.VARIANTS["program_stream.MPG"])
+    variants.write(a / "movie.flv", variants.VARIANTS["flash.flv"])
+    for name in ("notes.txt", "meta.json", "labels.csv", ".DS_Store"):
+        (a / name).write_text("side file")
+    for name in ("épée.mp4", "èpée.mp4", "a b.mp4", "a_b.mp4"):
+        shutil.copy(good[0], b / name)
+    shutil.copy(good[0], root / "train" / "loose.mp4")
     (root / "train" / "unlisted").mkdir()
     shutil.copy(good[0], root / "train" / "unlisted" / "x.mp4")
     (tmp_path / "classes.txt").write_text("a\nb\n")
 
     out = tmp_path / "shards"
+    args = ["shard", "--source", "folder", "--root", str(root), "--split", "train"]
     rc = main(
-        [
-            "shard",
-            "--source",
-            "folder",
-            "--root",
-            str(root),
-            "--classes",
-            str(tmp_path / "classes.txt"),
-            "--split",
-            "train",
-            "--out",
-            str(out),
-            "--shard-size",
-            "4",
-            "--no-progress",
-        ]
+        [*args, "--classes", str(tmp_path / "classes.txt"), "--out", str(out), "--no-progress"]
     )
     assert rc == EXIT_SKIPPED
-    assert "6 samples in 2 shards, 6 skipped" in capsys.readouterr().out
+    printed = capfd.readouterr()
+    assert "SECRET" not in printed.out + printed.err  # no decoder log, no bytes of a bad file
+    assert "13 samples in 1 shards, 9 skipped" in printed.out
+    assert "4 side files (.txt/.json/.csv/hidden) ignored" in printed.out
     manifest = json.loads((out / "manifest.json").read_text())
     reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
-    assert set(reasons) == {
-        "train/a/zero.mp4",
-        "train/a/truncated.mp4",
-        "train/a/text.mp4",
-        "train/a/dangling.mp4",
-        "train/a/folder.mp4",
-        "train/unlisted/x.mp4",
+    assert reasons == {
+        "train/a/zero.mp4": "empty file (0 bytes)",
+        "train/a/truncated.mp4": "truncated or unfinished mp4: its index (moov) is missing "
+        "(Invalid data found when processing input)",
+        "train/a/cut.mp4": reasons["train/a/cut.mp4"],
+        "train/a/text.mp4": "not a video file: no known container format "
+        "(Invalid data found when processing input)",
+        "train/a/dangling.mp4": "cannot read the file: No such file or directory",
+        "train/a/song.m4a": "no video stream (audio only)",
+        "train/a/garbled.mp4": reasons["train/a/garbled.mp4"],
+        "train/loose.mp4": "not inside a class folder (want train/CLASS/loose.mp4)",
+        "train/unlisted/x.mp4": "label 'unlisted' not in class list",
     }
-    assert "empty" in reasons["train/a/zero.mp4"]
-    assert "decord" in reasons["train/a/truncated.mp4"]
-    assert "decord" in reasons["train/a/text.mp4"]
-    assert "cannot read" in reasons["train/a/dangling.mp4"]
-    assert "cannot read" in reasons["train/a/folder.mp4"]
-    assert "not in class list" in reasons["train/unlisted/x.mp4"]
-    kept = sorted(json.loads(s["json"])["source"] for s in _all_samples(out, "train"))
-    assert kept == sorted(f"train/{c}/{p.name}" for c in "ab" for p in good)
-    assert manifest["splits"]["train"]["count"] == 6
+    assert re.fullmatch(r"truncated: ends at 1\.\d s of 2\.0 s \(.+\)", reasons["train/a/cut.mp4"])
+    assert re.fullmatch(
+        r"corrupt frames at \d\.\d(–\d\.\d)? s \(\d+ packets fail: .+\)",
+        reasons["train/a/garbled.mp4"],
+    )
+    samples = {json.loads(s["json"])["source"]: s for s in _all_samples(out, "train")}
+    assert sorted(samples) == sorted(
+        [f"train/{c}/{p.name}" for c in "ab" for p in good]
+        + [f"train/a/{n}" for n in ("lying.mp4", "clip.MPG", "movie.flv")]
+        + [f"train/b/{n}" for n in ("épée.mp4", "èpée.mp4", "a b.mp4", "a_b.mp4")]
+    )
+    keys = [s["__key__"] for s in samples.values()]
+    assert len(set(keys)) == len(keys) and all(re.fullmatch(r"[A-Za-z0-9_-]+", k) for k in keys)
+    assert sum(k.startswith("b__epee-") for k in keys) == 2  # readable and apart
+    # the lying header claims 48 frames; the shard stores (and decord counts) the 12 that decode
+    lying = samples["train/a/lying.mp4"]
+    assert json.loads(lying["json"])["frames"] == 12 == len(decode_all(lying["mp4"]))
+    assert container_format(samples["train/a/clip.MPG"]["mp4"]) == MP4_FORMAT
 
 
 # --- crash safety ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from zeroi2v.config import Config
-from zeroi2v.data.decode import CorruptVideoError, open_video, read_frames
+from zeroi2v.data.decode import CorruptVideoError, frame_count, open_video, read_frames
 from zeroi2v.data.sampling import dense_indices, uniform_indices
 from zeroi2v.data.transforms import EvalTransform, TrainTransform
 from zeroi2v.models.specs import BACKBONES
@@ -121,18 +121,19 @@ class ClipLoader:
         meta = json.loads(sample["json"]) if "json" in sample else {}
         size = (meta["width"], meta["height"]) if "width" in meta and "height" in meta else None
         reader = open_video(sample["mp4"], short_side=self.short_side, size=size)
+        frames = frame_count(reader, meta.get("frames"))  # never past what decoded at shard time
         if self.seed is None:
-            return self._views(reader), label
+            return self._views(reader, frames), label
         sample_seed = seed_from(
             self.seed, self.epoch, sample["__key__"], sample.get("__position__", 0), salt
         )
-        frames = read_frames(reader, self.indices(len(reader), np.random.default_rng(sample_seed)))
+        clip = read_frames(reader, self.indices(frames, np.random.default_rng(sample_seed)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
-            return self.transform(frames), label  # (C, T, H, W)
+            return self.transform(clip), label  # (C, T, H, W)
 
-    def _views(self, reader: Any) -> Tensor:
-        clips = [self.indices(len(reader), None, k) for k in range(self.num_clips)]
+    def _views(self, reader: Any, num_frames: int) -> Tensor:
+        clips = [self.indices(num_frames, None, k) for k in range(self.num_clips)]
         wanted = np.unique(np.concatenate(clips))  # decode each frame once
         frames = read_frames(reader, wanted)  # (F, H, W, 3)
         views = [self.transform(frames[np.searchsorted(wanted, clip)]) for clip in clips]

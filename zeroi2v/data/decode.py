@@ -2,8 +2,9 @@
 
 Resizing happens inside the decoder (decord's ``width``/``height``, ffmpeg's swscale) rather than
 afterwards: resizing a 340×256 frame to the short side costs less than handing a full-size frame
-to torch. Known decord 0.6 bug: a few tiny output widths (8, 12, 16, 24, 48, 72 px) fail with a
-size-mismatch error and therefore read as corrupt; real videos and short sides ≥ 80 are not hit.
+to torch. Known decord 0.6 bug: a few tiny output widths (2–4, 6, 8, 12, 16, 24, 48, 72 px; measured
+over widths 2–700) fail with a size-mismatch error, so such a width is decoded one pixel wider
+(a 3:2 clip at short side 32 is 48 px wide: it is read 49 wide, the crops follow).
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import io
 import decord
 import numpy as np
 
+from data_prep.quiet import decoder_detail, quiet_stderr
 from zeroi2v.errors import CorruptVideoError
+
+
+DECORD_BAD_WIDTHS = frozenset({2, 3, 4, 6, 8, 12, 16, 24, 48, 72})
 
 
 def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -35,7 +40,7 @@ def probe_size(data: bytes) -> tuple[int, int]:
             stream = container.streams.video[0]
             return int(stream.width), int(stream.height)
     except (av.FFmpegError, IndexError, ValueError) as exc:
-        raise CorruptVideoError(f"cannot read the video header: {exc}") from exc
+        raise CorruptVideoError(f"cannot read the video header: {decoder_detail(exc)}") from exc
 
 
 def open_video(
@@ -55,10 +60,13 @@ def open_video(
         new_size = resized_size(*stored, short_side)
         if new_size != tuple(stored):
             width, height = new_size
+            while width in DECORD_BAD_WIDTHS:
+                width += 1
     try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
+        with quiet_stderr():  # decord prints the bytes of a file it cannot open
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
     except (RuntimeError, decord.DECORDError) as exc:
-        raise CorruptVideoError(f"cannot open the video: {_first_line(exc)}") from exc
+        raise CorruptVideoError(f"cannot open the video: {decoder_detail(exc)}") from exc
     if len(reader) < 1:
         raise CorruptVideoError("the video has no frames")
     return reader
@@ -67,9 +75,16 @@ def open_video(
 def read_frames(reader: decord.VideoReader, indices: np.ndarray) -> np.ndarray:
     """Frames at ``indices`` as a (T, H, W, 3) uint8 array."""
     try:
-        return reader.get_batch(np.asarray(indices, dtype=np.int64).tolist()).asnumpy()
+        with quiet_stderr():
+            return reader.get_batch(np.asarray(indices, dtype=np.int64).tolist()).asnumpy()
     except (RuntimeError, decord.DECORDError, IndexError) as exc:
-        raise CorruptVideoError(f"cannot decode frames: {_first_line(exc)}") from exc
+        raise CorruptVideoError(f"cannot decode frames: {decoder_detail(exc)}") from exc
+
+
+def frame_count(reader: decord.VideoReader, stored: int | None = None) -> int:
+    """Frames a reader may ask for: decord's count, capped by the count that decoded at shard
+    time (``stored``, the shard json's ``frames``) when the shard says so."""
+    return min(len(reader), stored) if stored else len(reader)
 
 
 def decode(
@@ -81,8 +96,3 @@ def decode(
 ) -> np.ndarray:
     """Open ``data`` and read ``indices`` (T, H, W, 3) uint8; for callers that know the indices."""
     return read_frames(open_video(data, short_side=short_side, size=size), indices)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -104,6 +104,7 @@ class VideoPredictor:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.loader = ClipLoader.for_eval(cfg)
+        self.skipped: list[tuple[str, str]] = []  # (video, reason) of videos that fail to decode
         self.classes = (
             list(classes) if classes is not None else [str(i) for i in range(cfg.model.num_classes)]
         )
@@ -126,12 +127,21 @@ class VideoPredictor:
         return view_scores(self.model, views.to(self.device)).cpu()
 
     def predict(self, videos: Iterable[VideoInput], top_k: int = 5) -> list[Prediction]:
-        """Top-k classes and their (view-averaged) probabilities for every video."""
+        """Top-k classes and their (view-averaged) probabilities for every decodable video.
+
+        A video that cannot be decoded is logged, listed in ``self.skipped`` and left out.
+        """
         k = min(top_k, len(self.classes))
         results = []
         for video in videos:
             data, name = read_video(video)
-            probs = self.scores(self.views(data, name)[None])[0]  # (K,)
+            try:
+                views = self.views(data, name)
+            except self.loader.errors as exc:
+                log.warning("skipping %s: %s", name, exc)
+                self.skipped.append((name, str(exc)))
+                continue
+            probs = self.scores(views[None])[0]  # (K,)
             top = probs.topk(k)
             indices = top.indices.tolist()
             results.append(
