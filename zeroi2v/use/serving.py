@@ -86,8 +86,15 @@ def _list_item(item: Any) -> bytes | str:
 class VideoPyfunc:
     """What ``mlflow.pyfunc.load_model`` returns for a zeroi2v model (via `_load_pyfunc`)."""
 
-    def __init__(self, model: nn.Module, cfg: Config, classes: list[str], device: str = "cpu"):
-        self.predictor = VideoPredictor(model, cfg, classes, device=device)
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        classes: list[str],
+        device: str = "cpu",
+        compile: bool = False,
+    ):
+        self.predictor = VideoPredictor(model, cfg, classes, device=device, compile=compile)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         top_k = int((params or {}).get("top_k") or DEFAULT_TOP_K)
@@ -117,6 +124,8 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
         raise ValueError(f"{root} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
     cfg = from_dict(meta[CONFIG_KEY])
     classes = meta.get(CLASSES_KEY) or [str(i) for i in range(cfg.model.num_classes)]
-    device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_config = model_config or {}
+    device = model_config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    compile = str(model_config.get("compile", False)).lower() in ("1", "true")
     model = mlflow.pytorch.load_model(str(root), map_location="cpu")
-    return VideoPyfunc(model, cfg, list(classes), device=device)
+    return VideoPyfunc(model, cfg, list(classes), device=device, compile=compile)
