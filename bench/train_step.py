@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     model = "tiny" if args.small else "vit_b16"
     batches = [int(b) for b in args.batches.split(",")]
-    precisions = [False, True]  # fp32, bf16
+    precisions = [p == "bf16" for p in args.precisions.split(",")]
     rows, sdpa = [], None
     for bf16 in precisions:
         for batch in batches:
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--batches", default=None, help="comma-separated (default 16,32,64; small: 2)"
     )
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated fp32,bf16")
     parser.add_argument("--memory-configs", default="", help="comma-separated config paths")
     parser.add_argument("--out", type=Path, help="append the Markdown table here")
     args = parser.parse_args(argv)
