@@ -9,7 +9,7 @@
 Repetitions of the two variants are interleaved (ABAB...) so that clock and thermal drift
 hit both alike; each ratio is the median of per-pair ratios. Random weights: timing only.
 
-    python bench/stdha.py [--quick] [--device cpu|cuda|all]
+    python bench/stdha.py [--quick] [--device cpu|cuda|all] [--small]
 """
 
 from __future__ import annotations
@@ -67,11 +67,23 @@ def interleaved_ratio(
     }
 
 
-def bench_attention(device: torch.device, reps: int, clips: int = 8, frames: int = 8) -> dict:
+# --small: the tiny ViT's shapes (width 64, 4 heads, 17 tokens, 32²): the CI smoke run
+SMALL = {
+    "model.backbone": "tiny_vit",
+    "model.image_size": 32,
+    "model.num_classes": 5,
+    "model.head_offsets": "{1·1, -1·1, 0·2}",
+}
+
+
+def bench_attention(
+    device: torch.device, reps: int, clips: int = 8, frames: int = 8, small: bool = False
+) -> dict:
     torch.manual_seed(0)
-    plain = Attention(768, num_heads=12, qkv_bias=True).to(device)
-    stdha = TimmSTDHA(copy.deepcopy(plain), OFFSETS, num_frames=frames).to(device)
-    x = torch.randn(clips * frames, 197, 768, device=device, requires_grad=True)  # (B*T, N, C)
+    width, heads, tokens, offsets = (64, 4, 17, [1, -1, 0, 0]) if small else (768, 12, 197, OFFSETS)
+    plain = Attention(width, num_heads=heads, qkv_bias=True).to(device)
+    stdha = TimmSTDHA(copy.deepcopy(plain), offsets, num_frames=frames).to(device)
+    x = torch.randn(clips * frames, tokens, width, device=device, requires_grad=True)  # (B*T, N, C)
     grad = torch.randn_like(x)
 
     def step(module: torch.nn.Module) -> Callable[[], None]:
@@ -86,17 +98,18 @@ def bench_attention(device: torch.device, reps: int, clips: int = 8, frames: int
 
 
 @torch.no_grad()
-def bench_latency(device: torch.device, reps: int, views: int = 3) -> dict:
-    cfg = load(CONFIG, {"model.pretrained": None})
+def bench_latency(device: torch.device, reps: int, views: int = 3, small: bool = False) -> dict:
+    overrides = {"model.pretrained": None, **(SMALL if small else {})}
+    cfg = load(CONFIG, overrides)
     torch.manual_seed(0)
     merged = merge(build_model(cfg), inplace=True).eval().to(device)
     plain_cfg = load(
-        CONFIG,
-        {"model.pretrained": None, "model.temporal_op": "none", "adapt.strategy": "linear_probe"},
+        CONFIG, {**overrides, "model.temporal_op": "none", "adapt.strategy": "linear_probe"}
     )
     plain = build_model(plain_cfg).eval().to(device)
     assert merged.state_dict().keys() == plain.state_dict().keys()
-    clip = torch.randn(views, 3, cfg.model.num_frames, 224, 224, device=device)  # 1 video x 3 views
+    size = cfg.model.image_size
+    clip = torch.randn(views, 3, cfg.model.num_frames, size, size, device=device)  # 1 video x 3
     return interleaved_ratio(lambda: merged(clip), lambda: plain(clip), reps, device)
 
 
@@ -106,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--small", action="store_true", help="tiny ViT shapes (CI smoke run)")
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
@@ -121,9 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
         results[device.type] = {
             "device": name,
             "attention_fwd_bwd_stdha_over_plain": bench_attention(
-                device, attn_reps, clips=attn_clips
+                device, attn_reps, clips=attn_clips, small=args.small
             ),
-            "latency_merged_over_plain": bench_latency(device, lat_reps),
+            "latency_merged_over_plain": bench_latency(device, lat_reps, small=args.small),
         }
         r = results[device.type]
         print(

@@ -1,215 +1,325 @@
-"""Training-step benchmark, every ratio measured in one run on one machine.
+"""Where a training step's time goes, and what a step costs in memory, measured in one run.
 
-    python bench/train_step.py [--steps 3] [--models tiny,vit_b16] [--out bench/RESULTS.md]
+    PYTHONPATH=. python bench/train_step.py [--device cpu|cuda] [--small] [--batches 16,32]
+        [--steps 5] [--memory-configs configs/k400_l14_32f.json,...] [--out FILE]
 
-Per model (tiny: 2 blocks / width 64 / 32² / 8 frames, batch 8; ViT-B/16-shaped CLIP: 224²,
-8 frames, batch 1 on CPU, 8 on GPU; random weights):
-  * DeepSpeed (ZeRO 0, fp32) step time ÷ plain PyTorch (same AdamW, same model) — target ≤ 1.15
-  * activation checkpointing on ÷ off: step time (target ≤ 1.4) and peak memory (≤ 0.5).
-    Peak memory: CUDA max allocated on GPU; on CPU the peak of the autograd graph's saved
-    tensors (torch.autograd.graph.saved_tensors_hooks counts bytes alive), because process RSS
-    on CPU is dominated by the allocator's caching and does not drop when tensors are freed.
-With CUDA also ViT-B/16 8-frame bf16 clips/s, MFU (vs. the GPU's dense bf16 peak) and memory
-at batch 8.
+1. Breakdown, ViT-B/16 CLIP 8 frames 224² (``--small``: the tiny ViT, 32², batch 2): for
+   plain PyTorch and DeepSpeed (the config's ZeRO stage, bf16 or fp32), every batch size:
+   data wait (next batch + host-to-device copy), forward, backward, optimizer, gradient
+   all-reduce (collective kernels inside backward/step, as torch.profiler sees them), and
+   clips/s. Phases are torch.profiler `record_function` ranges closed after a device sync.
+2. MFU: FLOPs of the step as it really runs, counted by FlopCounterMode around forward +
+   backward of the same model on the meta device (frozen weights get no weight gradient, so
+   their backward matmuls are not counted; on meta SDPA decomposes into counted matmuls),
+   divided by step time and the GPU's dense bf16 peak. Printed for bf16 rows on known GPUs.
+3. The SDPA kernel STDHA's attention runs (flash / efficient / cudnn / math, or the CPU one).
+4. ``--memory-configs``: peak memory of one DeepSpeed step of each config at its own per-GPU
+   batch, ZeRO stage and activation checkpointing (CUDA max allocated; CPU: not measured).
+5. Projected K400 hours: 240k clips × epochs ÷ best clips/s (model only; divide by the data
+   loader's clips/s from bench/loader.py when that is lower).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
+import json
 import os
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils.flop_counter import FlopCounterMode
 
 from zeroi2v import config
 from zeroi2v.engine import parallel
 
+REPO = Path(__file__).resolve().parents[1]
+PHASES = ("data", "forward", "backward", "optimizer")
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+K400_TRAIN_CLIPS = 240_436
 MODELS = {
-    "tiny": {
-        "model.backbone": "tiny_vit",
-        "model.image_size": 32,
-        "model.num_classes": 4,
-        "model.head_offsets": "{1·1, -1·1, 0·2}",
-    },
     "vit_b16": {
         "model.backbone": "clip_vit_b16",
         "model.image_size": 224,
+        "model.num_frames": 8,
         "model.num_classes": 400,
         "model.head_offsets": "{1·1, -1·1, 0·10}",
     },
+    "tiny": {
+        "model.backbone": "tiny_vit",
+        "model.image_size": 32,
+        "model.num_frames": 4,
+        "model.num_classes": 5,
+    },
 }
-PEAK_BF16_TFLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+COLLECTIVES = ("all_reduce", "allreduce", "reduce_scatter", "all_gather", "nccl")
 
 
-class SavedBytes:
-    """Peak bytes of tensors saved for backward (the activations checkpointing removes)."""
-
-    def __init__(self) -> None:
-        self.now = self.peak = 0
-
-    def pack(self, tensor: torch.Tensor):
-        size = tensor.numel() * tensor.element_size()
-        self.now += size
-        self.peak = max(self.peak, self.now)
-        return _Counted(tensor, size, self)
-
-    def unpack(self, packed):
-        return packed.tensor
-
-
-class _Counted:
-    def __init__(self, tensor, size, owner):
-        self.tensor, self.size, self.owner = tensor, size, owner
-
-    def __del__(self):
-        self.owner.now -= self.size
-
-
-def _cfg(name: str, checkpointing: bool, bf16: bool, micro: int):
+def make_cfg(model: str, batch: int, bf16: bool, extra: dict | None = None) -> config.Config:
     return config.from_dict(
         {},
         {
-            **MODELS[name],
-            "model.num_frames": 8,
+            **MODELS[model],
             "model.pretrained": None,
-            "train.activation_checkpointing": checkpointing,
-            "deepspeed.train_micro_batch_size_per_gpu": micro,
+            "deepspeed.train_micro_batch_size_per_gpu": batch,
             "deepspeed.bf16.enabled": bf16,
+            **(extra or {}),
         },
     )
 
 
-def _time_steps(step, batch, steps: int, device) -> float:
-    step(*batch)  # warm-up (allocations, kernels)
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(*batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
 
 
-def bench_model(name: str, steps: int, micro: int, bf16: bool = False) -> dict[str, float]:
-    from zeroi2v.engine.trainer import _build_model, train_step
+class Step:
+    """One training step of plain PyTorch or DeepSpeed, split into profiled phases."""
 
-    device = parallel.device()
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    criterion = nn.CrossEntropyLoss()
-    results: dict[str, float] = {}
-    for checkpointing in (False, True):
-        cfg = _cfg(name, checkpointing, bf16, micro)
+    def __init__(self, cfg: config.Config, engine_kind: str, device: torch.device) -> None:
+        from zeroi2v.engine.trainer import _build_model
+
         torch.manual_seed(0)
         model = _build_model(cfg)
-        clips = torch.randn(micro, 3, 8, cfg.model.image_size, cfg.model.image_size)
-        labels = torch.randint(0, cfg.model.num_classes, (micro,))
-        if not checkpointing:  # plain PyTorch baseline, same optimizer and model
-            plain = copy.deepcopy(model).to(device, dtype)
-            optim = torch.optim.AdamW(parallel.param_groups(plain, 0.05), lr=1e-4)
-
-            def plain_step(x, y, plain=plain, optim=optim):
-                loss = criterion(plain(x), y)
-                loss.backward()
-                optim.step()
-                optim.zero_grad(set_to_none=True)
-
-            results["plain_s"] = _time_steps(
-                plain_step, (clips.to(device, dtype), labels.to(device)), steps, device
-            )
-            del plain, optim
+        self.device, self.kind = device, engine_kind
         ds = parallel.deepspeed_config(cfg, 1)
-        engine = parallel.build_engine(model, cfg, ds, 1000, 100)
-        batch = (clips.to(device, dtype), labels.to(device))
-        key = "ac" if checkpointing else "ds"
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        results[f"{key}_s"] = _time_steps(
-            functools.partial(train_step, engine, criterion), batch, steps, device
-        )
-        if device.type == "cuda":
-            results[f"{key}_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            counter = SavedBytes()
-            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-                loss = criterion(engine(batch[0]), batch[1])
-            results[f"{key}_mem_mb"] = counter.peak / 2**20
-            del loss
-        engine.destroy()
-        del engine, model
-    results["ds_over_plain"] = results["ds_s"] / results["plain_s"]
-    results["ac_time_ratio"] = results["ac_s"] / results["ds_s"]
-    results["ac_mem_ratio"] = results["ac_mem_mb"] / results["ds_mem_mb"]
-    results["clips_per_s"] = micro / results["ds_s"]
-    return results
+        self.dtype = parallel.input_dtype(ds)
+        self.criterion = nn.CrossEntropyLoss()
+        if engine_kind == "deepspeed":
+            self.engine = parallel.build_engine(model, cfg, ds, 1000, 100)
+            self.model = self.engine
+        else:  # the same AdamW and param groups, no engine; bf16 as DeepSpeed does: cast weights
+            self.engine = None
+            self.model = model.to(device, self.dtype)
+            groups = parallel.param_groups(self.model, cfg.optim.weight_decay)
+            self.optim = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=device.type == "cuda")
+        size, frames = cfg.model.image_size, cfg.model.num_frames
+        batch = cfg.deepspeed["train_micro_batch_size_per_gpu"]
+        self.clips = torch.randn(batch, 3, frames, size, size)
+        if device.type == "cuda":  # as the training loader's pin_memory does
+            self.clips = self.clips.pin_memory()
+        self.labels = torch.randint(0, cfg.model.num_classes, (batch,))
+
+    def __call__(self) -> None:
+        with record_function("data"):
+            clips = self.clips.to(self.device, self.dtype, non_blocking=True)
+            labels = self.labels.to(self.device, non_blocking=True)
+            _sync(self.device)
+        with record_function("forward"):
+            loss = self.criterion(self.model(clips), labels)
+            _sync(self.device)
+        with record_function("backward"):
+            self.engine.backward(loss) if self.engine else loss.backward()
+            _sync(self.device)
+        with record_function("optimizer"):
+            if self.engine:
+                self.engine.step()
+            else:
+                self.optim.step()
+                self.optim.zero_grad(set_to_none=True)
+            _sync(self.device)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.destroy()
 
 
-def mfu(name: str, clips_per_s: float) -> float | None:
-    """Model FLOPs utilisation: 3 × forward FLOPs (fwd + 2× bwd) × clips/s ÷ peak."""
-    gpu = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
-    if peak is None:
+def breakdown(step: Step, steps: int) -> dict[str, float]:
+    """Milliseconds per step of every phase (+ collectives, + total) after one warm-up step."""
+    step()
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    )
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    total = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    ms = {name: 0.0 for name in (*PHASES, "all_reduce")}
+    for event in events:
+        if event.key in PHASES:
+            ms[event.key] = event.cpu_time_total / 1e3 / steps
+        elif any(c in event.key.lower() for c in COLLECTIVES):
+            device_us = getattr(event, "device_time_total", 0) or event.cpu_time_total
+            ms["all_reduce"] += device_us / 1e3 / steps
+    ms["total"] = total * 1e3
+    return ms
+
+
+def step_flops(cfg: config.Config) -> int:
+    """FLOPs of forward + backward of one micro-batch as autograd runs it (meta device)."""
+    from zeroi2v.engine.trainer import _build_model
+
+    with torch.device("meta"):
+        model = _build_model(cfg)
+    size, frames = cfg.model.image_size, cfg.model.num_frames
+    batch = cfg.deepspeed["train_micro_batch_size_per_gpu"]
+    clips = torch.empty(batch, 3, frames, size, size, device="meta")
+    labels = torch.zeros(batch, dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(clips), labels).backward()
+    return counter.get_total_flops()
+
+
+def sdpa_kernels(step: Step) -> list[str]:
+    """The scaled-dot-product-attention operators one forward dispatches (which backend)."""
+    clips = step.clips[:1].to(step.device, step.dtype)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        step.model(clips)
+    names = {e.key for e in prof.key_averages()}
+    return sorted(
+        n for n in names if "scaled_dot_product" in n and n != "aten::scaled_dot_product_attention"
+    )
+
+
+def peak_bf16(device: torch.device) -> float | None:
+    if device.type != "cuda":
         return None
-    from torch.utils.flop_counter import FlopCounterMode
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
-    cfg = _cfg(name, False, False, 1)
-    from zeroi2v import build_model
 
-    model = build_model(cfg).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, 8, cfg.model.image_size, cfg.model.image_size))
-    return 3 * counter.get_total_flops() * clips_per_s / peak
+def memory_row(path: Path, device: torch.device) -> dict:
+    """Peak memory of one DeepSpeed step of a config, as configured (random weights)."""
+    cfg = config.load(path, {"model.pretrained": None})
+    row = {
+        "config": path.name,
+        "batch": cfg.deepspeed["train_micro_batch_size_per_gpu"],
+        "stage": cfg.deepspeed.get("zero_optimization", {}).get("stage", 0),
+        "checkpointing": cfg.train.activation_checkpointing,
+        "every": cfg.train.activation_checkpointing_every,
+        "peak_gib": None,
+    }
+    if device.type != "cuda":
+        return row
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        step = Step(cfg, "deepspeed", device)
+        step()
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        step.close()
+    except torch.OutOfMemoryError:
+        row["peak_gib"] = float("inf")
+    torch.cuda.empty_cache()
+    return row
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    model = "tiny" if args.small else "vit_b16"
+    batches = [int(b) for b in args.batches.split(",")]
+    precisions = [p == "bf16" for p in args.precisions.split(",")]
+    rows, sdpa = [], None
+    for bf16 in precisions:
+        for batch in batches:
+            cfg = make_cfg(model, batch, bf16)
+            flops = step_flops(cfg)
+            for kind in ("plain", "deepspeed"):
+                step = Step(cfg, kind, device)
+                if sdpa is None:
+                    sdpa = sdpa_kernels(step)
+                ms = breakdown(step, args.steps)
+                step.close()
+                peak = peak_bf16(device) if bf16 else None
+                rows.append(
+                    {
+                        "engine": kind,
+                        "precision": "bf16" if bf16 else "fp32",
+                        "batch": batch,
+                        **{k: round(v, 2) for k, v in ms.items()},
+                        "clips_per_s": round(batch / ms["total"] * 1e3, 2),
+                        "gflop_per_step": round(flops / 1e9, 3),
+                        "mfu": None if peak is None else flops / (ms["total"] / 1e3) / peak,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    best = max(r["clips_per_s"] for r in rows)
+    memory = [memory_row(REPO / p, device) for p in args.memory_configs.split(",") if p]
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU x{os.cpu_count()}",
+        "model": model,
+        "sdpa_kernels": sdpa,
+        "rows": rows,
+        "memory": memory,
+        "k400_hours_40_epochs": round(K400_TRAIN_CLIPS * 40 / best / 3600, 2),
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Train step breakdown, {result['model']}, ms per step (SDPA: "
+        f"{', '.join(result['sdpa_kernels']) or 'none'}):",
+        "",
+        "| engine | precision | batch | data | forward | backward | optimizer | all-reduce | "
+        "total | clips/s | GFLOP/step | MFU |",
+        "|" + "---|" * 12,
+    ]
+    for r in result["rows"]:
+        mfu = "–" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        lines.append(
+            f"| {r['engine']} | {r['precision']} | {r['batch']} | {r['data']} | {r['forward']} | "
+            f"{r['backward']} | {r['optimizer']} | {r['all_reduce']} | {r['total']} | "
+            f"{r['clips_per_s']} | {r['gflop_per_step']} | {mfu} |"
+        )
+    for kind in ("fp32", "bf16"):
+        pairs = {
+            (r["engine"], r["batch"]): r["total"] for r in result["rows"] if r["precision"] == kind
+        }
+        ratios = [
+            f"batch {b}: {pairs[('deepspeed', b)] / pairs[('plain', b)]:.2f}"
+            for (e, b) in pairs
+            if e == "plain" and ("deepspeed", b) in pairs
+        ]
+        if ratios:
+            lines.append(f"\nDeepSpeed ÷ plain step, {kind}: {'; '.join(ratios)}")
+    if result["memory"]:
+        lines += [
+            "",
+            "| config | batch/GPU | ZeRO | checkpointing (every) | peak GiB |",
+            "|---|---|---|---|---|",
+        ]
+        for m in result["memory"]:
+            peak = "not measured (CPU)" if m["peak_gib"] is None else f"{m['peak_gib']:.1f}"
+            lines.append(
+                f"| {m['config']} | {m['batch']} | {m['stage']} | {m['checkpointing']} "
+                f"({m['every']}) | {peak} |"
+            )
+    lines.append(
+        f"\nProjected K400 (240k clips) × 40 epochs at the best clips/s, model only: "
+        f"{result['k400_hours_40_epochs']} h"
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--models", default="tiny,vit_b16")
-    parser.add_argument("--out", type=Path, help="append a Markdown table here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="tiny ViT, 32², seconds on CPU")
+    parser.add_argument(
+        "--batches", default=None, help="comma-separated (default 16,32,64; small: 2)"
+    )
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated fp32,bf16")
+    parser.add_argument("--memory-configs", default="", help="comma-separated config paths")
+    parser.add_argument("--out", type=Path, help="append the Markdown table here")
     args = parser.parse_args(argv)
+    args.batches = args.batches or ("2" if args.small else "16,32,64")
     parallel.select_accelerator()
     parallel.init_distributed()
-    cuda = torch.cuda.is_available()
-    device_name = torch.cuda.get_device_name(0) if cuda else f"CPU x{os.cpu_count()}"
-    rows = {}
-    for name in args.models.split(","):
-        micro = 8 if (name == "tiny" or cuda) else 1
-        rows[name] = bench_model(name, args.steps, micro)
-        if cuda and name == "vit_b16":
-            bf16 = bench_model(name, args.steps, 8, bf16=True)
-            rows["vit_b16_bf16"] = bf16
-            bf16["mfu"] = mfu(name, bf16["clips_per_s"]) or float("nan")
-    lines = [
-        f"### train step, {device_name}, torch {torch.__version__}",
-        "",
-        "| model | batch | plain s/step | DeepSpeed s/step | DS÷plain | AC time ratio | "
-        "AC mem ratio | mem off / on (MB) | clips/s | MFU |",
-        "|" + "---|" * 10,
-    ]
-    for name, r in rows.items():
-        batch = 8 if (name.startswith("tiny") or cuda) else 1
-        lines.append(
-            f"| {name} | {batch} | {r['plain_s']:.3f} | {r['ds_s']:.3f} | "
-            f"{r['ds_over_plain']:.2f} | {r['ac_time_ratio']:.2f} | {r['ac_mem_ratio']:.2f} | "
-            f"{r['ds_mem_mb']:.0f} / {r['ac_mem_mb']:.0f} | {r['clips_per_s']:.2f} | "
-            f"{r.get('mfu', float('nan')):.1%} |"
-        )
-    text = "\n".join(lines)
+    result = run(args)
+    text = markdown(result)
     print(text)
     if args.out:
         with args.out.open("a") as handle:
             handle.write(text + "\n\n")
-    return rows
+    return result
 
 
 if __name__ == "__main__":

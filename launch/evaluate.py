@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--config", help="data location and tracking URI on this machine")
     parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("overrides", nargs="*", help="section.key=value (applied last)")
     args, dashed = parser.parse_known_args(argv)
     overrides = [*args.overrides, *dashed]
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = from_dict(apply_overrides(raw, overrides))
     from zeroi2v.engine.release import evaluate_model
 
-    result = evaluate_model(model, cfg)
+    result = evaluate_model(model, cfg, compile=args.compile)
     metrics = {"model": args.model, "top1": result.top1, "top5": result.top5, "count": result.count}
     print(
         f"{args.model}: top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  "

@@ -26,11 +26,19 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", default=None, help="also write the predictions to this JSON file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (CUDA graphs on cuda)"
+    )
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
     predictions = predict(
-        args.model, args.videos, top_k=args.top_k, json_path=args.json, device=args.device
+        args.model,
+        args.videos,
+        top_k=args.top_k,
+        json_path=args.json,
+        device=args.device,
+        compile=args.compile,
     )
     print(format_predictions(predictions))
     missing = len(args.videos) - len(predictions)

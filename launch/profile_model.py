@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--device", default=None, help="--latency: cpu or cuda (default: cuda if any)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="--latency: torch.compile the three models (CUDA graphs on cuda)",
+    )
     args, dashed = parser.parse_known_args(argv)  # `--section.key=value` overrides land in `dashed`
     cfg = load(args.config, [*args.overrides, *dashed])
     result = profile(cfg, merged=args.merged)
@@ -55,12 +60,19 @@ def main(argv: list[str] | None = None) -> dict:
             latency_ratio,
         )
 
-        rows = efficiency_table(cfg, reps=args.reps, max_batch=args.max_batch, device=args.device)
-        print(format_table(rows, cfg, describe_device(args.device)))
+        rows = efficiency_table(
+            cfg,
+            reps=args.reps,
+            max_batch=args.max_batch,
+            device=args.device,
+            compile=args.compile,
+        )
+        device = describe_device(args.device, compile=args.compile)
+        print(format_table(rows, cfg, device))
         result["latency"] = {
             "rows": [row.as_dict() for row in rows],
             "merged_over_plain": latency_ratio(rows),
-            "device": describe_device(args.device),
+            "device": device,
         }
     return result
 

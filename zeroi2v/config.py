@@ -97,6 +97,8 @@ class TrainConfig(_Section):
     # or stop with its name
     on_damaged_checkpoint: Literal["fallback", "stop"] = "fallback"
     activation_checkpointing: bool = False
+    activation_checkpointing_every: int = Field(1, ge=1)  # k: blocks 0, k, 2k, ... (selective)
+    compile: bool = False  # torch.compile through DeepSpeed's engine.compile()
     log_every_steps: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: samples in the manifest // batch
     # Collectives fail after this long without progress (a lost node); torch's default.

@@ -137,9 +137,16 @@ def merge_checkpoint(
     return result
 
 
-def evaluate_model(model: nn.Module, cfg: Config, *, progress: bool = True) -> metrics.EvalResult:
+def evaluate_model(
+    model: nn.Module, cfg: Config, *, progress: bool = True, compile: bool = False
+) -> metrics.EvalResult:
     """Multi-view top-1/top-5 of a plain (non-DeepSpeed) model on data.val_shards, one process."""
     from zeroi2v.data.pipeline import build_eval_loader
+
+    if compile:
+        from zeroi2v.models.compilation import compile_for_inference
+
+        compile_for_inference(model.eval(), "cpu")
 
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=cfg.data.eval_batch_size)
     return metrics.evaluate(

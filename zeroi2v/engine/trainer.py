@@ -95,7 +95,7 @@ def _build_model(cfg: Config) -> nn.Module:
         # and with kwargs; recomputation costs one extra block forward.
         from zeroi2v.engine.checkpointing import apply_activation_checkpointing
 
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, cfg.train.activation_checkpointing_every)
     return model
 
 

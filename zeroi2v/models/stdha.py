@@ -1,8 +1,9 @@
 """STDHA: spatial-temporal dual-headed attention, swapped into open_clip and timm ViTs.
 
 Frames are in the batch: a block sees ``(B*T, N, C)``. After q, k, v are split into heads,
-the K and V of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`shift_kv`:
-slice copies of the temporal heads only); then attention is the fused
+the K and V of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`shift_qkv`: K
+and V of the temporal heads only, both in one go on the packed projection; Q and the spatial
+heads are not touched); then attention is the fused
 `F.scaled_dot_product_attention`. No parameter and no multiply-add is added. With all Δt = 0
 the modules compute exactly the original attention.
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroi2v.models.adapters import AdaptableMixin, transformer_blocks
-from zeroi2v.models.stdha_shift import shift_frames_in_batch, shift_kv
+from zeroi2v.models.stdha_shift import shift_kv, shift_qkv
 from zeroi2v.models.temporal_baselines import (
     DEFAULT_SHIFT_RATIO,
     ClsShiftBeforeMLP,
@@ -37,8 +38,8 @@ __all__ = [
     "OpenClipSTDHA",
     "TimmSTDHA",
     "install_temporal_attention",
-    "shift_frames_in_batch",
     "shift_kv",
+    "shift_qkv",
 ]
 
 TEMPORAL_OPS = ("none", "stdha", "cls_shift", "channel_shift", "kv_shift")
@@ -77,14 +78,20 @@ class TemporalMixing(nn.Module):
             return cls_token_shift(x, self.num_frames, self.shift_ratio)
         return x
 
+    def _mix_qkv(self, qkv: torch.Tensor) -> torch.Tensor:
+        """STDHA on the packed projection; qkv: (B*T, N, 3, heads, d).
+
+        Before timm's q_norm / k_norm: they normalise each (token, head) vector on its own,
+        so they commute with re-indexing frames.
+        """
+        if self.temporal_op != "stdha" or not any(self.offsets):
+            return qkv
+        qkv = qkv.unflatten(0, (-1, self.num_frames))  # (B, T, N, 3, heads, d)
+        # this attention's own fresh projection: inference may rewrite it in place
+        return shift_qkv(qkv, self.offsets, time_dim=1, overwrite=True).flatten(0, 1)
+
     def _mix_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Operators that act on K and V; k, v: (B*T, heads, N, d)."""
-        if self.temporal_op == "stdha" and any(self.offsets):
-            # k, v are this attention's own fresh projections: inference may rewrite them
-            return (
-                shift_frames_in_batch(k, self.offsets, self.num_frames, overwrite=True),
-                shift_frames_in_batch(v, self.offsets, self.num_frames, overwrite=True),
-            )
+        """Operators that act on K and V after the split; k, v: (B*T, heads, N, d)."""
         if self.temporal_op == "kv_shift":
             return (
                 head_channel_shift(k, self.num_frames, self.shift_ratio),
@@ -148,6 +155,7 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
         x = self._mix_input(query)
         BT, N, C = x.shape
         qkv = self.project(x).view(BT, N, 3, self.num_heads, C // self.num_heads)
+        qkv = self._mix_qkv(qkv)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         k, v = self._mix_kv(k, v)
         x = F.scaled_dot_product_attention(
@@ -183,7 +191,7 @@ class TimmSTDHA(TemporalMixing):
     ) -> torch.Tensor:
         x = self._mix_input(x)
         BT, N, _ = x.shape
-        qkv = self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim)
+        qkv = self._mix_qkv(self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
         k, v = self._mix_kv(k, v)

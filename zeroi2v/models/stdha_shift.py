@@ -1,8 +1,10 @@
 """STDHA's re-indexing: head h of frame t reads the K/V of frame t + Δt_h (paper §3.1).
 
 A re-indexing of existing activations along time: no parameters, no multiply-adds. Read
-`shift_kv` first; the rest is how it moves only the temporal heads' frames (slice copies per
-run of equal Δt) in training (`_ShiftKV`), inference (in place) and export (concatenation).
+`shift_kv` first; the rest is how it moves only the temporal heads' frames in training
+(`_ShiftKV`: slice copies per run of equal Δt), inference (in place: one gather, one scatter)
+and export / `torch.compile` (element-wise selects). `shift_qkv` applies it to K and V of a
+packed QKV projection at once.
 Layout convention: the caller splits the batch into an explicit time axis
 (``(B*T, ...) → (B, T, ...)``) and passes its position; frames of one clip are consecutive
 in the batch (clip-major, frame-minor), which is what `VideoClassifier` produces. The other
@@ -59,28 +61,57 @@ def _moved_frames(num_frames: int, dt: int) -> tuple[int, int, int]:
 def _copy_moved_frames(
     out: torch.Tensor, src: torch.Tensor, runs: tuple, time_dim: int, head_dim: int
 ) -> None:
-    """Write the re-indexed temporal heads of `src` into `out` (`out` may be `src`)."""
+    """Write the re-indexed temporal heads of `src` into `out` (a different tensor)."""
     for first, count, dt in runs:
         to_t, from_t, frames = _moved_frames(out.shape[time_dim], dt)
         moved = src.narrow(head_dim, first, count).narrow(time_dim, from_t, frames)
-        if out is src:
-            moved = moved.clone()  # source and target frames overlap
         out.narrow(head_dim, first, count).narrow(time_dim, to_t, frames).copy_(moved)
 
 
-def _shifted_cat(x: torch.Tensor, runs: tuple, time_dim: int, head_dim: int) -> torch.Tensor:
-    """Out-of-place shift from slices and concatenations only (what export tracers follow)."""
-    num_frames, pieces, head = x.shape[time_dim], [], 0
+@functools.lru_cache(maxsize=256)
+def _move_index(
+    runs: tuple, num_frames: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(target frame, source frame, head) of every moved (frame, head), as index tensors.
+
+    Built once per (offsets, T, device) so the in-place shift is one gather and one scatter
+    for all runs together, with no host-to-device copy per call.
+    """
+    moves = [
+        (to_t + i, from_t + i, head)
+        for first, count, dt in runs
+        for head in range(first, first + count)
+        for to_t, from_t, frames in [_moved_frames(num_frames, dt)]
+        for i in range(frames)
+    ]
+    return tuple(torch.tensor(column, device=device) for column in zip(*moves, strict=True))
+
+
+def _shift_in_place(x: torch.Tensor, runs: tuple, time_dim: int, head_dim: int) -> None:
+    """Two operators in all, whatever the number of runs: gather the moved frames, write them."""
+    to_t, from_t, head = _move_index(runs, x.shape[time_dim], x.device)
+    where: list = [slice(None)] * x.dim()
+    where[time_dim], where[head_dim] = from_t, head
+    moved = x[tuple(where)]  # a new tensor: sources and targets may overlap
+    where[time_dim] = to_t
+    x[tuple(where)] = moved
+
+
+def _shifted_select(x: torch.Tensor, runs: tuple, time_dim: int, head_dim: int) -> torch.Tensor:
+    """Out-of-place shift as element-wise selects between `x` and `x` rolled along time.
+
+    Index arithmetic only (no index tensors, no in-place writes): export tracers follow it,
+    and `torch.compile` fuses it, forward and backward, into one kernel (a concatenation of
+    slices became one copy kernel per piece, ~15 per block on the tiny ViT).
+    """
+    num_frames, heads = x.shape[time_dim], x.shape[head_dim]
+    t = torch.arange(num_frames, device=x.device).view([-1] + [1] * (x.dim() - time_dim - 1))
+    h = torch.arange(heads, device=x.device).view([-1] + [1] * (x.dim() - head_dim - 1))
+    out = x
     for first, count, dt in runs:
-        pieces.append(x.narrow(head_dim, head, first - head))  # spatial heads before the run
-        run = x.narrow(head_dim, first, count)
-        _, from_t, frames = _moved_frames(num_frames, dt)
-        own = run.narrow(time_dim, frames if dt > 0 else 0, num_frames - frames)  # boundary
-        moved = run.narrow(time_dim, from_t, frames)
-        pieces.append(torch.cat([moved, own] if dt > 0 else [own, moved], dim=time_dim))
-        head = first + count
-    pieces.append(x.narrow(head_dim, head, x.shape[head_dim] - head))
-    return torch.cat(pieces, dim=head_dim)
+        moved = (h >= first) & (h < first + count) & (t + dt >= 0) & (t + dt < num_frames)
+        out = torch.where(moved, x.roll(-dt, time_dim), out)  # roll: frame t reads t + dt
+    return out
 
 
 class _ShiftKV(torch.autograd.Function):
@@ -131,10 +162,12 @@ def shift_kv(
 
     ``overwrite=True`` says `x` is a fresh K/V that nothing else reads (the attention's own
     projection): when autograd is not recording it (inference), the temporal heads are
-    rewritten in place and the spatial heads are not copied at all. Otherwise the result is
-    a new tensor: under autograd `_ShiftKV` (one copy each way), else slices + concatenation.
-    While tracing for export always the latter: the legacy ONNX exporter loses in-place
-    writes through views, and TorchScript cannot save an autograd.Function.
+    rewritten in place, one gather and one scatter for all of them, and the spatial heads
+    are not copied at all. Otherwise the result is a new tensor: under autograd `_ShiftKV`
+    (one copy each way), else element-wise selects (`_shifted_select`). While tracing for
+    export or compiling always the latter: the legacy ONNX exporter loses in-place writes
+    through views, TorchScript cannot save an autograd.Function, and `torch.compile` fuses
+    the selects into one kernel with an exact autograd transpose.
     """
     time_dim, head_dim = time_dim % x.dim(), head_dim % x.dim()
     num_frames, num_heads = x.shape[time_dim], x.shape[head_dim]
@@ -144,20 +177,28 @@ def shift_kv(
     runs = tuple(run for run in _head_runs(offsets) if abs(run[2]) < num_frames)
     if not runs:  # all spatial, one frame, or every Δt out of range (own frame everywhere)
         return x
-    if torch.jit.is_tracing():
-        return _shifted_cat(x, runs, time_dim, head_dim)
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _shifted_select(x, runs, time_dim, head_dim)
     if torch.is_grad_enabled() and x.requires_grad:
         return _ShiftKV.apply(x, runs, time_dim, head_dim)
     if overwrite:
-        _copy_moved_frames(x, x, runs, time_dim, head_dim)
+        _shift_in_place(x, runs, time_dim, head_dim)
         return x
-    return _shifted_cat(x, runs, time_dim, head_dim)
+    return _shifted_select(x, runs, time_dim, head_dim)
 
 
-def shift_frames_in_batch(
-    x: torch.Tensor, offsets: Sequence[int], num_frames: int, *, overwrite: bool = False
+def shift_qkv(
+    qkv: torch.Tensor, offsets: Sequence[int], time_dim: int = 1, *, overwrite: bool = False
 ) -> torch.Tensor:
-    """`shift_kv` for the ViT layout ``(B*T, heads, N, d)`` (frames in the batch dim)."""
-    x = x.unflatten(0, (-1, num_frames))  # (B, T, heads, N, d)
-    x = shift_kv(x, offsets, time_dim=1, head_dim=2, overwrite=overwrite)
-    return x.flatten(0, 1)  # (B*T, heads, N, d)
+    """`shift_kv` of K and V inside a packed projection ``(..., 3, heads, d)``, in one go.
+
+    The Q/K/V axis and the heads are seen as one axis of 3·heads "heads" whose Δt are
+    ``[0]·heads + offsets + offsets``: K and V of a temporal head move together, Q never does,
+    so the merged model pays one re-indexing per block (eager inference: one gather, one
+    scatter) instead of one per K and V and per run of heads.
+    """
+    heads = qkv.shape[-2]
+    packed = qkv.flatten(-3, -2)  # (..., 3*heads, d)
+    packed_offsets = [0] * heads + [int(dt) for dt in offsets] * 2
+    packed = shift_kv(packed, packed_offsets, time_dim, head_dim=-2, overwrite=overwrite)
+    return packed.unflatten(-2, (3, heads))  # (..., 3, heads, d)

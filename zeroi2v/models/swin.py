@@ -24,14 +24,15 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, 
 from torch import nn
 
 from zeroi2v.models.specs import BackboneSpec
-from zeroi2v.models.stdha_shift import shift_kv
+from zeroi2v.models.stdha_shift import shift_qkv
 
 
 class STDHAWindowAttention(WindowAttention):
     """timm `WindowAttention` whose temporal heads attend to K/V of the same window at t+Δt.
 
-    `offsets[h]` is head h's Δt (0 = spatial head). The re-indexing is `shift_kv` (slice copies
-    of the temporal heads along time, out-of-range frames read their own frame); attention is
+    `offsets[h]` is head h's Δt (0 = spatial head). The re-indexing is `shift_qkv` (K and V of
+    the temporal heads along time in one go, out-of-range frames read their own frame);
+    attention is
     the fused SDPA path with the relative position bias (+ shifted-window mask) as additive
     mask, as in timm.
     """
@@ -96,10 +97,10 @@ class STDHAWindowAttention(WindowAttention):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, C = x.shape  # B_ = B*T*nW, (b, t) major and the window index minor
-        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B*T*nW, heads, N, d)
+        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1)
         if any(self.offsets):
-            k, v = self._shift(k), self._shift(v)
+            qkv = self._shift(qkv)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T*nW, heads, N, d)
 
         attn_mask = self._get_rel_pos_bias()  # (1, heads, N, N)
         if mask is not None:
@@ -112,19 +113,18 @@ class STDHAWindowAttention(WindowAttention):
         x = x.transpose(1, 2).reshape(B_, N, -1)
         return self.proj_drop(self.proj(x))
 
-    def _shift(self, kv: torch.Tensor) -> torch.Tensor:
-        """Re-index K or V of the temporal heads along time, window by window."""
-        B_, heads, N, d = kv.shape
+    def _shift(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Re-index K and V of the temporal heads along time, window by window."""
+        B_ = qkv.shape[0]  # qkv: (B*T*nW, N, 3, heads, d)
         per_clip = self.num_frames * self.num_windows
         if B_ % per_clip:
             raise RuntimeError(
                 f"window batch {B_} is not a multiple of frames × windows "
                 f"({self.num_frames} × {self.num_windows}); is the input size the configured one?"
             )
-        kv = kv.view(B_ // per_clip, self.num_frames, self.num_windows, heads, N, d)
-        # kv is this attention's own fresh projection: inference may rewrite it in place
-        kv = shift_kv(kv, self.offsets, time_dim=1, head_dim=3, overwrite=True)  # same shape
-        return kv.reshape(B_, heads, N, d)
+        qkv = qkv.unflatten(0, (-1, self.num_frames, self.num_windows))  # (B, T, nW, N, 3, h, d)
+        # qkv is this attention's own fresh projection: inference may rewrite it in place
+        return shift_qkv(qkv, self.offsets, time_dim=1, overwrite=True).flatten(0, 2)
 
     def extra_repr(self) -> str:
         return f"offsets={self.offsets}, num_frames={self.num_frames}"

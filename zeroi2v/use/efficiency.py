@@ -56,14 +56,23 @@ def variant_configs(cfg: Config) -> dict[str, Config]:
     return {"plain": from_dict(plain), "zeroi2v": from_dict(raw)}
 
 
-def build_variants(cfg: Config, device: torch.device) -> dict[str, nn.Module]:
+def build_variants(
+    cfg: Config, device: torch.device, compile: bool = False
+) -> dict[str, nn.Module]:
     from zeroi2v import build_model, merge
 
     configs = variant_configs(cfg)
     plain = build_model(configs["plain"]).eval()
     unmerged = build_model(configs["zeroi2v"]).eval()
     merged = merge(unmerged).eval()
-    return {"plain": plain.to(device), "unmerged": unmerged.to(device), "merged": merged.to(device)}
+    models = {"plain": plain, "unmerged": unmerged, "merged": merged}
+    models = {name: model.to(device) for name, model in models.items()}
+    if compile:
+        from zeroi2v.models.compilation import compile_for_inference
+
+        for model in models.values():
+            compile_for_inference(model, device)
+    return models
 
 
 def _count_params(model: nn.Module) -> int:
@@ -149,8 +158,14 @@ def efficiency_table(
     max_batch: int | None = None,
     device: str | torch.device | None = None,
     throughput_reps: int | None = None,
+    compile: bool = False,
 ) -> list[EfficiencyRow]:
-    """Plain / unmerged / merged rows for `cfg` (see the module docstring)."""
+    """Plain / unmerged / merged rows for `cfg` (see the module docstring).
+
+    `compile`: every model compiled (`zeroi2v.models.compilation`, CUDA graphs on CUDA);
+    throughput is then measured at `max_batch` directly, as a search would compile every
+    batch size it tries.
+    """
     from zeroi2v.models.profile import count_macs
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -168,11 +183,11 @@ def efficiency_table(
     one_view = torch.empty(1, 3, frames, size, size, device="meta")
     gflops = {name: count_macs(m, one_view) * views / 1e9 for name, m in shapes_only.items()}
     torch.manual_seed(0)
-    models = build_variants(cfg, device)
+    models = build_variants(cfg, device, compile=compile)
     runs = {name: _forward(model, device) for name, model in models.items()}
 
     latency = interleaved_median(runs, make_clips(1), reps, desc="latency (batch 1)")
-    batch = largest_batch(runs, make_clips, max_batch)
+    batch = max_batch if compile else largest_batch(runs, make_clips, max_batch)
     seconds = interleaved_median(
         runs,
         make_clips(batch),
@@ -223,8 +238,10 @@ def format_table(rows: list[EfficiencyRow], cfg: Config, device: str) -> str:
     return "\n".join(lines)
 
 
-def describe_device(device: str | torch.device | None = None) -> str:
+def describe_device(device: str | torch.device | None = None, compile: bool = False) -> str:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mode = "compiled" if compile else "eager"
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (bf16 autocast)"
-    return f"CPU, {torch.get_num_threads()} threads (float32)"
+        graphs = ", CUDA graphs" if compile else ""
+        return f"{torch.cuda.get_device_name(device)} (bf16 autocast, {mode}{graphs})"
+    return f"CPU, {torch.get_num_threads()} threads (float32, {mode})"

@@ -97,12 +97,17 @@ class VideoPredictor:
         cfg: Config,
         classes: Sequence[str] | None = None,
         device: str | torch.device = "cpu",
+        compile: bool = False,
     ) -> None:
         from zeroi2v.data.clips import ClipLoader
 
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
+        if compile:  # the views of every video have one shape: one graph (CUDA graph on GPU)
+            from zeroi2v.models.compilation import compile_for_inference
+
+            compile_for_inference(self.model, self.device)
         self.loader = ClipLoader.for_eval(cfg)
         self.skipped: list[tuple[str, str]] = []  # (video, reason) of videos that fail to decode
         self.classes = (
@@ -161,10 +166,13 @@ def predict(
     top_k: int = 5,
     json_path: str | Path | None = None,
     device: str = "cpu",
+    compile: bool = False,
 ) -> list[Prediction]:
     """Load a model by URI or checkpoint and predict `videos`; optionally write them as JSON."""
     model, cfg = load_model(model_uri)
-    predictor = VideoPredictor(model, cfg, class_names(cfg, model_uri), device=device)
+    predictor = VideoPredictor(
+        model, cfg, class_names(cfg, model_uri), device=device, compile=compile
+    )
     predictions = predictor.predict(videos, top_k=top_k)
     if json_path is not None:
         Path(json_path).write_text(json.dumps([p.as_dict() for p in predictions], indent=2))

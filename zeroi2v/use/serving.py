@@ -111,8 +111,9 @@ class VideoPyfunc:
         classes: list[str],
         device: str = "cpu",
         path_root: str | Path | None = None,
+        compile: bool = False,
     ):
-        self.predictor = VideoPredictor(model, cfg, classes, device=device)
+        self.predictor = VideoPredictor(model, cfg, classes, device=device, compile=compile)
         self.path_root = None if path_root is None else Path(path_root).resolve()
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -144,7 +145,11 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
         raise ValueError(f"{root} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
     cfg = from_dict(meta[CONFIG_KEY])
     classes = meta.get(CLASSES_KEY) or [str(i) for i in range(cfg.model.num_classes)]
-    device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_config = model_config or {}
+    device = model_config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    compile = str(model_config.get("compile", False)).lower() in ("1", "true")
     model = mlflow.pytorch.load_model(str(root), map_location="cpu")
-    path_root = (model_config or {}).get("path_root")
-    return VideoPyfunc(model, cfg, list(classes), device=device, path_root=path_root)
+    path_root = model_config.get("path_root")
+    return VideoPyfunc(
+        model, cfg, list(classes), device=device, path_root=path_root, compile=compile
+    )
