@@ -72,7 +72,7 @@ class MlflowServer:
             return
         os.killpg(self.proc.pid, sig)
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
