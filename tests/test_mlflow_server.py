@@ -151,6 +151,52 @@ def test_team_training_over_the_server_from_http_shards(server, synthetic_shards
     assert metrics["top1"] == pytest.approx(run.data.metrics["val/top1"], abs=1 / 64 + 1e-9)
 
 
+@pytest.mark.slow
+def test_tune_search_over_the_server(server, synthetic_shards, tmp_path):
+    """`launch/tune.py` (2 trials, local Ray) through MLFLOW_TRACKING_URI: the parent run, a
+    nested run per trial and the best trial's registered model, all stored by the server."""
+    raw = json.loads((REPO / "configs" / "tune_tiny_cpu.json").read_text())
+    raw["model"]["pretrained"] = None
+    raw["data"].update(
+        train_shards=str(synthetic_shards / "train-*.tar"),
+        val_shards=str(synthetic_shards / "val-*.tar"),
+    )
+    raw["train"].update(epochs=1, steps_per_epoch=2, output_dir=str(tmp_path / "runs"))
+    raw["tracking"].update(experiment="team-tune", model_name="team_tune")
+    raw["tune"].update(
+        search_space={},
+        head_allocation={"temporal_heads": {"grid": [0, 1]}, "max_offset": 1},
+        num_samples=1,
+        scheduler={"name": "fifo"},
+        storage_path=str(tmp_path / "ray_results"),
+        name="team",
+    )
+    path = write_config(tmp_path / "tune.json", raw)
+    tune = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "tune.py"), "--config", str(path)],
+        env=clean_env(
+            MLFLOW_TRACKING_URI=server.url,
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            PYTHONPATH=str(REPO),
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    client = _client(server.url)
+    experiment = client.get_experiment_by_name("team-tune")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)
+    version = client.get_model_version_by_alias("team_tune", "champion")
+    assert version.run_id in {c.info.run_id for c in children}
+    assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns").exists()
+
+
 def _wait_for_step(metrics_file: Path, step: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
