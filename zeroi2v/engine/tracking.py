@@ -164,6 +164,15 @@ def _environment_tags(world_size: int) -> dict[str, str]:
     return tags
 
 
+# What MLflow reports for an unreachable or failing server (client-side connection errors are
+# wrapped as INTERNAL_ERROR); requests/OS errors come from artifact transfers.
+_OUTAGE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", None}
+
+
+def _error_code(error: BaseException) -> str | None:
+    return getattr(error, "error_code", None)
+
+
 class Tracker:
     """Rank 0's MLflow run: params, metrics, confusion matrices, final merged model.
 
@@ -214,12 +223,15 @@ class Tracker:
         """Run one MLflow request; False (and offline from now on) when the server fails."""
         if self.offline:
             return False
+        from mlflow.exceptions import MlflowException
+        from requests import RequestException
+
         try:
             with _http_limits(timeout=30, retries=3, override=False):
                 call()
             return True
-        except Exception as error:
-            if not self.offline_fallback:
+        except (MlflowException, RequestException, OSError) as error:  # not our own bugs
+            if not self.offline_fallback or _error_code(error) not in _OUTAGE_CODES:
                 raise
             reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
             log.warning("MLflow request failed (%s); logging locally from now on", reason)
