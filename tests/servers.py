@@ -58,7 +58,9 @@ class MlflowServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
+                # a store query, not /health: the first one also waits for the database
+                query = f"{self.url}/api/2.0/mlflow/experiments/search?max_results=1"
+                with urllib.request.urlopen(query, timeout=30) as reply:
                     if reply.status == 200:
                         return self
             except OSError:

@@ -122,7 +122,7 @@ def check_server(uri: str) -> None:
     """Fail before training, in one sentence, when the tracking server can't be reached."""
     from mlflow import MlflowClient
 
-    with _http_limits(timeout=5, retries=0):
+    with _http_limits(timeout=15, retries=1):  # quick, but a busy server may be slow
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as error:  # noqa: BLE001 - any failure means "unusable"
