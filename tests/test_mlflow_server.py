@@ -16,7 +16,7 @@ from engine_helpers import REPO, clean_env, tiny_raw, train_cmd, write_config
 from servers import MlflowServer, http_file_server, mlflow_server
 
 from zeroi2v.config import ConfigError, from_dict
-from zeroi2v.tracking import artifact_location
+from zeroi2v.engine.tracking import artifact_location
 
 # Registers `scores` as versions of model "race" from one process, starting when both
 # processes are ready (a file each in the ready folder), so their registrations overlap.
@@ -24,7 +24,7 @@ _REGISTER = """
 import sys, time, torch
 from pathlib import Path
 from zeroi2v import config
-from zeroi2v.tracking import Tracker
+from zeroi2v.engine.tracking import Tracker
 out, uri, ready, scores = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 cfg = config.from_dict({"model": {"num_classes": 4}, "train": {"output_dir": str(out)},
     "tracking": {"tracking_uri": uri, "experiment": "race", "model_name": "race"}})
