@@ -18,7 +18,7 @@ VAL = "val-{000000..000001}.tar"
 TRAIN = "train-{000000..000005}.tar"
 
 
-def _cfg(train: str, val: str) -> Config:
+def _cfg(train: str, val: str, shuffle_buffer: int = 8) -> Config:
     return from_dict(
         {
             "model": {"num_frames": 8, "image_size": 32, "num_classes": 4},
@@ -27,7 +27,7 @@ def _cfg(train: str, val: str) -> Config:
                 "val_shards": val,
                 "frame_interval": 2,
                 "short_side": 32,
-                "shuffle_buffer": 8,
+                "shuffle_buffer": shuffle_buffer,
                 "num_workers": 1,
             },
         }
@@ -84,7 +84,9 @@ def test_download_dying_mid_shard_is_counted_and_training_goes_on(
     monkeypatch.setattr(shards, "STALL_SECONDS", 2)
     cut = ("train-000001.tar",)
     with http_file_server(synthetic_shards, cut=cut, stall_s=stall_s) as base:
-        cfg = _cfg(f"{base}/{TRAIN}", f"{base}/{VAL}")
+        # blocks of 2 shards (64 samples): the cut shard's clips are replaced from its block
+        # (a block with no readable sample at all stops the run with an error instead)
+        cfg = _cfg(f"{base}/{TRAIN}", f"{base}/{VAL}", shuffle_buffer=64)
         start, skipped = time.monotonic(), 0
         for rank in (0, 1):
             loader = build_train_loader(
