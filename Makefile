@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed
 # The venv first on PATH: `deepspeed`, `mlflow` and the ninja that builds DeepSpeed's CPU op.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: setup demo test test-slow lint bench
+.PHONY: setup sysdeps demo test test-slow lint bench
+
+# Debian packages the code shells out to: curl streams http(s) shards (zeroi2v/data/shards.py).
+sysdeps:
+	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' $(TORCH)
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: sysdeps $(STAMP)
 
 demo: setup
 	$(RUN) bash scripts/demo.sh

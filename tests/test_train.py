@@ -156,7 +156,7 @@ def test_unreachable_mlflow_server_fails_before_training(synthetic_shards, tmp_p
     raw = tiny_raw(
         synthetic_shards,
         tmp_path / "run",
-        tracking={"enabled": True, "tracking_uri": "http://127.0.0.1:1"},
+        tracking={"enabled": True, "tracking_uri": "http://127.0.0.1:1", "artifact_location": None},
     )
     path = write_config(tmp_path / "c.json", raw)
     proc = run_train(path, timeout=300)

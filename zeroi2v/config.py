@@ -109,7 +109,8 @@ class TrainConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local SQLite file
-    artifact_location: str = "mlartifacts"
+    # None: `mlartifacts` beside the embedded store; through the server when using one
+    artifact_location: str | None = None
     experiment: str = "zeroi2v"
     model_name: str = "zeroi2v"
     register_model: bool = True  # register the merged model in the Model Registry

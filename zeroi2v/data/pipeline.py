@@ -40,6 +40,7 @@ from zeroi2v.data.shards import (
     expand_shards,
     read_manifest,
     shard_counts,
+    stream_url,
 )
 
 __all__ = [
@@ -163,7 +164,7 @@ def build_train_loader(
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if not 0 <= skip_batches <= num_batches:
         raise ValueError(f"skip_batches must be in [0, {num_batches}], got {skip_batches}")
-    urls = expand_shards(cfg.data.train_shards, field="data.train_shards")
+    urls = [stream_url(u) for u in expand_shards(cfg.data.train_shards, field="data.train_shards")]
     if segments is None:
         segments = [(0, num_batches * micro_batch_size * world_size)]
     layout = Layout(world_size, max(cfg.data.num_workers, 1), micro_batch_size)
@@ -237,7 +238,7 @@ def build_eval_loader(cfg: Config, *, rank: int, world_size: int, batch_size: in
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    urls = expand_shards(cfg.data.val_shards, field="data.val_shards")
+    urls = [stream_url(u) for u in expand_shards(cfg.data.val_shards, field="data.val_shards")]
     skips = SkipCounter()
     load = ClipLoader.for_eval(cfg)
     split = {"rank": rank, "world_size": world_size, "num_shards": len(urls)}

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import posixpath
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ from zeroi2v.config import ConfigError
 log = logging.getLogger(__name__)
 
 _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # "s3://", "pipe:", "https://"
+_SHARD_NAME = re.compile(r"[^/\s'\"]+\.tar\b")  # "train-000003.tar" in a URL or a pipe: command
+
+# WebDataset opens http(s) URLs with `curl --connect-timeout 30 --retry 30` and no limit on a
+# transfer that stalls, so a hung server would hang the run. `stream_url` hands WebDataset a
+# `pipe:curl` with bounds instead: a download that fails or stalls for STALL_SECONDS ends with
+# an error, which the loaders count as an unreadable shard and skip. No curl --retry: after a
+# partial transfer it would write the shard again into the same pipe.
+CONNECT_SECONDS = 20
+STALL_SECONDS = 60
 
 
 def _is_local(url: str) -> bool:
@@ -51,8 +61,30 @@ def expand_shards(pattern: str, *, field: str = "shards") -> list[str]:
     return urls
 
 
+def stream_url(url: str) -> str:
+    """What WebDataset opens for `url`: http(s) as a bounded `pipe:curl`, anything else as is."""
+    if not url.startswith(("http://", "https://")):
+        return url
+    return (
+        f"pipe:curl --fail --silent --show-error --location --connect-timeout {CONNECT_SECONDS} "
+        f"--speed-limit 1 --speed-time {STALL_SECONDS} "
+        f"{shlex.quote(url)}"
+    )
+
+
+def shard_name(url: str) -> str:
+    """`train-000003.tar` for a path, an http URL or a `pipe:aws s3 cp s3://b/train-000003.tar -`."""
+    names = _SHARD_NAME.findall(url)
+    return names[-1] if names else posixpath.basename(url)
+
+
 def _manifest_url(pattern: str) -> str:
+    """manifest.json where the first shard is: same folder, server or pipe: command."""
     first = wds.shardlists.expand_urls(pattern)[0]
+    name = shard_name(first)
+    if name in first:
+        head, _, tail = first.rpartition(name)
+        return f"{head}manifest.json{tail}"
     return posixpath.join(posixpath.dirname(first), "manifest.json")
 
 
@@ -68,10 +100,10 @@ def read_manifest(shards_pattern: str) -> dict[str, Any]:
             raise FileNotFoundError(message)
         return json.loads(path.read_text())
     try:
-        with wds.gopen(url) as stream:
+        with wds.gopen(stream_url(url)) as stream:
             return json.loads(stream.read())
-    except OSError as exc:
-        raise FileNotFoundError(message) from exc
+    except (OSError, ValueError) as exc:  # ValueError: the command printed no JSON
+        raise FileNotFoundError(f"{message} ({url}: {exc})") from exc
 
 
 def shard_counts(pattern: str) -> list[int]:
@@ -84,7 +116,7 @@ def shard_counts(pattern: str) -> list[int]:
     }
     found = []
     for url in expand_shards(pattern):
-        name = posixpath.basename(url)
+        name = shard_name(url)
         if name not in counts:
             raise ValueError(f"shard {name} is not listed in the manifest.json next to {pattern}")
         found.append(counts[name])

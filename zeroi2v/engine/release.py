@@ -131,7 +131,7 @@ def merge_checkpoint(
         classes = read_manifest(cfg.data.train_shards)["classes"]
         tracker = tracking.Tracker(cfg)
         try:
-            result["model_uri"] = tracker.log_model(merged, example[:1], None, classes)
+            result["model_uri"] = tracker.log_model(merged, example[:1], None, classes, saved=out)
         finally:
             tracker.finish()
     return result

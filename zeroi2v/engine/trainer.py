@@ -107,6 +107,10 @@ def check_before_launch(cfg: Config, world_size: int) -> dict[str, Any]:
         expand_shards(pattern, field=f"data.{field}")  # names the field when nothing matches
         count_samples(pattern)  # needs manifest.json beside the shards
     steps_per_epoch(cfg, ds_config["train_batch_size"])
+    if cfg.tracking.enabled:
+        from zeroi2v.engine.tracking import artifact_location, tracking_uri
+
+        artifact_location(cfg, tracking_uri(cfg))  # a local folder with a server: ConfigError
     return ds_config
 
 
@@ -442,8 +446,8 @@ def _finish(
     model = release.unmerged_from_state_dict(cfg, state)
     example = release.example_clips(cfg)
     merged = release.merge_checked(model, example)
-    release.save_merged(merged, cfg, Path(cfg.train.output_dir) / "merged.pt")
+    saved = release.save_merged(merged, cfg, Path(cfg.train.output_dir) / "merged.pt")
     if tracker is None:
         return None
     classes = read_manifest(cfg.data.train_shards)["classes"]
-    return tracker.log_model(merged, example[:1], result.top1, classes)
+    return tracker.log_model(merged, example[:1], result.top1, classes, saved=saved)

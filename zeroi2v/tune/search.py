@@ -179,14 +179,16 @@ def _local(path: str) -> bool:
 def trial_base(raw: Mapping[str, Any], cfg: Config) -> dict[str, Any]:
     """The base config as trials see it: relative local paths made absolute (trials run in
     other working directories), and the MLflow URI resolved once, here."""
-    from zeroi2v.engine.tracking import tracking_uri
+    from zeroi2v.engine.tracking import artifact_location, tracking_uri
 
     base = json.loads(json.dumps(raw))
+    uri = tracking_uri(cfg)
     fixes: dict[str, Any] = {
-        "tracking.tracking_uri": tracking_uri(cfg),
+        "tracking.tracking_uri": uri,
+        "tracking.artifact_location": artifact_location(cfg, uri),  # a URI or the server's
         "train.output_dir": str(Path(cfg.train.output_dir).absolute() / cfg.tune.name),
     }
-    for key in ("data.train_shards", "data.val_shards", "tracking.artifact_location"):
+    for key in ("data.train_shards", "data.val_shards"):
         value = config_lib.flatten(cfg).get(key)
         if isinstance(value, str) and value and _local(value) and not value.startswith("pipe:"):
             fixes[key] = str(Path(value).absolute())
@@ -266,17 +268,12 @@ def _parent_run(cfg: Config, restore: bool) -> str | None:
     from mlflow import MlflowClient
 
     from zeroi2v.engine.tracking import check_server, tracking_uri
+    from zeroi2v.engine.tracking import experiment_id as find_experiment
 
     uri = tracking_uri(cfg)
     check_server(uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is None:
-        location = cfg.tracking.artifact_location
-        location = location if "://" in location else Path(location).resolve().as_uri()
-        experiment_id = client.create_experiment(cfg.tracking.experiment, location)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = find_experiment(client, cfg, uri)
     path = experiment_path(cfg)
     if restore:
         found = client.search_runs(
