@@ -61,6 +61,7 @@ _PROBE = textwrap.dedent(
     logs.setup()
     logging.getLogger("zeroi2v.probe").info("info line")
     logging.getLogger("zeroi2v.probe").warning("warning line")
+    logging.info("third-party info on the root logger")  # as open_clip builds a model
     logging.getLogger("torch.utils.cpp_extension").warning(
         "No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
     logging.getLogger("torch.utils.cpp_extension").warning("other cpp_extension warning")
@@ -89,6 +90,7 @@ def test_entry_point_logging_rank0_rank1_and_filters():
     assert "INFO zeroi2v.probe: info line" in rank0
     assert "WARNING zeroi2v.probe: warning line" in rank0
     assert "rank0" not in rank0  # one process: no rank in the lines
+    assert "third-party info" not in rank0
     assert "other cpp_extension warning" in rank0 and "an unknown future warning" in rank0
     assert "No CUDA runtime" not in rank0 and "all_gather_into_tensor" not in rank0
 

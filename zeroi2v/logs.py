@@ -49,17 +49,20 @@ def rank() -> int:
 
 
 def setup(level: int = logging.INFO) -> None:
-    """Configure logging for an entry point: `level` on rank 0 (and on every rank when
-    $ZEROI2V_LOG_ALL_RANKS=1), WARNING on the other ranks; the rank in each line when
-    there are several; known third-party noise filtered."""
+    """Configure logging for an entry point: zeroi2v's loggers at `level` on rank 0 (and on
+    every rank when $ZEROI2V_LOG_ALL_RANKS=1), WARNING on the other ranks; other libraries'
+    records only from WARNING up (open_clip logs each model build at INFO on the root
+    logger); the rank in each line when there are several; known third-party noise filtered.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     loud = rank() == 0 or os.environ.get(ALL_RANKS_ENV) == "1"
     where = f" rank{rank()}" if world > 1 else ""
     logging.basicConfig(
-        level=level if loud else logging.WARNING,
+        level=logging.WARNING,
         force=True,
         format=f"%(asctime)s{where} %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("zeroi2v").setLevel(level if loud else logging.WARNING)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     quiet_third_party()
