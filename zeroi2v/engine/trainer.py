@@ -146,20 +146,26 @@ def train(
     cfg: Config,
     *,
     resume: bool = False,
+    resume_from: Path | None = None,
     on_epoch: EpochHook | None = None,
     mlflow_parent_run_id: str | None = None,
 ) -> TrainResult:
     """Train `cfg` on this process's rank; returns the final metrics (same on every rank).
 
-    `on_epoch(epoch, val_metrics, checkpoint_dir)` runs on rank 0 after every evaluation, once
-    a checkpoint of that point is saved (Ray Tune reports and checkpoints through it);
-    `mlflow_parent_run_id` nests this run under a search's run.
+    `resume_from` resumes from that checkpoint folder (a Ray Train checkpoint that every rank
+    reads in place) instead of `train.output_dir/checkpoints`, where new checkpoints still go.
+    `on_epoch(epoch, val_metrics, checkpoint_dir)` runs on every rank after every evaluation,
+    once a checkpoint of that point is saved (Ray Tune and Ray Train report and checkpoint
+    through it; Ray Train needs every worker to report); `mlflow_parent_run_id` nests this
+    run under a search's run.
     """
     world_size = parallel.world_size_from_env()
     ds_config = check_before_launch(cfg, world_size)
     rank_env = int(os.environ.get("RANK", "0"))
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
+    source = Path(resume_from) if resume_from is not None else ckpt_dir
+    resume = resume or resume_from is not None
     client: dict[str, Any] = {
         "epoch": 0,
         "step_in_epoch": 0,
@@ -168,11 +174,11 @@ def train(
         "run_id": None,
         "world_size": world_size,
     }
-    tag = parallel.latest_tag(ckpt_dir) if resume else None
+    tag = parallel.latest_tag(source) if resume else None
     if resume and tag is None:
-        raise FileNotFoundError(f"--resume: no checkpoint ('latest' file) in {ckpt_dir}")
+        raise FileNotFoundError(f"--resume: no checkpoint ('latest' file) in {source}")
     if tag is not None:
-        client.update(torch.load(ckpt_dir / tag / "client.pt", weights_only=False))
+        client.update(torch.load(source / tag / "client.pt", weights_only=False))
         if client["world_size"] != world_size:
             raise RuntimeError(
                 f"checkpoint {tag} was written by {client['world_size']} processes; "
@@ -187,7 +193,7 @@ def train(
         )
         client["run_id"] = tracker.run_id
     try:
-        result = _train(cfg, ds_config, tracker, client, tag, ckpt_dir, on_epoch)
+        result = _train(cfg, ds_config, tracker, client, tag, source, ckpt_dir, on_epoch)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
@@ -203,6 +209,7 @@ def _train(
     tracker: Any,
     client: dict[str, Any],
     tag: str | None,
+    source: Path,
     ckpt_dir: Path,
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
@@ -235,12 +242,12 @@ def _train(
     torch.manual_seed(cfg.train.seed)
     engine = parallel.build_engine(_build_model(cfg), cfg, ds_config, total_steps, per_epoch)
     if tag is not None:
-        parallel.load_checkpoint(engine, ckpt_dir, tag)
-        _set_rng_state(torch.load(ckpt_dir / tag / f"rng_rank{info.rank}.pt", weights_only=False))
+        parallel.load_checkpoint(engine, source, tag)
+        _set_rng_state(torch.load(source / tag / f"rng_rank{info.rank}.pt", weights_only=False))
         if rank0:
             log.info(
                 "Resumed from %s/%s at epoch %d, step %d",
-                ckpt_dir,
+                source,
                 tag,
                 client["epoch"],
                 client["global_step"],
@@ -356,8 +363,7 @@ def _train(
             if on_epoch is not None:
                 if last_saved != f"step{step}":
                     save(step)
-                if rank0:
-                    on_epoch(epoch + 1, result.as_metrics(), ckpt_dir)
+                on_epoch(epoch + 1, result.as_metrics(), ckpt_dir)
     bar.close()
     if last_saved != f"step{step}":
         save(step)
