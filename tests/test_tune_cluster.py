@@ -69,9 +69,10 @@ def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
 @pytest.fixture
 def ray_cluster(monkeypatch, tmp_path):
     """Head (1 CPU) + 2 nodes (3 CPUs each) on 127.0.0.1; always shut down."""
+    # Read once, when Ray is first imported: set it before.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before any node starts
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     # Every node's workers import zeroi2v from this checkout, and see the fault file.
     monkeypatch.setenv(
@@ -85,6 +86,7 @@ def ray_cluster(monkeypatch, tmp_path):
         for _ in range(2):
             cluster.add_node(num_cpus=3)
         cluster.wait_for_nodes()
+        assert cluster.address.startswith("127.0.0.1:"), cluster.address
         yield cluster
     finally:
         cluster.shutdown()
