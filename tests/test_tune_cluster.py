@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from engine_helpers import clean_env, losses, run_train, tiny_raw, write_config
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import ConfigError, TuneConfig
+from zeroi2v.engine.parallel import read_checkpoint_weights
 from zeroi2v.tune.search import check_fits, worker_resources
 from zeroi2v.tune.trial import FAULT_ENV, stage_rank_files
 
@@ -66,6 +70,46 @@ def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
     assert (tmp_path / "rank0" / "latest").read_text() == "step4"
 
 
+def test_resuming_from_a_checkpoint_folder_elsewhere_equals_the_uninterrupted_run(
+    synthetic_shards, tmp_path
+):
+    """What a restarted Ray Train worker does: `train(resume_from=<Ray's checkpoint>)` into an
+    empty output folder continues exactly (same later losses, same final weights)."""
+    sections = dict(
+        model={"dropout": 0.3},
+        train={"epochs": 2, "steps_per_epoch": 4, "checkpoint_every_steps": 3},
+    )
+    full_dir, resumed_dir, ray_dir = tmp_path / "full", tmp_path / "resumed", tmp_path / "ray"
+    full = write_config(tmp_path / "full.json", tiny_raw(synthetic_shards, full_dir, **sections))
+    resumed = write_config(
+        tmp_path / "resumed.json", tiny_raw(synthetic_shards, resumed_dir, **sections)
+    )
+    done = run_train(full)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shutil.copytree(full_dir / "checkpoints" / "step3", ray_dir / "step3")
+    (ray_dir / "latest").write_text("step3")
+    code = (
+        "import sys; from pathlib import Path; from zeroi2v.config import load; "
+        "from zeroi2v.engine.trainer import train; "
+        "train(load(sys.argv[1]), resume_from=Path(sys.argv[2]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(resumed), str(ray_dir)],
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference, got = losses(full_dir), losses(resumed_dir)
+    assert sorted(got) == list(range(4, 9))  # nothing before the checkpoint was trained again
+    assert got == {step: reference[step] for step in range(4, 9)}
+    a = read_checkpoint_weights(full_dir / "checkpoints")
+    b = read_checkpoint_weights(resumed_dir / "checkpoints")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture
 def ray_cluster(monkeypatch, tmp_path):
     """Head (1 CPU) + 2 nodes (3 CPUs each) on 127.0.0.1; always shut down."""
@@ -79,8 +123,9 @@ def ray_cluster(monkeypatch, tmp_path):
         "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     )
     monkeypatch.setenv(FAULT_ENV, str(tmp_path / "fault"))
+    # The dashboard's State API lets Ray Train free the workers of a trial Tune has stopped.
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True}
     )
     try:
         for _ in range(2):

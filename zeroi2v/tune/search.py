@@ -205,8 +205,14 @@ def _parent_run(cfg: Config, restore: bool) -> str | None:
     return run.info.run_id
 
 
-def _init_ray() -> bool:
-    """Join $RAY_ADDRESS, else start a local Ray on this machine's cores; True if started."""
+def _init_ray(dashboard: bool) -> bool:
+    """Join $RAY_ADDRESS, else start a local Ray on this machine's cores; True if started.
+
+    Ray Train trials need the dashboard of a local Ray: when Tune stops a trial (ASHA, or at
+    its last epoch) it ends the trial's process before Ray Train does, and Ray Train's
+    PlacementGroupCleaner frees the workers' resources through the dashboard's State API;
+    without it the next trials wait forever for them.
+    """
     import ray
 
     if ray.is_initialized():
@@ -220,7 +226,7 @@ def _init_ray() -> bool:
         env = {"env_vars": {"PYTHONPATH": path}}
         # A local Ray serves this machine only: keep it on 127.0.0.1, not the network address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env=env)
     return True
 
 
@@ -233,7 +239,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     if cfg.tune is None:
         raise ConfigError("tune: this config has no 'tune' section to search")
     path = experiment_path(cfg)
-    started = _init_ray()
+    started = _init_ray(dashboard=cfg.tune.workers_per_trial > 1)
     try:
         restorable = tune.Tuner.can_restore(path)
         if resume and not restorable:
