@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from zeroi2v import config as config_lib
-from zeroi2v.tune.search import FAULT_ENV, run_search
+from zeroi2v.tune.search import run_search
+from zeroi2v.tune.trial import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,7 @@ def ray_local():
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
     fault = Path(temp) / "fault"
     os.environ[FAULT_ENV] = str(fault)  # before init: workers inherit it
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray on 127.0.0.1 only
     os.environ["DS_ACCELERATOR"] = "cpu"
     env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, runtime_env=env)

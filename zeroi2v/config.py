@@ -125,7 +125,10 @@ class TuneConfig(_Section):
     metric: str = "val/top1"
     mode: Literal["max", "min"] = "max"
     scheduler: dict[str, Any] = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+    # The whole trial's resources; with workers_per_trial N each worker (one DeepSpeed rank)
+    # gets 1/N of them, e.g. {"cpu": 16, "gpu": 8} and N = 8: 2 CPUs + 1 GPU per rank.
     resources_per_trial: dict[str, float] = {"cpu": 1, "gpu": 0}
+    workers_per_trial: int = Field(1, ge=1)  # > 1: each trial is a Ray Train (TorchTrainer) job
     max_concurrent_trials: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
     storage_path: str = "ray_results"

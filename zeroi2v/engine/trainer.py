@@ -121,20 +121,26 @@ def train(
     cfg: Config,
     *,
     resume: bool = False,
+    resume_from: Path | None = None,
     on_epoch: EpochHook | None = None,
     mlflow_parent_run_id: str | None = None,
 ) -> TrainResult:
     """Train `cfg` on this process's rank; returns the final metrics (same on every rank).
 
-    `on_epoch(epoch, val_metrics, checkpoint_dir)` runs on rank 0 after every evaluation, once
-    a checkpoint of that point is saved (Ray Tune reports and checkpoints through it);
-    `mlflow_parent_run_id` nests this run under a search's run.
+    `resume_from` resumes from that checkpoint folder (a Ray Train checkpoint that every rank
+    reads in place) instead of `train.output_dir/checkpoints`, where new checkpoints still go.
+    `on_epoch(epoch, val_metrics, checkpoint_dir)` runs on every rank after every evaluation,
+    once a checkpoint of that point is saved (Ray Tune and Ray Train report and checkpoint
+    through it; Ray Train needs every worker to report); `mlflow_parent_run_id` nests this
+    run under a search's run.
     """
     world_size = parallel.world_size_from_env()
     ds_config = check_before_launch(cfg, world_size)
     rank_env = int(os.environ.get("RANK", "0"))
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
+    source = Path(resume_from) if resume_from is not None else ckpt_dir
+    resume = resume or resume_from is not None
     client: dict[str, Any] = {
         "epoch": 0,
         "step_in_epoch": 0,
@@ -148,11 +154,11 @@ def train(
     tag = None
     saved_world = world_size
     if resume:  # verified (sizes, sha256) before anything in it is loaded
-        point = ckpt_integrity.resume_point(ckpt_dir, cfg.train.on_damaged_checkpoint)
+        point = ckpt_integrity.resume_point(source, cfg.train.on_damaged_checkpoint)
         if point.note and rank_env == 0:
             log.warning(point.note)
         tag = point.tag
-        client.update(train_state.load_client(ckpt_dir / tag))
+        client.update(train_state.load_client(source / tag))
         position.check_global_batch(tag, client, ds_config)
         saved_world, client["world_size"] = client["world_size"], world_size
     tracker = None
@@ -167,7 +173,9 @@ def train(
         info = parallel.init_distributed(timeout_s=cfg.train.dist_timeout_s)
         with liveness.watched(info.rank, info.world_size, cfg.train.dist_timeout_s):
             resumed = (tag, saved_world) if tag is not None else None
-            result = _train(cfg, info, ds_config, tracker, client, resumed, ckpt_dir, on_epoch)
+            result = _train(
+                cfg, info, ds_config, tracker, client, resumed, source, ckpt_dir, on_epoch
+            )
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
@@ -184,6 +192,7 @@ def _train(
     tracker: Any,
     client: dict[str, Any],
     resumed: tuple[str, int] | None,
+    source: Path,
     ckpt_dir: Path,
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
@@ -216,23 +225,23 @@ def _train(
     torch.manual_seed(cfg.train.seed)
     tag = resumed[0] if resumed is not None else None
     resharded = resumed is not None and resumed[1] != info.world_size
-    load_dir, load_tag = ckpt_dir, tag
+    load_dir, load_tag = source, tag
     if resharded and ds_config.get("zero_optimization", {}).get("stage", 0) > 0:
         # ZeRO partitions belong to the old world size: load DeepSpeed's universal form instead
         # (stage 0 keeps the whole optimizer state in the model-states file: it loads as is)
         ds_config = parallel.universal_config(ds_config)
-        load_dir, load_tag = parallel.to_universal(ckpt_dir, tag, info.rank == 0)
+        load_dir, load_tag = parallel.to_universal(source, tag, info.rank == 0)
     engine = parallel.build_engine(_build_model(cfg), cfg, ds_config, total_steps, per_epoch)
     if tag is not None:
         parallel.load_checkpoint(engine, load_dir, load_tag)
         if resharded:  # no RNG state of this rank was saved; dropout masks change from here on
             torch.manual_seed(cfg.train.seed + 1000 * client["global_step"] + info.rank)
         else:
-            rng.load(ckpt_dir / tag / rng.file_name(info.rank))
+            rng.load(source / tag / rng.file_name(info.rank))
         if rank0:
             log.info(
                 "Resumed from %s/%s at epoch %d, step %d (written by %d processes, now %d)",
-                ckpt_dir,
+                source,
                 tag,
                 client["epoch"],
                 client["global_step"],
@@ -371,8 +380,7 @@ def _train(
             if on_epoch is not None:
                 if last_saved != f"step{step}":
                     save(step)
-                if rank0:
-                    on_epoch(epoch + 1, result.as_metrics(), ckpt_dir)
+                on_epoch(epoch + 1, result.as_metrics(), ckpt_dir)
     bar.close()
     if last_saved != f"step{step}":
         save(step)

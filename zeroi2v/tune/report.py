@@ -44,11 +44,20 @@ def trial_rows(grid: Any, cfg: Config, raw: Mapping[str, Any]) -> list[dict[str,
         row["status"] = "error" if result.error else "ok"
         row["mlflow_run_id"] = metrics.get("mlflow_run_id", "")
         row["overrides"] = overrides
-        row["checkpoint"] = result.checkpoint
+        row["checkpoint"] = result.checkpoint or _train_checkpoint(metrics)
         rows.append(row)
     sign = -1 if cfg.tune.mode == "max" else 1
     rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0), r["trial"]))
     return rows
+
+
+def _train_checkpoint(metrics: Mapping[str, Any]) -> Any:
+    """A Ray Train trial's last checkpoint: Ray Train keeps it, Tune sees only its path."""
+    from ray.train import Checkpoint
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    path = metrics.get(CHECKPOINT_PATH_KEY)
+    return Checkpoint(path) if path else None
 
 
 _HIDDEN = ("overrides", "checkpoint")

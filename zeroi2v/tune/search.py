@@ -1,11 +1,8 @@
 """Ray Tune search: every trial is `launch/train.py` fed the base config + dotted overrides.
 
-The config's `tune` section maps dotted keys to specs (``{"loguniform": [1e-4, 1e-2]}``,
-``{"choice": [...]}``, ...) and, under `head_allocation`, the allocation params of
-`zeroi2v.tune.allocation`, which a trial turns into `model.head_offsets`. A trial builds
-its config with `from_dict(base, overrides)`, so a bad point fails like a CLI typo, then
-calls the trainer in-process (world size 1) with a per-epoch hook that reports to Ray with
-a checkpoint, and an MLflow run nested under the search's parent run.
+The space comes from `zeroi2v.tune.space`, the trial itself from `zeroi2v.tune.trial` (one
+process, or a Ray Train job of `tune.workers_per_trial` DeepSpeed ranks); each trial's
+MLflow run is nested under the search's parent run.
 
 Fault tolerance: FailureConfig retries a crashed trial from its last Ray checkpoint; an
 interrupted search resumes with `Tuner.restore` (finished trials are not run again).
@@ -16,147 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zeroi2v import config as config_lib
-from zeroi2v import logs
-from zeroi2v.config import Config, ConfigError
-from zeroi2v.tune import report
-from zeroi2v.tune.allocation import model_section, resolve_space, trial_overrides
+from zeroi2v.config import Config, ConfigError, TuneConfig
+from zeroi2v.tune import report, trial
+from zeroi2v.tune.space import param_space
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "ZEROI2V_TUNE_FAULT_FILE"  # tests only: a trial deletes this file and raises once
 PARENT_TAG = "zeroi2v.tune.experiment"  # on the parent MLflow run: the experiment path
-_CKPT = "deepspeed"  # the trainer's checkpoint folder inside a Ray checkpoint
-
-
-# ---------------------------------------------------------------- search space
-
-
-def to_domain(spec: Any, where: str) -> Any:
-    """Config spec → Ray domain: ``{"loguniform": [a, b]}``, a list (= choice), a constant."""
-    from ray import tune
-
-    kinds: dict[str, Callable[..., Any]] = {
-        "uniform": tune.uniform,
-        "loguniform": tune.loguniform,
-        "randint": tune.randint,
-        "lograndint": tune.lograndint,
-        "choice": lambda *values: tune.choice(list(values)),
-        "grid": lambda *values: tune.grid_search(list(values)),
-    }
-    if isinstance(spec, list):
-        return tune.choice(spec)
-    if not isinstance(spec, Mapping):
-        return spec
-    if len(spec) != 1 or next(iter(spec)) not in kinds:
-        raise ConfigError(f"{where}: write one of {sorted(kinds)} as {{kind: [args]}}, got {spec}")
-    ((kind, args),) = spec.items()
-    return kinds[kind](*args)
-
-
-def param_space(cfg: Config, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Ray param space ``{"overrides": {dotted: domain}, "head_allocation": {param: domain}}``.
-
-    Each dotted key is tried once with a sampled value, so a misspelled key fails now, not
-    in every trial.
-    """
-    tune_cfg = cfg.tune
-    overrides = {
-        key: to_domain(spec, f"tune.search_space.{key}")
-        for key, spec in tune_cfg.search_space.items()
-    }
-    for key, domain in overrides.items():
-        value = domain.sample() if hasattr(domain, "sample") else domain
-        if isinstance(value, dict) and "grid_search" in value:
-            value = value["grid_search"][0]
-        config_lib.from_dict(raw, {key: value})
-    space: dict[str, Any] = {"overrides": overrides}
-    if tune_cfg.head_allocation is not None:
-        if "model.head_offsets" in overrides:
-            raise ConfigError("tune: search model.head_offsets or head_allocation, not both")
-        if cfg.model.temporal_op != "stdha":
-            raise ConfigError("tune.head_allocation needs model.temporal_op 'stdha'")
-        backbone, frames = model_section(raw, {})
-        checked = resolve_space(tune_cfg.head_allocation, backbone, frames)
-        space["head_allocation"] = {
-            name: to_domain(spec, f"tune.head_allocation.{name}") for name, spec in checked.items()
-        }
-    return space
-
-
-# ---------------------------------------------------------------- the trial
-
-
-def _maybe_inject_fault() -> None:
-    """Test hook: the first trial to find $ZEROI2V_TUNE_FAULT_FILE removes it and crashes."""
-    path = os.environ.get(FAULT_ENV)
-    if not path:
-        return
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        return
-    raise RuntimeError(f"injected fault ({FAULT_ENV}={path})")
-
-
-def trainable(trial_config: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None):
-    """Ray function trainable: the training of `launch/train.py` with this trial's overrides."""
-    import torch
-    from ray import tune
-
-    from zeroi2v.engine.parallel import latest_tag, select_accelerator
-    from zeroi2v.engine.trainer import train
-
-    logs.quiet_third_party()  # a trial runs in a Ray worker, not under a launch script
-    context = tune.get_context()
-    # The trainer's files (its checkpoints, merged.pt) stay on this node, one folder per trial;
-    # Ray copies each epoch's checkpoint to its storage, from where a retry on any node resumes.
-    output_dir = Path(base["train"]["output_dir"]) / context.get_trial_id()
-    overrides = trial_overrides(trial_config, base)
-    overrides.update({"train.output_dir": str(output_dir), "tracking.register_model": False})
-    cfg = config_lib.from_dict(base, overrides)  # a bad point fails here, like a CLI typo
-    cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    select_accelerator()
-
-    checkpoints = output_dir / "checkpoints"
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # retried or restored: continue from Ray's copy
-        with checkpoint.as_directory() as directory:
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            shutil.copytree(Path(directory) / _CKPT, checkpoints)
-    # Without a Ray checkpoint, a retry still resumes from the trainer's own (same MLflow run).
-    resume = latest_tag(checkpoints) is not None
-
-    def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        import mlflow
-
-        run = mlflow.active_run()  # the trainer's run (None when tracking is off)
-        if run is not None:
-            mlflow.set_tags(
-                {"mlflow.runName": context.get_trial_name(), "ray.trial_id": context.get_trial_id()}
-            )
-        tag = latest_tag(checkpoint_dir)
-        # Only the latest tag goes to Ray. Ray may upload after `report` returns, so a staged
-        # copy lives until the next epoch's is reported.
-        staging = output_dir / "ray_checkpoints" / f"epoch{epoch:04d}"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(checkpoint_dir / tag, staging / _CKPT / tag)
-        shutil.copy(checkpoint_dir / "latest", staging / _CKPT / "latest")
-        report = {**metrics, "epoch": epoch, "mlflow_run_id": run.info.run_id if run else ""}
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(staging))
-        for old in staging.parent.glob("epoch*"):
-            if old.name < f"epoch{epoch - 1:04d}":
-                shutil.rmtree(old, ignore_errors=True)
-        _maybe_inject_fault()
-
-    train(cfg, resume=resume, on_epoch=on_epoch, mlflow_parent_run_id=parent_run_id)
 
 
 # ---------------------------------------------------------------- the search
@@ -204,14 +73,22 @@ def build_tuner(cfg: Config, raw: Mapping[str, Any], parent_run_id: str | None, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tune_cfg = cfg.tune
-    resources = {k: v for k, v in tune_cfg.resources_per_trial.items() if v}
-    if resources.get("gpu", 0) > 1:
-        raise ConfigError(
-            "tune.resources_per_trial.gpu: a trial trains in one process (world size 1); "
-            "use at most 1 GPU per trial"
+    base = trial_base(raw, cfg)
+    workers = worker_resources(tune_cfg)
+    if tune_cfg.workers_per_trial == 1:
+        fn = tune.with_parameters(trial.trainable, base=base, parent_run_id=parent_run_id)
+        fn = tune.with_resources(fn, {k.lower(): v for k, v in workers.items()})
+    else:
+        fn = tune.with_parameters(
+            trial.train_driver,
+            base=base,
+            parent_run_id=parent_run_id,
+            workers=tune_cfg.workers_per_trial,
+            worker_resources=workers,
+            storage=experiment_path(cfg),
+            max_failures=tune_cfg.max_failures,
         )
-    fn = tune.with_parameters(trainable, base=trial_base(raw, cfg), parent_run_id=parent_run_id)
-    fn = tune.with_resources(fn, resources)
+        fn = tune.with_resources(fn, trial.DRIVER_RESOURCES)
     path = experiment_path(cfg)
     if restore:
         return tune.Tuner.restore(path, trainable=fn, resume_errored=True)
@@ -244,6 +121,37 @@ def build_tuner(cfg: Config, raw: Mapping[str, Any], parent_run_id: str | None, 
             verbose=1,
         ),
     )
+
+
+def worker_resources(tune_cfg: TuneConfig) -> dict[str, float]:
+    """Ray resources of one training process: the trial's, split over its workers."""
+    workers = tune_cfg.workers_per_trial
+    per_worker = {
+        key.upper(): value / workers for key, value in tune_cfg.resources_per_trial.items() if value
+    }
+    if per_worker.get("GPU", 0) > 1:
+        gpus = tune_cfg.resources_per_trial["gpu"]
+        raise ConfigError(
+            f"tune.resources_per_trial.gpu: {gpus:g} GPUs for {workers} worker(s); one DeepSpeed "
+            f"rank drives one GPU, so set tune.workers_per_trial to {int(gpus)}"
+        )
+    return per_worker
+
+
+def check_fits(per_worker: Mapping[str, float], workers: int, nodes: list[dict]) -> None:
+    """Fail now, not as a trial waiting forever, when a trial's workers cannot be placed.
+
+    `nodes` are Ray's per-node resource totals; each worker must fit on one node.
+    """
+    for name, amount in per_worker.items():
+        largest = max((node.get(name, 0) for node in nodes), default=0)
+        total = sum(node.get(name, 0) for node in nodes)
+        if amount > largest or amount * workers > total:
+            raise ConfigError(
+                f"tune.resources_per_trial: a trial's {workers} worker(s) need {amount:g} {name} "
+                f"each ({amount * workers:g} in all), but the Ray cluster's largest node has "
+                f"{largest:g} and all {len(nodes)} node(s) {total:g}"
+            )
 
 
 def storage_path(cfg: Config) -> str:
@@ -294,8 +202,14 @@ def _parent_run(cfg: Config, restore: bool) -> str | None:
     return run.info.run_id
 
 
-def _init_ray() -> bool:
-    """Join $RAY_ADDRESS, else start a local Ray on this machine's cores; True if started."""
+def _init_ray(dashboard: bool) -> bool:
+    """Join $RAY_ADDRESS, else start a local Ray on this machine's cores; True if started.
+
+    Ray Train trials need the dashboard of a local Ray: when Tune stops a trial (ASHA, or at
+    its last epoch) it ends the trial's process before Ray Train does, and Ray Train's
+    PlacementGroupCleaner frees the workers' resources through the dashboard's State API;
+    without it the next trials wait forever for them.
+    """
     import ray
 
     if ray.is_initialized():
@@ -307,7 +221,9 @@ def _init_ray() -> bool:
         root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         env = {"env_vars": {"PYTHONPATH": path}}
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env)
+        # A local Ray serves this machine only: keep it on 127.0.0.1, not the network address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env=env)
     return True
 
 
@@ -320,13 +236,17 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     if cfg.tune is None:
         raise ConfigError("tune: this config has no 'tune' section to search")
     path = experiment_path(cfg)
-    started = _init_ray()
+    started = _init_ray(dashboard=cfg.tune.workers_per_trial > 1)
     try:
         restorable = tune.Tuner.can_restore(path)
         if resume and not restorable:
             raise RuntimeError(f"--resume: no interrupted search to resume at {path}")
         if restorable:
             log.warning("Resuming the search at %s (change tune.name for a new one).", path)
+        import ray
+
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        check_fits(worker_resources(cfg.tune), cfg.tune.workers_per_trial, nodes)
         parent = _parent_run(cfg, restorable)
         tuner = build_tuner(cfg, raw, parent, restorable)
         grid = tuner.fit()
@@ -346,7 +266,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     files.append(best_path)
     print(report.markdown_table(rows))
     print(f"best config: {best_path}")
-    model_uri = report.register_best(raw, rows[0], metric, _CKPT)
+    model_uri = report.register_best(raw, rows[0], metric, trial.CKPT)
     if parent is not None:
         from mlflow import MlflowClient
 

@@ -1,0 +1,206 @@
+"""Ray Tune trials that are Ray Train jobs of 2 DeepSpeed ranks, on a real 2-node Ray cluster.
+
+The cluster is Ray's own multi-node test harness (`ray.cluster_utils.Cluster`): a head with
+1 CPU and two nodes with 3 CPUs each, all on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
+A trial asks for 4 CPUs over 2 workers, 2 per worker, so its two ranks cannot share a node.
+`launch/tune.py` joins the cluster through $RAY_ADDRESS, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import clean_env, losses, run_train, tiny_raw, write_config
+
+from zeroi2v import config as config_lib
+from zeroi2v.config import ConfigError, TuneConfig
+from zeroi2v.engine.parallel import read_checkpoint_weights
+from zeroi2v.tune.search import check_fits, worker_resources
+from zeroi2v.tune.trial import FAULT_ENV, stage_rank_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_trial_resources_are_split_over_workers_and_checked_against_the_cluster():
+    four_gpus = TuneConfig(resources_per_trial={"cpu": 8, "gpu": 4}, workers_per_trial=4)
+    assert worker_resources(four_gpus) == {"CPU": 2, "GPU": 1}
+    assert worker_resources(TuneConfig()) == {"CPU": 1}  # today's default: one process
+    with pytest.raises(ConfigError, match="set tune.workers_per_trial to 2"):
+        worker_resources(TuneConfig(resources_per_trial={"cpu": 1, "gpu": 2}))
+    nodes = [{"CPU": 1}, {"CPU": 3}, {"CPU": 3}]
+    check_fits({"CPU": 2}, 2, nodes)
+    with pytest.raises(ConfigError, match="largest node has 3"):
+        check_fits({"CPU": 4}, 1, nodes)
+    with pytest.raises(ConfigError, match="1 GPU each .* all 3 node"):
+        check_fits({"CPU": 1, "GPU": 1}, 2, nodes)
+
+
+def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
+    """Ray merges the workers' uploads into one folder: no file may come from two ranks."""
+    tag = tmp_path / "ckpt" / "step4"
+    tag.mkdir(parents=True)
+    (tag.parent / "latest").write_text("step4")
+    names = [
+        "mp_rank_00_model_states.pt",
+        "client.pt",
+        "rng_rank0.pt",
+        "rng_rank1.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    for name in names:
+        (tag / name).write_text(name)
+    staged = {}
+    for rank in (0, 1):
+        stage_rank_files(tag.parent, tmp_path / f"rank{rank}", rank)
+        staged[rank] = {
+            str(p.relative_to(tmp_path / f"rank{rank}"))
+            for p in (tmp_path / f"rank{rank}").rglob("*.*")
+        }
+    assert staged[1] == {"step4/rng_rank1.pt", "step4/zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    assert staged[0] | staged[1] == {f"step4/{n}" for n in names}
+    assert not staged[0] & staged[1]
+    assert (tmp_path / "rank0" / "latest").read_text() == "step4"
+
+
+def test_resuming_from_a_checkpoint_folder_elsewhere_equals_the_uninterrupted_run(
+    synthetic_shards, tmp_path
+):
+    """What a restarted Ray Train worker does: `train(resume_from=<Ray's checkpoint>)` into an
+    empty output folder continues exactly (same later losses, same final weights)."""
+    sections = dict(
+        model={"dropout": 0.3},
+        train={"epochs": 1, "steps_per_epoch": 4, "checkpoint_every_steps": 2},
+    )
+    full_dir, resumed_dir, ray_dir = tmp_path / "full", tmp_path / "resumed", tmp_path / "ray"
+    full = write_config(tmp_path / "full.json", tiny_raw(synthetic_shards, full_dir, **sections))
+    resumed = write_config(
+        tmp_path / "resumed.json", tiny_raw(synthetic_shards, resumed_dir, **sections)
+    )
+    done = run_train(full)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shutil.copytree(full_dir / "checkpoints" / "step2", ray_dir / "step2")
+    (ray_dir / "latest").write_text("step2")
+    code = (
+        "import sys; from pathlib import Path; from zeroi2v.config import load; "
+        "from zeroi2v.engine.trainer import train; "
+        "train(load(sys.argv[1]), resume_from=Path(sys.argv[2]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(resumed), str(ray_dir)],
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference, got = losses(full_dir), losses(resumed_dir)
+    assert sorted(got) == [3, 4]  # nothing before the checkpoint was trained again
+    assert got == {step: reference[step] for step in (3, 4)}
+    a = read_checkpoint_weights(full_dir / "checkpoints")
+    b = read_checkpoint_weights(resumed_dir / "checkpoints")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch, tmp_path):
+    """Head (1 CPU) + 2 nodes (3 CPUs each) on 127.0.0.1; always shut down."""
+    # Read once, when Ray is first imported: set it before.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    # Every node's workers import zeroi2v from this checkout, and see the fault file.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv(FAULT_ENV, str(tmp_path / "fault"))
+    # The dashboard's State API lets Ray Train free the workers of a trial Tune has stopped.
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True}
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=3)
+        cluster.wait_for_nodes()
+        assert cluster.address.startswith("127.0.0.1:"), cluster.address
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_search_of_two_rank_trials_on_a_two_node_cluster(ray_cluster, synthetic_shards, tmp_path):
+    raw = json.loads((ROOT / "configs" / "tune_tiny_cpu.json").read_text())
+    raw = config_lib.apply_overrides(
+        raw,
+        {
+            "model.pretrained": None,
+            "data.train_shards": str(synthetic_shards / "train-*.tar"),
+            "data.val_shards": str(synthetic_shards / "val-*.tar"),
+            "train.epochs": 2,
+            "train.steps_per_epoch": 2,
+            "train.output_dir": str(tmp_path / "runs"),
+            "deepspeed.train_batch_size": 32,  # 16 per rank × 2 ranks
+            "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking.artifact_location": str(tmp_path / "mlartifacts"),
+            "tune.storage_path": str(tmp_path / "ray_results"),  # every node sees it
+            "tune.name": "cluster",
+            "tune.search_space": {},
+            "tune.head_allocation": {"temporal_heads": {"grid": [0, 2]}, "max_offset": 1},
+            "tune.num_samples": 1,
+            "tune.scheduler": {"name": "asha", "grace_period": 2, "reduction_factor": 2},
+            "tune.resources_per_trial": {"cpu": 4, "gpu": 0},
+            "tune.workers_per_trial": 2,
+            "tune.max_concurrent_trials": 1,
+            "tune.max_failures": 1,
+        },
+    )
+    config = tmp_path / "search.json"
+    config.write_text(json.dumps(raw))
+    fault = Path(os.environ[FAULT_ENV])
+    fault.write_text("crash once")  # the first worker to report an epoch raises once
+    log = tmp_path / "tune.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [sys.executable, "launch/tune.py", "--config", str(config)],
+            cwd=ROOT,
+            env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=540,
+        )
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    assert not fault.exists(), "the fault was never injected"
+
+    experiment = tmp_path / "ray_results" / "cluster"
+    rows = (experiment / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:]), rows
+    best = config_lib.load(experiment / "best_config.json")
+    assert best.tune is None
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(raw["tracking"]["tracking_uri"])
+    experiment_id = client.get_experiment_by_name(raw["tracking"]["experiment"]).experiment_id
+    parent = client.search_runs([experiment_id], "tags.`zeroi2v.tune.experiment` LIKE '%cluster'")
+    assert len(parent) == 1
+    children = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'"
+    )
+    assert len(children) == 2  # the worker crash resumed its trial's run, no new one
+    for child in children:
+        assert child.data.params["world_size"] == "2"  # what the trainer saw
+        assert child.data.params["ray_nodes"] == "2"  # its two ranks on two Ray nodes
+        curve = client.get_metric_history(child.info.run_id, "val/top1")
+        assert [m.step for m in curve] == [2, 4]  # per epoch, none repeated after the crash
+    versions = client.search_model_versions(f"name = '{raw['tracking']['model_name']}'")
+    assert len(versions) == 1
