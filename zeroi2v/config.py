@@ -40,6 +40,8 @@ MERGEABLE_STRATEGIES = ("zeroi2v", "full_finetune", "linear_probe", "temporal_he
 class ModelConfig(_Section):
     backbone: str = "tiny_vit"
     pretrained: str | None = None  # library tag ("openai", "augreg_in21k") or a local file
+    # Transfer: models:/NAME@ALIAS, runs:/…, a merged .pt or a checkpoint folder (engine.transfer)
+    init_from: str | None = None
     num_frames: int = Field(8, ge=1)
     image_size: int = Field(224, ge=8)
     num_classes: int = Field(400, ge=2)
@@ -164,6 +166,11 @@ class Config(_Section):
             raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
         if self.model.temporal_op == "stdha":
             offsets_per_block(self.model.head_offsets, spec, frames)
+        if self.model.init_from is not None and self.model.pretrained is not None:
+            raise ConfigError(
+                "model.init_from and model.pretrained are both set; the parent's weights replace "
+                "the pretrained ones, so set model.pretrained to null"
+            )
         check_batch_sizes(self.deepspeed)
         return self
 

@@ -116,6 +116,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.cfg = cfg
+        self.lineage: dict[str, str] = {}
         self.uri = tracking_uri(cfg)
         check_server(self.uri)
         mlflow.set_tracking_uri(self.uri)
@@ -146,6 +147,13 @@ class Tracker:
             items = sorted(params.items())
             for start in range(0, len(items), 100):  # MLflow accepts ≤ 100 params per call
                 mlflow.log_params(dict(items[start : start + 100]))
+
+    def set_lineage(self, tags: dict[str, str]) -> None:
+        """Record the parent model (``model.init_from``) on the run and, later, on the version."""
+        import mlflow
+
+        self.lineage = dict(tags)
+        mlflow.set_tags(self.lineage)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import mlflow
@@ -204,7 +212,9 @@ class Tracker:
         if not self.cfg.tracking.register_model:
             return info.model_uri
         name = self.cfg.tracking.model_name
-        tags = {} if val_top1 is None else {"val_top1": f"{val_top1:.6f}"}
+        tags = dict(self.lineage)
+        if val_top1 is not None:
+            tags["val_top1"] = f"{val_top1:.6f}"
         version = mlflow.register_model(info.model_uri, name, tags=tags).version
         if val_top1 is not None and val_top1 > self._champion_top1(name):
             self.client.set_registered_model_alias(name, "champion", version)

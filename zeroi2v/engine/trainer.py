@@ -114,10 +114,14 @@ def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
     return flag.item() == 0
 
 
-def _build_model(cfg: Config) -> nn.Module:
+def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
     from zeroi2v import build_model
 
     model = build_model(cfg)
+    if parent is not None:  # model.init_from: the parent's weights (engine/transfer.py)
+        from zeroi2v.engine.transfer import initialise_from
+
+        initialise_from(model, parent, cfg)
     if cfg.train.activation_checkpointing:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
@@ -232,8 +236,15 @@ def _train(
             info.world_size,
         )
 
+    from zeroi2v.engine.transfer import load_parent
+
+    parent = load_parent(cfg)
+    if parent is not None and tracker is not None:
+        tracker.set_lineage(parent.lineage)
     torch.manual_seed(cfg.train.seed)
-    engine = parallel.build_engine(_build_model(cfg), cfg, ds_config, total_steps, per_epoch)
+    model = _build_model(cfg, parent)
+    del parent
+    engine = parallel.build_engine(model, cfg, ds_config, total_steps, per_epoch)
     if tag is not None:
         parallel.load_checkpoint(engine, ckpt_dir, tag)
         _set_rng_state(torch.load(ckpt_dir / tag / f"rng_rank{info.rank}.pt", weights_only=False))
