@@ -90,6 +90,23 @@ def test_same_class_count_copies_the_classifier(merged_parent):
         assert (child(_clip()) - parent(_clip())).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("parent_adapters", [4, 6])
+def test_unmerged_parent_gives_its_adapters_or_is_merged_first(parent_adapters):
+    """Same `adapt` section: backbone + adapters copied; another one: the parent is merged."""
+    from zeroi2v.engine.transfer import Parent
+
+    parent_cfg = from_dict(to_dict(_cfg(5)), {"adapt.num_adapters": parent_adapters})
+    torch.manual_seed(0)
+    parent = build_model(parent_cfg).eval()
+    _randomise_adapters(parent, 1)
+    cfg = _cfg(5, init_from="unused")
+    child = build_model(cfg).eval()
+    what = initialise_from(child, Parent(parent, parent_cfg), cfg)
+    assert what.startswith("backbone and adapters" if parent_adapters == 4 else "merged weights")
+    with torch.no_grad():
+        assert (child(_clip()) - parent(_clip())).abs().max() < 1e-5
+
+
 def test_mismatched_parent_and_bad_values_fail_in_one_sentence(merged_parent, tmp_path):
     _, path = merged_parent
     with pytest.raises(ConfigError, match="model.image_size 32, this config 64"):
