@@ -24,7 +24,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-TemporalOp = Literal["stdha", "none", "cls_shift", "channel_shift", "kv_shift"]
+TemporalOp = Literal[
+    "stdha", "none", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv"
+]
 Strategy = Literal[
     "zeroi2v",
     "full_finetune",
@@ -49,6 +51,8 @@ class ModelConfig(_Section):
     # One multiset for every block, one per block, or one per stage (Swin).
     head_offsets: Any = [[1, 1], [-1, 1], [0, 2]]
     temporal_patch_size: int = Field(1, ge=1)
+    # channel change ratio R_c of the channel-shift operators (paper Table 1 compares at 1/6)
+    shift_ratio: float = Field(1 / 6, gt=0.0, le=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
@@ -164,7 +168,7 @@ class Config(_Section):
             )
         if self.model.temporal_patch_size > 1 and spec.family != "swin":
             raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
-        if self.model.temporal_op == "stdha":
+        if self.model.temporal_op in ("stdha", "hr_qkv"):  # the head-relocation operators
             offsets_per_block(self.model.head_offsets, spec, frames)
         if self.model.init_from is not None and self.model.pretrained is not None:
             raise ConfigError(

@@ -17,7 +17,7 @@ from torch import nn
 
 from zeroi2v.models.offsets import offsets_per_block
 from zeroi2v.models.specs import BACKBONES, BackboneSpec
-from zeroi2v.models.stdha import install_temporal_attention
+from zeroi2v.models.stdha import HEAD_RELOCATION_OPS, install_temporal_attention
 
 
 def build_backbone(model_cfg: Any) -> nn.Module:
@@ -37,9 +37,11 @@ def build_backbone(model_cfg: Any) -> nn.Module:
             backbone = _timm_vit(spec, model_cfg)
         frames = model_cfg.num_frames
         offsets = None
-        if model_cfg.temporal_op == "stdha":
+        if model_cfg.temporal_op in HEAD_RELOCATION_OPS:
             offsets = offsets_per_block(model_cfg.head_offsets, spec, frames)
-        install_temporal_attention(backbone, offsets, frames, model_cfg.temporal_op)
+        install_temporal_attention(
+            backbone, offsets, frames, model_cfg.temporal_op, model_cfg.shift_ratio
+        )
         backbone.num_frames = frames
     backbone.feature_dim = feature_dim(backbone)
     return backbone
