@@ -117,8 +117,9 @@ def test_hr_qkv_relocates_whole_head_outputs():
         heads = {}
         for name, model in (("hr", hr), ("spatial", spatial)):
             attn = model.blocks[0].attn
-            captured = []
-            handle = attn.proj.register_forward_pre_hook(lambda m, a, out=captured: out.append(a[0]))
+            captured: list[torch.Tensor] = []
+            hook = lambda m, a, out=captured: out.append(a[0])  # noqa: E731
+            handle = attn.proj.register_forward_pre_hook(hook)
             attn(x)
             handle.remove()
             heads[name] = captured[0].unflatten(0, (2, FRAMES)).unflatten(-1, (HEADS, D))
