@@ -128,6 +128,7 @@ def test_transfer_configs(name: str) -> None:
     classes, parent, folder = TRANSFER[name]
     assert (cfg.model.num_classes, cfg.model.init_from) == (classes, parent)
     assert cfg.model.pretrained == (None if parent else "openai")
+    assert cfg.model.quick_gelu is (True if parent else None)  # CLIP's activation either way
     assert (cfg.data.train_shards, cfg.data.val_shards) == (
         f"{folder}/train-*.tar",
         f"{folder}/val-*.tar",

@@ -54,6 +54,10 @@ class ModelConfig(_Section):
     # channel change ratio R_c of the channel-shift operators (paper Table 1 compares at 1/6)
     shift_ratio: float = Field(1 / 6, gt=0.0, le=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # The released code's recipe (zeroi2v/convert.py); defaults keep ours. CLIP ViTs only:
+    quick_gelu: bool | None = None  # None: as the pretrained tag says (True for "openai")
+    clip_projection: bool = True  # False: the classifier reads the width-d ln_post feature
+    temporal_embedding: bool = False  # a trainable (T, width) embedding added before ln_pre
 
 
 class AdaptConfig(_Section):
@@ -62,6 +66,9 @@ class AdaptConfig(_Section):
     bottleneck_ratio: float = Field(0.25, gt=0.0)
     bottleneck_width: int | None = Field(None, ge=1)  # overrides the ratio (paper Table 3)
     lora_rank: int = Field(16, ge=1)
+    adapter_scale: float = Field(1.0, gt=0.0)  # linear adapter branch × scale (official: 0.5)
+    adapter_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # inside the branch (official: 0.1)
+    train_final_norm: bool = False  # also train the backbone's final LayerNorm (official)
 
 
 class DataConfig(_Section):
@@ -170,6 +177,14 @@ class Config(_Section):
             raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
         if self.model.temporal_op in ("stdha", "hr_qkv"):  # the head-relocation operators
             offsets_per_block(self.model.head_offsets, spec, frames)
+        clip_options = {
+            "model.quick_gelu": self.model.quick_gelu is not None,
+            "model.clip_projection": not self.model.clip_projection,
+            "model.temporal_embedding": self.model.temporal_embedding,
+        }
+        used = [key for key, is_set in clip_options.items() if is_set]
+        if used and spec.impl != "open_clip":
+            raise ConfigError(f"{used[0]} is supported on open_clip (CLIP) ViT backbones only")
         if self.model.init_from is not None and self.model.pretrained is not None:
             raise ConfigError(
                 "model.init_from and model.pretrained are both set; the parent's weights replace "

@@ -104,6 +104,10 @@ def _adaptation_keys(module: nn.Module) -> set[str]:
     return {k for k in module.state_dict() if ".adaptation." in f".{k}"}
 
 
+def _activations(module: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules() if "GELU" in type(m).__name__}
+
+
 def initialise_from(model: nn.Module, parent: Parent, cfg: Config) -> str:
     """Copy the parent's weights into the freshly built `model` (see the module docstring).
 
@@ -112,6 +116,12 @@ def initialise_from(model: nn.Module, parent: Parent, cfg: Config) -> str:
     from zeroi2v.models.merge import merge
 
     source = parent.model
+    if _activations(source.backbone) != _activations(model.backbone):
+        raise ConfigError(
+            f"model.init_from: the parent's MLPs use {sorted(_activations(source.backbone))}, "
+            f"this config builds {sorted(_activations(model.backbone))}; set model.quick_gelu "
+            "(CLIP's OpenAI weights use QuickGELU)"
+        )
     same_adaptation = parent.cfg.adapt == cfg.adapt
     has_adapters = bool(_adaptation_keys(source))
     if has_adapters and not same_adaptation:
