@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,9 +37,24 @@ PAPER = {
 }
 
 
+def _final_top1(out: Path, steps: int) -> float | None:
+    """The final val top-1 of a finished run in `out`, None if it did not finish."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    evals = [json.loads(line) for line in path.read_text().splitlines()]
+    done = [e["val/top1"] for e in evals if "val/top1" in e and e["step"] == steps]
+    return done[-1] if done else None
+
+
 def run_one(op: str, seed: int, args: argparse.Namespace) -> tuple[float, float]:
-    """Train one operator with one seed; returns (final val top-1, seconds)."""
+    """Train one operator with one seed; returns (final val top-1, seconds). A run already
+    finished in the work folder is reused (an interrupted benchmark resumes)."""
     out = args.workdir / f"{op}_seed{seed}"
+    finished = _final_top1(out, args.epochs * args.steps_per_epoch)
+    if finished is not None:
+        return finished, 0.0
+    shutil.rmtree(out, ignore_errors=True)
     overrides = {
         "model.temporal_op": op,
         "model.shift_ratio": 0.5,
@@ -61,8 +77,9 @@ def run_one(op: str, seed: int, args: argparse.Namespace) -> tuple[float, float]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{op} seed {seed} failed:\n{proc.stderr[-2000:]}")
-    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    top1 = [e["val/top1"] for e in evals if "val/top1" in e][-1]
+    top1 = _final_top1(out, args.epochs * args.steps_per_epoch)
+    if top1 is None:
+        raise RuntimeError(f"{op} seed {seed}: no final evaluation in {out}/metrics.jsonl")
     return top1, time.perf_counter() - start
 
 
