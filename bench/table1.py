@@ -73,6 +73,7 @@ def run_one(op: str, seed: int, args: argparse.Namespace) -> tuple[float, float]
     cmd = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(args.config)]
     cmd += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:

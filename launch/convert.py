@@ -6,7 +6,7 @@
         --adapter-scale 1.0 --long-shift-div 12 --long-shift-right ...
 
 Our config supplies the architecture (backbone, frames, `model.head_offsets` in our order, data
-and tracking); the official recipe (`zeroi2v.convert.OFFICIAL_RECIPE`: temporal embedding,
+and tracking); the official recipe (`zeroi2v.models.convert.OFFICIAL_RECIPE`: temporal embedding,
 768-d classifier, QuickGELU, adapter scale/dropout) is applied on top, then your overrides.
 The `--shift-div`, `--long-shift-div`, `--long-shift-right` flags are the checkpoint's own
 `stdha_cfg` (its mmaction config), from which its per-head Δt follow. The merge is our tested
@@ -19,9 +19,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from zeroi2v.config import ConfigError, apply_overrides, from_dict
 
@@ -45,8 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"config file not found: {args.config}")
     import torch
 
-    from zeroi2v.convert import OFFICIAL_RECIPE, load_official, official_head_offsets, read_official
     from zeroi2v.engine import release
+    from zeroi2v.models.convert import (
+        OFFICIAL_RECIPE,
+        load_official,
+        official_head_offsets,
+        read_official,
+    )
     from zeroi2v.models.specs import BACKBONES
 
     raw = json.loads(args.config.read_text())
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         result.update(top1=metrics.top1, top5=metrics.top5, count=metrics.count)
     if args.register:
         from zeroi2v.data.shards import read_manifest
-        from zeroi2v.tracking import Tracker
+        from zeroi2v.engine.tracking import Tracker
 
         tracker = Tracker(cfg)
         try:

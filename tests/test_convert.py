@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from zeroi2v import merge
 from zeroi2v.config import ConfigError, from_dict
-from zeroi2v.convert import (
+from zeroi2v.models.convert import (
     OFFICIAL_RECIPE,
     head_permutation,
     load_official,

@@ -182,7 +182,7 @@ def test_transfer_from_registered_model_records_lineage_and_merges_exactly(
     assert run.data.params["model.init_from"] == "models:/tiny_parent@champion"
 
     # the child's frozen backbone is the parent's merged weights, untouched by training
-    from zeroi2v.tracking import load_model
+    from zeroi2v.engine.release import load_model
 
     parent_model, _ = load_model("models:/tiny_parent@champion", cfg)
     state = read_checkpoint_weights(tmp_path / "child" / "checkpoints")

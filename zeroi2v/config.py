@@ -54,7 +54,7 @@ class ModelConfig(_Section):
     # channel change ratio R_c of the channel-shift operators (paper Table 1 compares at 1/6)
     shift_ratio: float = Field(1 / 6, gt=0.0, le=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    # The released code's recipe (zeroi2v/convert.py); defaults keep ours. CLIP ViTs only:
+    # The released code's recipe (zeroi2v/models/convert.py); defaults keep ours. CLIP ViTs only:
     quick_gelu: bool | None = None  # None: as the pretrained tag says (True for "openai")
     clip_projection: bool = True  # False: the classifier reads the width-d ln_post feature
     temporal_embedding: bool = False  # a trainable (T, width) embedding added before ln_pre

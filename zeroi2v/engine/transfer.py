@@ -52,7 +52,7 @@ def lineage_tags(uri: str, cfg: Config) -> dict[str, str]:
     if match:
         from mlflow import MlflowClient
 
-        from zeroi2v.tracking import tracking_uri
+        from zeroi2v.engine.tracking import tracking_uri
 
         client = MlflowClient(tracking_uri(cfg))
         name = match["name"]
@@ -79,7 +79,7 @@ def load_parent(cfg: Config) -> Parent | None:
     uri = cfg.model.init_from
     if uri is None:
         return None
-    from zeroi2v.tracking import load_model
+    from zeroi2v.engine.release import load_model
 
     if not _is_uri(uri) and not Path(uri).exists():
         raise ConfigError(f"model.init_from: {uri} does not exist (a models:/ URI or a path)")

@@ -180,7 +180,7 @@ def load_official(
 ) -> nn.Module:
     """Our unmerged model (eval mode) carrying the official weights; one offsets list per block
     is also accepted. `cfg` should include `OFFICIAL_RECIPE`."""
-    from zeroi2v import build_model
+    from zeroi2v.models.video import build_model
 
     model = build_model(cfg)
     blocks = sum(1 for k in official if k.endswith(".attn.in_proj_weight"))
