@@ -117,6 +117,7 @@ class TrackingConfig(_Section):
     experiment: str = "zeroi2v"
     model_name: str = "zeroi2v"
     register_model: bool = True  # register the merged model in the Model Registry
+    parent_run_id: str | None = None  # nest the run under this MLflow run (few-shot runner)
 
 
 class TuneConfig(_Section):

@@ -187,7 +187,10 @@ def train(
         from zeroi2v.engine.tracking import Tracker
 
         tracker = Tracker(
-            cfg, world_size=world_size, run_id=client["run_id"], parent_run_id=mlflow_parent_run_id
+            cfg,
+            world_size=world_size,
+            run_id=client["run_id"],
+            parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
         )
         client["run_id"] = tracker.run_id
     try:
