@@ -72,6 +72,7 @@ def run_one(op: str, seed: int, args: argparse.Namespace) -> tuple[float, float]
     }
     cmd = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(args.config)]
     cmd += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
+    cmd += args.set  # last: e.g. model.shift_ratio=0.25 "model.head_offsets={1·1, 0·3}"
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     start = time.perf_counter()
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps-per-epoch", type=int, default=64)
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "table1")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    parser.add_argument(
+        "--set", action="append", default=[], help="extra section.key=value for every run"
+    )
     args = parser.parse_args(argv)
     for path in (args.shards / "manifest.json", args.pretrained):
         if not path.is_file():
