@@ -1,4 +1,4 @@
-"""`python -m data_prep {shard,synthetic,inspect} ...`.
+"""`python -m data_prep {shard,synthetic,subset,inspect} ...`.
 
 Exit status of `shard`: 0 when every input was written, 3 when some inputs were skipped
 (listed in manifest.json; the count is printed), 1 on errors (bad arguments, unreadable
@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--size", type=int, default=32)
     syn.add_argument("--seed", type=int, default=0)
 
+    few = sub.add_parser("subset", help="deterministic class-balanced K-shot training shards")
+    few.add_argument("--shards", required=True, type=Path, help="folder with manifest.json")
+    few.add_argument("--out", required=True, type=Path)
+    group = few.add_mutually_exclusive_group(required=True)
+    group.add_argument("--shots", type=int, help="clips per class")
+    group.add_argument("--keys", type=Path, help="a benchmark's split: sample keys, one a line")
+    few.add_argument("--seed", type=int, default=0)
+    few.add_argument("--split", default="train")
+    few.add_argument("--shard-size", type=int, default=100)
+
     ins = sub.add_parser("inspect", help="counts per class/shard and a contact sheet")
     ins.add_argument("shards", nargs="+", type=Path)
     ins.add_argument("--out", type=Path, help="contact sheet PNG")
@@ -113,6 +123,24 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subset(args: argparse.Namespace) -> int:
+    from data_prep.subset import make_subset
+
+    keys = None if args.keys is None else args.keys.read_text().split()
+    manifest = make_subset(
+        args.shards,
+        args.out,
+        args.shots,
+        args.seed,
+        split=args.split,
+        keys=keys,
+        shard_size=args.shard_size,
+    )
+    count = manifest["splits"][args.split]["count"]
+    print(f"{args.split}: {count} samples ({len(manifest['classes'])} classes) in {args.out}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from data_prep.inspect import contact_sheet, count, format_table
 
@@ -128,7 +156,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"shard": _shard, "synthetic": _synthetic, "inspect": _inspect}[args.command]
+    handlers = {"shard": _shard, "synthetic": _synthetic, "subset": _subset, "inspect": _inspect}
+    handler = handlers[args.command]
     try:
         return handler(args)
     except (ValueError, OSError) as err:

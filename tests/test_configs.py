@@ -111,3 +111,33 @@ def test_tiny_cpu_config() -> None:
     assert "launch/pretrain_tiny.py" in cfg.comment
     assert "launch/train.py --config configs/tiny_cpu.json" in cfg.comment
     assert cfg.deepspeed["bf16"]["enabled"] is False
+
+
+# Table 6 (SPEC §5): name → (classes, init_from, shard folder)
+K400_PARENT = "models:/zeroi2v_k400_b16_8f@champion"
+TRANSFER = {
+    **{f"ucf101_b16_8f_split{k}": (101, K400_PARENT, f"data/ucf101/split{k}") for k in (1, 2, 3)},
+    **{f"hmdb51_b16_8f_split{k}": (51, K400_PARENT, f"data/hmdb51/split{k}") for k in (1, 2, 3)},
+    "diving48_b16_8f": (48, None, "data/diving48"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFER))
+def test_transfer_configs(name: str) -> None:
+    cfg = load(CONFIGS / f"{name}.json")
+    classes, parent, folder = TRANSFER[name]
+    assert (cfg.model.num_classes, cfg.model.init_from) == (classes, parent)
+    assert cfg.model.pretrained == (None if parent else "openai")
+    assert cfg.model.quick_gelu is (True if parent else None)  # CLIP's activation either way
+    assert (cfg.data.train_shards, cfg.data.val_shards) == (
+        f"{folder}/train-*.tar",
+        f"{folder}/val-*.tar",
+    )
+    assert cfg.tracking.model_name == f"zeroi2v_{name}"  # evaluate.py's default per split
+    assert f"deepspeed launch/train.py --config configs/{name}.json" in cfg.comment
+    # Table 11, ViT-B 8 frames: the parent's STDHA allocation and 4 adapters
+    per_block = offsets_per_block(cfg.model.head_offsets, BACKBONES["clip_vit_b16"], 8)
+    assert {dt: per_block[0].count(dt) for dt in set(per_block[0])} == {1: 1, -1: 1, 0: 10}
+    assert (cfg.adapt.num_adapters, cfg.deepspeed["train_batch_size"]) == (4, 64)
+    if name.startswith("diving48"):  # paper: 1 temporal clip
+        assert (cfg.data.sampling, cfg.data.num_clips) == ("uniform", 1)

@@ -216,7 +216,9 @@ def test_time_reversal_blind_without_temporal_op_and_not_with_stdha(backbone):
         assert (diff < 1e-5) == blind, (op, diff)
 
 
-@pytest.mark.parametrize("op", ["stdha", "cls_shift", "channel_shift", "kv_shift"])
+@pytest.mark.parametrize(
+    "op", ["stdha", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv"]
+)
 def test_temporal_operators_add_no_params_and_no_flops(op):
     def count(model):
         clip = torch.randn(1, 3, 4, 32, 32)

@@ -24,7 +24,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-TemporalOp = Literal["stdha", "none", "cls_shift", "channel_shift", "kv_shift"]
+TemporalOp = Literal[
+    "stdha", "none", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv"
+]
 Strategy = Literal[
     "zeroi2v",
     "full_finetune",
@@ -40,6 +42,8 @@ MERGEABLE_STRATEGIES = ("zeroi2v", "full_finetune", "linear_probe", "temporal_he
 class ModelConfig(_Section):
     backbone: str = "tiny_vit"
     pretrained: str | None = None  # library tag ("openai", "augreg_in21k") or a local file
+    # Transfer: models:/NAME@ALIAS, runs:/…, a merged .pt or a checkpoint folder (engine.transfer)
+    init_from: str | None = None
     num_frames: int = Field(8, ge=1)
     image_size: int = Field(224, ge=8)
     num_classes: int = Field(400, ge=2)
@@ -47,7 +51,13 @@ class ModelConfig(_Section):
     # One multiset for every block, one per block, or one per stage (Swin).
     head_offsets: Any = [[1, 1], [-1, 1], [0, 2]]
     temporal_patch_size: int = Field(1, ge=1)
+    # channel change ratio R_c of the channel-shift operators (paper Table 1 compares at 1/6)
+    shift_ratio: float = Field(1 / 6, gt=0.0, le=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # The released code's recipe (zeroi2v/models/convert.py); defaults keep ours. CLIP ViTs only:
+    quick_gelu: bool | None = None  # None: as the pretrained tag says (True for "openai")
+    clip_projection: bool = True  # False: the classifier reads the width-d ln_post feature
+    temporal_embedding: bool = False  # a trainable (T, width) embedding added before ln_pre
 
 
 class AdaptConfig(_Section):
@@ -56,6 +66,9 @@ class AdaptConfig(_Section):
     bottleneck_ratio: float = Field(0.25, gt=0.0)
     bottleneck_width: int | None = Field(None, ge=1)  # overrides the ratio (paper Table 3)
     lora_rank: int = Field(16, ge=1)
+    adapter_scale: float = Field(1.0, gt=0.0)  # linear adapter branch × scale (official: 0.5)
+    adapter_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # inside the branch (official: 0.1)
+    train_final_norm: bool = False  # also train the backbone's final LayerNorm (official)
 
 
 class DataConfig(_Section):
@@ -114,6 +127,7 @@ class TrackingConfig(_Section):
     experiment: str = "zeroi2v"
     model_name: str = "zeroi2v"
     register_model: bool = True  # register the merged model in the Model Registry
+    parent_run_id: str | None = None  # nest the run under this MLflow run (few-shot runner)
 
 
 class TuneConfig(_Section):
@@ -175,8 +189,21 @@ class Config(_Section):
             )
         if self.model.temporal_patch_size > 1 and spec.family != "swin":
             raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
-        if self.model.temporal_op == "stdha":
+        if self.model.temporal_op in ("stdha", "hr_qkv"):  # the head-relocation operators
             offsets_per_block(self.model.head_offsets, spec, frames)
+        clip_options = {
+            "model.quick_gelu": self.model.quick_gelu is not None,
+            "model.clip_projection": not self.model.clip_projection,
+            "model.temporal_embedding": self.model.temporal_embedding,
+        }
+        used = [key for key, is_set in clip_options.items() if is_set]
+        if used and spec.impl != "open_clip":
+            raise ConfigError(f"{used[0]} is supported on open_clip (CLIP) ViT backbones only")
+        if self.model.init_from is not None and self.model.pretrained is not None:
+            raise ConfigError(
+                "model.init_from and model.pretrained are both set; the parent's weights replace "
+                "the pretrained ones, so set model.pretrained to null"
+            )
         check_batch_sizes(self.deepspeed)
         return self
 

@@ -197,6 +197,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.cfg = cfg
+        self.lineage: dict[str, str] = {}
         self.uri = tracking_uri(cfg)
         self.offline_fallback = offline_fallback
         self.pending = PendingLog(Path(cfg.train.output_dir))
@@ -247,6 +248,13 @@ class Tracker:
                 reason=reason,
             )
             return False
+
+    def set_lineage(self, tags: dict[str, str]) -> None:
+        """Record the parent model (``model.init_from``) on the run and, later, on the version."""
+        import mlflow
+
+        self.lineage = dict(tags)
+        self._send(lambda: mlflow.set_tags(self.lineage))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import mlflow
@@ -322,7 +330,9 @@ class Tracker:
         if not self.cfg.tracking.register_model:
             return info.model_uri
         name = self.cfg.tracking.model_name
-        tags = {} if val_top1 is None else {SCORE_TAG: score_tag(val_top1)}
+        tags = dict(self.lineage)
+        if val_top1 is not None:
+            tags[SCORE_TAG] = score_tag(val_top1)
         version = mlflow.register_model(info.model_uri, name, tags=tags).version
         promote_champion(self.client, name)
         return f"models:/{name}/{version}"

@@ -85,10 +85,14 @@ def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
     return flag.item() == 0
 
 
-def _build_model(cfg: Config) -> nn.Module:
+def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
     from zeroi2v import build_model
 
     model = build_model(cfg)
+    if parent is not None:  # model.init_from: the parent's weights (engine/transfer.py)
+        from zeroi2v.engine.transfer import initialise_from
+
+        initialise_from(model, parent, cfg)
     if cfg.train.activation_checkpointing:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
@@ -166,7 +170,10 @@ def train(
         from zeroi2v.engine.tracking import Tracker
 
         tracker = Tracker(
-            cfg, world_size=world_size, run_id=client["run_id"], parent_run_id=mlflow_parent_run_id
+            cfg,
+            world_size=world_size,
+            run_id=client["run_id"],
+            parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
         )
         client["run_id"] = tracker.run_id
     try:
@@ -222,6 +229,11 @@ def _train(
             info.world_size,
         )
 
+    from zeroi2v.engine.transfer import load_parent
+
+    parent = load_parent(cfg)
+    if parent is not None and tracker is not None:
+        tracker.set_lineage(parent.lineage)
     torch.manual_seed(cfg.train.seed)
     tag = resumed[0] if resumed is not None else None
     resharded = resumed is not None and resumed[1] != info.world_size
@@ -231,7 +243,9 @@ def _train(
         # (stage 0 keeps the whole optimizer state in the model-states file: it loads as is)
         ds_config = parallel.universal_config(ds_config)
         load_dir, load_tag = parallel.to_universal(source, tag, info.rank == 0)
-    engine = parallel.build_engine(_build_model(cfg), cfg, ds_config, total_steps, per_epoch)
+    model = _build_model(cfg, parent)
+    del parent
+    engine = parallel.build_engine(model, cfg, ds_config, total_steps, per_epoch)
     if tag is not None:
         parallel.load_checkpoint(engine, load_dir, load_tag)
         if resharded:  # no RNG state of this rank was saved; dropout masks change from here on

@@ -15,38 +15,46 @@ from torch import nn
 
 
 class LinearAdapter(nn.Module):
-    """x ↦ x + up(down(x)). Affine, so it folds into a neighbouring linear layer."""
+    """x ↦ x + s · up(dropout(down(x))). Affine at inference, so it folds into a neighbouring
+    linear layer. ``scale`` s and ``dropout`` are the released code's recipe (0.5 / 0.1 for K400;
+    ours: 1 / 0); dropout is the identity in eval mode, so it never affects the merge.
+    """
 
     mergeable = True
 
-    def __init__(self, dim: int, bottleneck: int, bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, bottleneck: int, bias: bool = True, scale: float = 1.0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.down = nn.Linear(dim, bottleneck, bias=bias)
+        self.dropout = nn.Dropout(dropout)
         self.up = nn.Linear(bottleneck, dim, bias=bias)
+        self.scale = scale
         nn.init.zeros_(self.up.weight)  # starts as the identity: training begins at the image model
         if bias:
             nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.down(x))
+        return x + self.scale * self.up(self.dropout(self.down(x)))
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, c) in float64 with adapter(x) = M x + c: M = I + U D, c = U b_down + b_up."""
+        """(M, c) in float64 with adapter(x) = M x + c: M = I + s U D, c = s (U b_down + b_up)."""
         down, up = self.down.weight.double(), self.up.weight.double()
-        matrix = torch.eye(down.shape[1], dtype=torch.float64, device=down.device) + up @ down
+        matrix = torch.eye(down.shape[1], dtype=torch.float64, device=down.device)
+        matrix = matrix + self.scale * (up @ down)
         shift = torch.zeros(up.shape[0], dtype=torch.float64, device=up.device)
         if self.down.bias is not None:
-            shift = up @ self.down.bias.double() + self.up.bias.double()
+            shift = self.scale * (up @ self.down.bias.double() + self.up.bias.double())
         return matrix, shift
 
 
 class GeluAdapter(LinearAdapter):
-    """x ↦ x + up(gelu(down(x))): the non-linear baseline of Table 3; cannot be merged."""
+    """x ↦ x + s · up(dropout(gelu(down(x)))): the non-linear baseline of Table 3; no merge."""
 
     mergeable = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(F.gelu(self.down(x)))
+        return x + self.scale * self.up(self.dropout(F.gelu(self.down(x))))
 
 
 class STAdapter(nn.Module):

@@ -254,13 +254,16 @@ def attach_adapters(
     num_frames: int = 1,
     token_grid: tuple[int, int] | None = None,
     num_prefix_tokens: int = 1,
+    adapter_scale: float = 1.0,
+    adapter_dropout: float = 0.0,
 ) -> None:
     """Give every transformer block of `model` the trainable parts of `strategy` (Table 3).
 
     - zeroi2v / gelu_adapter / st_adapter ("full adaptation"): serial adapters before the QKV
       projection (one shared, or Q/K/V separately with ``num_adapters=6``), after the
       attention output projection, before MLP fc1 and after MLP fc2. Bottleneck =
-      ``bottleneck_width`` or round(ratio × the adapter's width).
+      ``bottleneck_width`` or round(ratio × the adapter's width). Linear / GELU adapters
+      scale their branch by ``adapter_scale`` and drop out ``adapter_dropout`` inside it.
     - lora: parallel rank-``lora_rank`` update of the fused QKV and the output projection.
     - temporal_heads_only: trainable deltas on the temporal heads' rows of W_Q, W_K, W_V and
       columns of W_O (heads with Δt ≠ 0 in ``block.attn.offsets``); biases stay frozen.
@@ -292,6 +295,7 @@ def attach_adapters(
                 num_frames,
                 token_grid,
                 num_prefix_tokens,
+                (adapter_scale, adapter_dropout),
             )
         elif strategy == "lora":
             for role in ("qkv", "out"):
@@ -315,13 +319,18 @@ def _like(module: nn.Module, site: AdaptableMixin) -> nn.Module:
     return module.to(device=weight.device, dtype=weight.dtype)
 
 
-def _attach_serial(sites, strategy, num_adapters, ratio, width, num_frames, grid, prefix) -> None:
+def _attach_serial(
+    sites, strategy, num_adapters, ratio, width, num_frames, grid, prefix, scale_dropout
+) -> None:
     def make(site: AdaptableMixin, dim: int) -> nn.Module:
         bottleneck = width or max(1, round(ratio * dim))
         if strategy == "st_adapter":
             adapter = STAdapter(dim, bottleneck, num_frames, grid, prefix)
         else:  # a bias-free layer gets bias-free adapters, so folding never invents a bias
-            adapter = SERIAL_ADAPTERS[strategy](dim, bottleneck, bias=_has_bias(site))
+            scale, dropout = scale_dropout
+            adapter = SERIAL_ADAPTERS[strategy](
+                dim, bottleneck, bias=_has_bias(site), scale=scale, dropout=dropout
+            )
         return _like(adapter, site)
 
     qkv, out, fc1, fc2 = (sites[role] for role in ROLES)

@@ -17,7 +17,7 @@ from torch import nn
 
 from zeroi2v.models.offsets import offsets_per_block
 from zeroi2v.models.specs import BACKBONES, BackboneSpec
-from zeroi2v.models.stdha import install_temporal_attention
+from zeroi2v.models.stdha import HEAD_RELOCATION_OPS, install_temporal_attention
 
 
 def build_backbone(model_cfg: Any) -> nn.Module:
@@ -32,14 +32,18 @@ def build_backbone(model_cfg: Any) -> nn.Module:
         backbone = build_swin_backbone(spec, model_cfg)
     else:
         if spec.impl == "open_clip":
-            backbone = _open_clip_vit(spec, model_cfg)
+            from zeroi2v.models.clip_options import apply_clip_options
+
+            backbone = apply_clip_options(_open_clip_vit(spec, model_cfg), model_cfg)
         else:
             backbone = _timm_vit(spec, model_cfg)
         frames = model_cfg.num_frames
         offsets = None
-        if model_cfg.temporal_op == "stdha":
+        if model_cfg.temporal_op in HEAD_RELOCATION_OPS:
             offsets = offsets_per_block(model_cfg.head_offsets, spec, frames)
-        install_temporal_attention(backbone, offsets, frames, model_cfg.temporal_op)
+        install_temporal_attention(
+            backbone, offsets, frames, model_cfg.temporal_op, model_cfg.shift_ratio
+        )
         backbone.num_frames = frames
     backbone.feature_dim = feature_dim(backbone)
     return backbone
@@ -62,7 +66,7 @@ def token_layout(backbone: nn.Module) -> tuple[tuple[int, int], int] | None:
 
 
 def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
-    from open_clip.transformer import VisionTransformer
+    from open_clip.transformer import QuickGELU, VisionTransformer
 
     pretrained = model_cfg.pretrained
     if not spec.library_name:  # tiny: the same class, built directly
@@ -74,6 +78,7 @@ def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
             heads=spec.heads[0],
             mlp_ratio=4.0,
             output_dim=spec.width,
+            act_layer=QuickGELU if model_cfg.quick_gelu else nn.GELU,
         )
         if pretrained is not None:
             _load_local(visual, pretrained, model_cfg.backbone)
@@ -82,12 +87,15 @@ def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
 
     # OpenAI's CLIP weights were trained with QuickGELU; open_clip only warns on a mismatch.
     tag_cfg = open_clip.get_pretrained_cfg(spec.library_name, pretrained) if pretrained else {}
+    quick_gelu = model_cfg.quick_gelu
+    if quick_gelu is None:
+        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     try:
         model = open_clip.create_model(
             spec.library_name,
             pretrained=pretrained,
             force_image_size=model_cfg.image_size,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            force_quick_gelu=quick_gelu,
             require_pretrained=pretrained is not None,
             device=torch.get_default_device(),  # meta under `with torch.device("meta")` (profile)
         )

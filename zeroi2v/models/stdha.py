@@ -9,8 +9,9 @@ the modules compute exactly the original attention.
 
 The modules reuse the original layers and parameter names (open_clip: ``in_proj_weight``,
 ``in_proj_bias``, ``out_proj``; timm: ``qkv``, ``q_norm``, ``k_norm``, ``proj``), so
-pretrained checkpoints load with strict=True. The other Table 1 operators (``cls_shift``,
-``channel_shift``, ``kv_shift``) live in the same modules, selected by `temporal_op`.
+pretrained checkpoints load with strict=True. The other Table 1 operators live in the same
+modules, selected by `temporal_op` (see `TEMPORAL_OPS`); those that also move Q (``qkv_shift``,
+``hr_qkv``) are dispatched in `_mix_qkv`, apart from STDHA's own K/V path `_mix_kv`.
 
 Temporal heads see the K/V of another frame at the same token positions, [cls] included.
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroi2v.models.adapters import AdaptableMixin, transformer_blocks
-from zeroi2v.models.stdha_shift import shift_kv, shift_qkv
+from zeroi2v.models.stdha_shift import shift_frames_in_batch, shift_kv, shift_qkv
 from zeroi2v.models.temporal_baselines import (
     DEFAULT_SHIFT_RATIO,
     ClsShiftBeforeMLP,
@@ -42,7 +43,11 @@ __all__ = [
     "shift_qkv",
 ]
 
-TEMPORAL_OPS = ("none", "stdha", "cls_shift", "channel_shift", "kv_shift")
+# Paper Table 1 (a): "[cls] token shift" = cls_shift, "Shift QKV" = qkv_shift, "Shift KV" =
+# kv_shift, "HR QKV" = hr_qkv, "HR KV (STDHA)" = stdha. channel_shift (all tokens' channels
+# shifted before the QKV projection, TPS's channel shift in its own place) is not a Table 1 row.
+TEMPORAL_OPS = ("none", "stdha", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv")
+HEAD_RELOCATION_OPS = ("stdha", "hr_qkv")  # the operators that read `head_offsets`
 
 
 class TemporalMixing(nn.Module):
@@ -63,9 +68,9 @@ class TemporalMixing(nn.Module):
             raise ValueError(
                 f"got {len(offsets)} head offsets for an attention with {num_heads} heads"
             )
-        if temporal_op != "stdha" and any(offsets):
+        if temporal_op not in HEAD_RELOCATION_OPS and any(offsets):
             raise ValueError(
-                f"head offsets {offsets} need temporal_op 'stdha', not '{temporal_op}'"
+                f"head offsets {offsets} need temporal_op 'stdha' or 'hr_qkv', not '{temporal_op}'"
             )
         self.num_heads, self.offsets, self.num_frames = num_heads, offsets, num_frames
         self.temporal_op, self.shift_ratio = temporal_op, shift_ratio
@@ -98,6 +103,26 @@ class TemporalMixing(nn.Module):
                 head_channel_shift(v, self.num_frames, self.shift_ratio),
             )
         return k, v
+
+    def _mix_qkv(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All operators after the projection; q, k, v: (B*T, heads, N, d).
+
+        ``qkv_shift`` (TPS-like "Shift QKV"): a fraction of each head's Q, K and V channels
+        reads frame t∓1. ``hr_qkv`` ("HR QKV"): whole heads of Q, K and V read frame t + Δt,
+        i.e. the head's output is relocated in time. Others: Q untouched, `_mix_kv`.
+        """
+        if self.temporal_op == "qkv_shift":
+            return tuple(
+                head_channel_shift(t, self.num_frames, self.shift_ratio) for t in (q, k, v)
+            )
+        if self.temporal_op == "hr_qkv" and any(self.offsets):
+            return tuple(
+                shift_frames_in_batch(t, self.offsets, self.num_frames, overwrite=True)
+                for t in (q, k, v)
+            )
+        return (q, *self._mix_kv(k, v))
 
     def extra_repr(self) -> str:
         return (
@@ -157,7 +182,7 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
         qkv = self.project(x).view(BT, N, 3, self.num_heads, C // self.num_heads)
         qkv = self._mix_qkv(qkv)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
-        k, v = self._mix_kv(k, v)
+        q, k, v = self._mix_qkv(q, k, v)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B*T, heads, N, d)
@@ -194,7 +219,7 @@ class TimmSTDHA(TemporalMixing):
         qkv = self._mix_qkv(self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
-        k, v = self._mix_kv(k, v)
+        q, k, v = self._mix_qkv(q, k, v)
         x = F.scaled_dot_product_attention(
             q,
             k,

@@ -202,3 +202,12 @@ def shift_qkv(
     packed_offsets = [0] * heads + [int(dt) for dt in offsets] * 2
     packed = shift_kv(packed, packed_offsets, time_dim, head_dim=-2, overwrite=overwrite)
     return packed.unflatten(-2, (3, heads))  # (..., 3, heads, d)
+
+
+def shift_frames_in_batch(
+    x: torch.Tensor, offsets: Sequence[int], num_frames: int, *, overwrite: bool = False
+) -> torch.Tensor:
+    """`shift_kv` for the ViT layout ``(B*T, heads, N, d)`` (frames in the batch dim)."""
+    x = x.unflatten(0, (-1, num_frames))  # (B, T, heads, N, d)
+    x = shift_kv(x, offsets, time_dim=1, head_dim=2, overwrite=overwrite)
+    return x.flatten(0, 1)  # (B*T, heads, N, d)

@@ -80,6 +80,8 @@ def build_model(cfg) -> VideoClassifier:
         num_frames=backbone.num_frames,
         token_grid=grid,
         num_prefix_tokens=prefix,
+        adapter_scale=adapt.adapter_scale,
+        adapter_dropout=adapt.adapter_dropout,
     )
     model = VideoClassifier(
         backbone,
@@ -89,5 +91,18 @@ def build_model(cfg) -> VideoClassifier:
         dropout=model_cfg.dropout,
         strategy=adapt.strategy,
     )
-    mark_trainable(model, adapt.strategy)
+    trainable = ["head"]
+    if hasattr(backbone, "temporal_embedding"):
+        trainable.append("backbone.temporal_embedding")
+    if adapt.train_final_norm:
+        trainable.append(_final_norm(backbone))
+    mark_trainable(model, adapt.strategy, trainable)
     return model
+
+
+def _final_norm(backbone: nn.Module) -> str:
+    """Name of the backbone's last LayerNorm: open_clip ``ln_post``, timm ``norm``."""
+    for name in ("ln_post", "norm"):
+        if isinstance(getattr(backbone, name, None), nn.LayerNorm):
+            return f"backbone.{name}"
+    raise ValueError(f"adapt.train_final_norm: {type(backbone).__name__} has no final LayerNorm")

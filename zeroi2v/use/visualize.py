@@ -63,7 +63,7 @@ def capture_input(model: nn.Module, attn: nn.Module, clip: Tensor) -> Tensor:
 
 
 def qkv_heads(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v (B*T, heads, N, d) as `attn.forward` computes them, K/V already re-indexed."""
+    """q, k, v (B*T, heads, N, d) as `attn.forward` computes them, already re-indexed."""
     x = attn._mix_input(x)
     BT, N, _ = x.shape
     if hasattr(attn, "qkv"):  # timm
@@ -73,8 +73,7 @@ def qkv_heads(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     else:  # open_clip: fused in_proj (through the adaptation when unmerged)
         qkv = attn.project(x).view(BT, N, 3, attn.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
-    k, v = attn._mix_kv(k, v)
-    return q, k, v
+    return attn._mix_qkv(q, k, v)
 
 
 def attention_probs(q: Tensor, k: Tensor) -> Tensor:
