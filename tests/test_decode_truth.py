@@ -11,7 +11,6 @@ import json
 import re
 from pathlib import Path
 
-import decord
 import pytest
 import torch
 import video_variants as variants
@@ -51,6 +50,8 @@ def hostile_shards(tmp_path_factory: pytest.TempPathFactory, synthetic_videos: P
 @pytest.fixture
 def asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
     """(decord's frame count, indices) of every get_batch call (in this process)."""
+    import decord  # after PyAV (video_variants): the other order breaks libvpx-vp9 encoding
+
     calls: list[tuple[int, list[int]]] = []
     original = decord.VideoReader.get_batch
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 
+import av  # before decord: the other import order breaks PyAV's libvpx-vp9 encoder
 import decord
 import numpy as np
 
@@ -33,8 +34,6 @@ def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, 
 
 def probe_size(data: bytes) -> tuple[int, int]:
     """(width, height) of the first video stream, read from the container header only."""
-    import av  # only needed when the shard's json lacks width/height
-
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
