@@ -11,7 +11,7 @@ The modules reuse the original layers and parameter names (open_clip: ``in_proj_
 ``in_proj_bias``, ``out_proj``; timm: ``qkv``, ``q_norm``, ``k_norm``, ``proj``), so
 pretrained checkpoints load with strict=True. The other Table 1 operators live in the same
 modules, selected by `temporal_op` (see `TEMPORAL_OPS`); those that also move Q (``qkv_shift``,
-``hr_qkv``) are dispatched in `_mix_qkv`, apart from STDHA's own K/V path `_mix_kv`.
+``hr_qkv``) are dispatched in `_mix_qkv`, apart from STDHA's own path `_mix_packed`.
 
 Temporal heads see the K/V of another frame at the same token positions, [cls] included.
 """
@@ -83,7 +83,7 @@ class TemporalMixing(nn.Module):
             return cls_token_shift(x, self.num_frames, self.shift_ratio)
         return x
 
-    def _mix_qkv(self, qkv: torch.Tensor) -> torch.Tensor:
+    def _mix_packed(self, qkv: torch.Tensor) -> torch.Tensor:
         """STDHA on the packed projection; qkv: (B*T, N, 3, heads, d).
 
         Before timm's q_norm / k_norm: they normalise each (token, head) vector on its own,
@@ -180,7 +180,7 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
         x = self._mix_input(query)
         BT, N, C = x.shape
         qkv = self.project(x).view(BT, N, 3, self.num_heads, C // self.num_heads)
-        qkv = self._mix_qkv(qkv)
+        qkv = self._mix_packed(qkv)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         q, k, v = self._mix_qkv(q, k, v)
         x = F.scaled_dot_product_attention(
@@ -216,7 +216,7 @@ class TimmSTDHA(TemporalMixing):
     ) -> torch.Tensor:
         x = self._mix_input(x)
         BT, N, _ = x.shape
-        qkv = self._mix_qkv(self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim))
+        qkv = self._mix_packed(self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = self._mix_qkv(q, k, v)
