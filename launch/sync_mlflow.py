@@ -11,10 +11,10 @@ registers the model with the champion check, sets the run's final status, remove
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from zeroi2v import logs
+from zeroi2v.redact import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,14 +35,5 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def cli() -> None:
-    from zeroi2v.errors import TrackingServerError
-
-    try:
-        main()
-    except (FileNotFoundError, TrackingServerError) as error:
-        sys.exit(f"error: {error}")
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(main)
