@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from zeroi2v.config import ConfigError, apply_overrides, from_dict
+from zeroi2v.redact import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,7 +90,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main)

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from zeroi2v.config import ConfigError, load
+from zeroi2v.redact import run_cli
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
 
@@ -76,7 +77,10 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
             for seed in args.seeds:
                 name = f"{shots}shot_seed{seed}"
                 subset = args.workdir / name / "shards"
-                make_subset(source, subset, shots, seed)
+                try:
+                    make_subset(source, subset, shots, seed)
+                except ValueError as error:  # e.g. a class with fewer than K clips
+                    raise ConfigError(f"--shots {shots}: {error}") from None
                 run = [
                     f"data.train_shards={subset / 'train-*.tar'}",
                     f"train.seed={seed}",
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
                     run.append(f"tracking.parent_run_id={tracker.run_id}")
                 launcher = shlex.split(args.launcher) or [sys.executable]
                 cmd = [*launcher, str(TRAIN), "--config", args.config, *overrides, *run]
-                subprocess.run(cmd, check=True)
+                if subprocess.run(cmd).returncode != 0:
+                    raise ConfigError(f"training {name} failed (its output is above): {cmd}")
                 results.setdefault(shots, []).append(final_top1(args.workdir / name / "run"))
         text = table(results, args.seeds)
         print(text)
@@ -110,7 +115,4 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, ValueError, subprocess.CalledProcessError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main)
