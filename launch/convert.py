@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from zeroi2v import logs
 from zeroi2v.config import ConfigError, apply_overrides, from_dict
 from zeroi2v.redact import run_cli
 
@@ -90,4 +91,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

@@ -17,6 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
+from zeroi2v import logs
 from zeroi2v.config import Config, ConfigError, apply_overrides, from_dict, load, to_dict
 from zeroi2v.redact import run_cli
 
@@ -95,4 +96,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

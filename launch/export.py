@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from zeroi2v import logs
 from zeroi2v.redact import run_cli
 from zeroi2v.use.export import FORMATS, ONNX_EXPORTERS, export
 from zeroi2v.use.inference import load_model
@@ -43,4 +44,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from zeroi2v import logs
 from zeroi2v.config import ConfigError, load
 from zeroi2v.redact import run_cli
 
@@ -115,4 +116,5 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

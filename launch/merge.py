@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from zeroi2v import logs
 from zeroi2v.config import load
 from zeroi2v.redact import run_cli
 
@@ -45,4 +46,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from zeroi2v import logs
 from zeroi2v.redact import run_cli
 from zeroi2v.use.inference import Prediction, format_predictions, predict
 
@@ -48,4 +49,5 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

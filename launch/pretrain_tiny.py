@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from zeroi2v import config
+from zeroi2v import config, logs
 from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 from zeroi2v.redact import run_cli
 
@@ -26,4 +26,5 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from zeroi2v import logs
 from zeroi2v.config import load
 from zeroi2v.models.profile import profile
 from zeroi2v.redact import run_cli
@@ -78,4 +79,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from zeroi2v import logs
 from zeroi2v.redact import run_cli
 from zeroi2v.use.inference import load_model
 from zeroi2v.use.visualize import AttentionMaps, visualize
@@ -35,4 +36,5 @@ def main(argv: list[str] | None = None) -> AttentionMaps:
 
 
 if __name__ == "__main__":
+    logs.setup()
     run_cli(main)

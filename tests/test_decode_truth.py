@@ -97,7 +97,9 @@ def test_loaders_stay_within_decoded_frames_and_skip_what_fails(hostile_shards, 
     keys = [key for _, _, batch_keys in evaluation for key in batch_keys]
     assert {f"good{i}" for i in range(6)} <= set(keys) and "garbled" not in keys
     assert evaluation.skips.samples == 8 - len(keys) >= 1
-    assert 1 <= train.skips.samples <= 2  # garbled, and lying if its frame 11 is drawn
+    # 14 draws from 8 samples: the endless train stream starts a second pass, so garbled (and
+    # lying, if its frame 11 is drawn) can fail once per pass
+    assert 1 <= train.skips.samples <= 4
     lying = [indices for total, indices in asked if total == 48]  # garbled does not open
     assert lying and max(max(indices) for indices in lying) < KEEP
 

@@ -15,7 +15,7 @@ import pytest
 
 from data_prep.__main__ import main as data_prep_main
 from data_prep.inspect import iter_samples
-from data_prep.video_io import DECORD_UNREADABLE_WIDTHS, encode_rgb, probe
+from data_prep.video_io import encode_rgb, probe
 from zeroi2v.redact import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_inspect_on_a_file_that_is_not_a_tar(tmp_path, capsys):
     path.write_text("not a tar\n" * 100)
     assert data_prep_main(["inspect", str(path)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {path} is not a tar file (expected shards from data_prep shard)"
+        f"error: {path} is not a tar shard (expected a {{split}}-NNNNNN.tar file)"
     ]
 
 
@@ -139,9 +139,9 @@ def test_short_side_24_keeps_every_video_decord_can_read(synthetic_videos, tmp_p
 def test_a_shard_run_that_keeps_nothing_is_an_error_with_clock_free_reasons(tmp_path, capsys):
     root = tmp_path / "videos"
     (root / "train" / "a").mkdir(parents=True)
-    assert 24 in DECORD_UNREADABLE_WIDTHS
-    frames = np.random.default_rng(0).integers(0, 255, (4, 24, 24, 3), dtype=np.uint8)
-    (root / "train" / "a" / "x.mp4").write_bytes(_encode_without_checks(frames))
+    frames = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    whole = _encode_without_checks(frames)
+    (root / "train" / "a" / "x.mp4").write_bytes(whole[: len(whole) // 2])  # cut mid-file
     manifests = []
     for run in ("one", "two"):
         assert data_prep_main(_shard_args(root, tmp_path / run)) == 1
@@ -152,5 +152,5 @@ def test_a_shard_run_that_keeps_nothing_is_an_error_with_clock_free_reasons(tmp_
         )
         manifests.append((tmp_path / run / "manifest.json").read_text())
     reason = json.loads(manifests[0])["skipped"][0]["reason"]
-    assert reason.startswith("decord cannot decode it (/") and "Check failed" in reason, reason
+    assert reason.startswith("truncated"), reason
     assert manifests[0] == manifests[1]  # no wall-clock time in the reasons
