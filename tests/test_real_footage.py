@@ -146,7 +146,8 @@ def test_real_footage_through_shards_loaders_and_predict(tmp_path):
     batches = list(train)
     assert train.skips.samples == 0 and train.skips.shards == 0
     assert all(
-        clips.shape == (4, 3, 8, 32, 32) and torch.isfinite(clips).all() for clips, _ in batches
+        clips.shape == (4, 3, 8, 32, 32) and torch.isfinite(clips).all()
+        for clips, _, _ in batches  # (clips, labels, sample keys)
     )
     evaluation = build_eval_loader(cfg, rank=0, world_size=1, batch_size=4)
     keys = [key for _, _, batch_keys in evaluation for key in batch_keys]
