@@ -13,6 +13,7 @@ the demo uses; a random frozen backbone cannot learn the task. Each is made on f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ SYNTHETIC_SHARD_SIZE = 32
 MOTION_TRAIN_PER_CLASS = 384
 MOTION_VAL_PER_CLASS = 32
 MOTION_SHARD_SIZE = 128
+
+# Every Ray a test starts (local, ray.cluster_utils.Cluster, or launch/tune.py in a subprocess)
+# stays on 127.0.0.1. Ray reads this once, when it is first imported, so it is set here, before
+# any test module imports Ray; set later, a Cluster binds this machine's network address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(scope="session")

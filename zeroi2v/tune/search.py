@@ -210,6 +210,10 @@ def _init_ray(dashboard: bool) -> bool:
     PlacementGroupCleaner frees the workers' resources through the dashboard's State API;
     without it the next trials wait forever for them.
     """
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local Ray serves this machine only: keep it on 127.0.0.1, not the network address.
+        # Ray reads this when it is first imported, so it is set before the import.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
@@ -221,22 +225,20 @@ def _init_ray(dashboard: bool) -> bool:
         root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         env = {"env_vars": {"PYTHONPATH": path}}
-        # A local Ray serves this machine only: keep it on 127.0.0.1, not the network address.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env=env)
     return True
 
 
 def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     """Run (or resume) the search of a raw config dict; write and log its outputs."""
-    from ray import tune
-
     raw = dict(raw)
     cfg = config_lib.from_dict(raw)
     if cfg.tune is None:
         raise ConfigError("tune: this config has no 'tune' section to search")
     path = experiment_path(cfg)
-    started = _init_ray(dashboard=cfg.tune.workers_per_trial > 1)
+    started = _init_ray(dashboard=cfg.tune.workers_per_trial > 1)  # Ray's first import
+    from ray import tune
+
     try:
         restorable = tune.Tuner.can_restore(path)
         if resume and not restorable:
