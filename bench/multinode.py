@@ -23,30 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tiny_shards import make_shards  # bench/ is sys.path[0] when a bench runs
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "launch" / "train.py"
 GLOBAL_BATCH = 16
-
-
-def make_shards(folder: Path) -> Path:
-    from data_prep.shard import shard_split
-    from data_prep.sources import folder as folder_source
-    from data_prep.synthetic import make_synthetic
-
-    videos = make_synthetic(
-        folder / "videos", per_class=48, frames=16, size=32, seed=0, val_per_class=4
-    )
-    for split in ("train", "val"):
-        shard_split(
-            folder_source(videos, split),
-            folder / "shards",
-            split,
-            root=videos,
-            shard_size=32,
-            seed=0,
-            progress_bar=False,
-        )
-    return folder / "shards"
 
 
 def write_config(shards: Path, out: Path, steps: int, accumulation: int) -> Path:
@@ -109,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with tempfile.TemporaryDirectory() as tmp:
-        shards = make_shards(Path(tmp))
+        shards = make_shards(Path(tmp), val_per_class=4)
         one = write_config(shards, Path(tmp) / "one_node", args.steps, accumulation=2)
         two = write_config(shards, Path(tmp) / "two_nodes", args.steps, accumulation=1)
         cores = os.cpu_count() or 1

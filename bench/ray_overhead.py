@@ -26,29 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tiny_shards import make_shards  # bench/ is sys.path[0] when a bench runs
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_shards(out: Path) -> Path:
-    """48 train + 16 val clips per class, as the tests' synthetic shards."""
-    from data_prep.shard import shard_split
-    from data_prep.sources import folder
-    from data_prep.synthetic import make_synthetic
-
-    videos = make_synthetic(
-        out / "videos", per_class=48, frames=16, size=32, seed=0, val_per_class=16
-    )
-    for split in ("train", "val"):
-        shard_split(
-            folder(videos, split),
-            out / "shards",
-            split,
-            root=videos,
-            shard_size=32,
-            seed=0,
-            progress_bar=False,
-        )
-    return out / "shards"
 
 
 def configs(work: Path, shards: Path, steps: int, epochs: int) -> tuple[Path, Path]:
@@ -105,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="append the result to this markdown file")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ray_overhead"))
-    train_cfg, tune_cfg = configs(work, make_shards(work), args.steps, args.epochs)
+    train_cfg, tune_cfg = configs(
+        work, make_shards(work, val_per_class=16), args.steps, args.epochs
+    )
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
