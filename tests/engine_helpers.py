@@ -83,6 +83,22 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def become_rank(rank: int, world: int, port: int) -> None:
+    """An mp.spawn child becomes rank `rank` of `world`, as a launcher would set it up."""
+    import torch
+
+    os.environ.update(
+        clean_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+    )
+    torch.set_num_threads(1)
+
+
 def train_cmd(config_path: Path, *args: str, processes: int = 1) -> list[str]:
     if processes == 1:
         return [sys.executable, str(TRAIN), "--config", str(config_path), *args]

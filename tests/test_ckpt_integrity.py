@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import clean_env, free_port, losses, run_train, tiny_raw, write_config
+from engine_helpers import (
+    become_rank,
+    free_port,
+    losses,
+    run_train,
+    tiny_raw,
+    write_config,
+)
 from test_resume import ONE_PROCESS_DS, SECTIONS
 
 from zeroi2v import config
@@ -69,16 +76,7 @@ def _crash_after_writing(step_tag: str):
 def _worker(rank: int, world: int, port: int, root: Path, raws: dict[str, dict]) -> None:
     """Uninterrupted run; a run that crashes while saving step6; step3 + damaged step6 copies
     of the uninterrupted run's checkpoints; then `--resume` on each (rank 0 records the note)."""
-    os.environ.update(
-        clean_env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-    )
-    torch.set_num_threads(1)
+    become_rank(rank, world, port)
     import torch.distributed as dist
 
     from zeroi2v.engine import parallel, trainer

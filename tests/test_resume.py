@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from engine_helpers import (
     assert_continues,
+    become_rank,
     clean_env,
     free_port,
     losses,
@@ -93,22 +94,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_shards, tmp_path
     _assert_resumed_equals_full(full_dir, killed_dir, int(killed_at.removeprefix("step")))
 
 
-def _as_rank(rank: int, port: int) -> None:
-    """An mp.spawn child becomes rank `rank` of 2, as a launcher would set it up."""
-    os.environ.update(
-        clean_env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-    )
-    torch.set_num_threads(1)
-
-
 def _two_process_worker(rank: int, port: int, raw_full: dict, raw_resumed: dict) -> None:
-    _as_rank(rank, port)
+    become_rank(rank, 2, port)
     import torch.distributed as dist
 
     from zeroi2v.engine import trainer
@@ -165,7 +152,7 @@ def test_fetching_batches_leaves_the_training_rng_alone(synthetic_shards, tmp_pa
 
 
 def _train_all(rank: int, port: int, raws: list[dict]) -> None:
-    _as_rank(rank, port)
+    become_rank(rank, 2, port)
     from zeroi2v.engine import trainer
 
     for raw in raws:

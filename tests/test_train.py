@@ -9,7 +9,14 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import clean_env, free_port, losses, run_train, tiny_raw, write_config
+from engine_helpers import (
+    become_rank,
+    free_port,
+    losses,
+    run_train,
+    tiny_raw,
+    write_config,
+)
 
 from zeroi2v import config
 from zeroi2v.config import ConfigError
@@ -19,18 +26,7 @@ PARITY_STEPS = 3
 
 
 def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str) -> None:
-    import os
-
-    os.environ.update(
-        clean_env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-    )
-    torch.set_num_threads(1)
+    become_rank(rank, world, port)
     from torch import nn
 
     from zeroi2v.data.pipeline import build_train_loader
