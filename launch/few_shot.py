@@ -24,6 +24,7 @@ from pathlib import Path
 
 from zeroi2v import logs
 from zeroi2v.config import ConfigError, load
+from zeroi2v.engine.tracking import Tracker, run_ends_with
 from zeroi2v.redact import run_cli
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -69,11 +70,9 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
 
     tracker = None
     if cfg.tracking.enabled:
-        from zeroi2v.engine.tracking import Tracker
-
         tracker = Tracker(cfg)
     results: dict[int, list[float]] = {}
-    try:
+    with run_ends_with(tracker):
         for shots in args.shots:
             for seed in args.seeds:
                 name = f"{shots}shot_seed{seed}"
@@ -106,12 +105,6 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
                 metrics = {"top1_mean": statistics.fmean(values), "top1_std": std}
                 tracker.log_metrics({f"few_shot/{shots}shot/{k}": v for k, v in metrics.items()}, 0)
             mlflow.log_text(text, "few_shot.md")
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
     return results
 
 

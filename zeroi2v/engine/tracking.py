@@ -27,7 +27,7 @@ import logging
 import os
 import platform
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
@@ -174,6 +174,20 @@ _OUTAGE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXC
 
 def _error_code(error: BaseException) -> str | None:
     return getattr(error, "error_code", None)
+
+
+@contextmanager
+def run_ends_with(tracker: Tracker | None) -> Iterator[None]:
+    """End `tracker`'s MLflow run with the block: FAILED when it raises (the error goes on),
+    FINISHED otherwise; nothing without a tracker (tracking off, or a rank other than 0)."""
+    try:
+        yield
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
 
 
 class Tracker:

@@ -43,6 +43,7 @@ from zeroi2v.engine import (
     position,
     release,
     rng,
+    tracking,
     train_state,
 )
 from zeroi2v.errors import ConfigError, NonFiniteLossError
@@ -167,28 +168,20 @@ def train(
         saved_world, client["world_size"] = client["world_size"], world_size
     tracker = None
     if rank_env == 0 and cfg.tracking.enabled:
-        from zeroi2v.engine.tracking import Tracker
-
-        tracker = Tracker(
+        tracker = tracking.Tracker(
             cfg,
             world_size=world_size,
             run_id=client["run_id"],
             parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
         )
         client["run_id"] = tracker.run_id
-    try:
+    with tracking.run_ends_with(tracker):
         info = parallel.init_distributed(timeout_s=cfg.train.dist_timeout_s)
         with liveness.watched(info.rank, info.world_size, cfg.train.dist_timeout_s):
             resumed = (tag, saved_world) if tag is not None else None
             result = _train(
                 cfg, info, ds_config, tracker, client, resumed, source, ckpt_dir, on_epoch
             )
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
     return result
 
 
