@@ -43,13 +43,18 @@ def test_trial_resources_are_split_over_workers_and_checked_against_the_cluster(
 
 
 def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
-    """Ray merges the workers' uploads into one folder: no file may come from two ranks."""
+    """Ray merges the workers' uploads into one folder: no file may come from two ranks.
+
+    The tag comes from the trainer, not from `latest`: here `latest` still names the previous
+    save (rank 0 moves it only after every rank wrote its files), the race that once sent
+    rank 1's files of step2 into the step4 checkpoint."""
     tag = tmp_path / "ckpt" / "step4"
     tag.mkdir(parents=True)
-    (tag.parent / "latest").write_text("step4")
+    (tag.parent / "latest").write_text("step2")
     names = [
         "mp_rank_00_model_states.pt",
         "client.pt",
+        "manifest.json",
         "rng_rank0.pt",
         "rng_rank1.pt",
         "zero_pp_rank_0_mp_rank_00_optim_states.pt",
@@ -59,7 +64,7 @@ def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
         (tag / name).write_text(name)
     staged = {}
     for rank in (0, 1):
-        stage_rank_files(tag.parent, tmp_path / f"rank{rank}", rank)
+        stage_rank_files(tag, tmp_path / f"rank{rank}", rank, world_size=2)
         staged[rank] = {
             str(p.relative_to(tmp_path / f"rank{rank}"))
             for p in (tmp_path / f"rank{rank}").rglob("*.*")
@@ -68,6 +73,9 @@ def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
     assert staged[0] | staged[1] == {f"step4/{n}" for n in names}
     assert not staged[0] & staged[1]
     assert (tmp_path / "rank0" / "latest").read_text() == "step4"
+    assert not (tmp_path / "rank1" / "latest").exists()
+    stage_rank_files(tag, tmp_path / "alone", 0, world_size=1)  # one process: every file
+    assert {p.name for p in (tmp_path / "alone" / "step4").iterdir()} == set(names)
 
 
 def test_resuming_from_a_checkpoint_folder_elsewhere_equals_the_uninterrupted_run(
@@ -138,13 +146,6 @@ def ray_cluster(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (issue 13): when the injected fault hits rank 0 right after a report, Ray "
-    "Train V2 can keep that trial's checkpoint without rank 1's files; the best trial's model is "
-    "then refused at registration ('rng_rank1.pt is missing'). Passed in the helper's run, "
-    "failed in the lead's final run.",
-)
 def test_search_of_two_rank_trials_on_a_two_node_cluster(ray_cluster, synthetic_shards, tmp_path):
     raw = json.loads((ROOT / "configs" / "tune_tiny_cpu.json").read_text())
     raw = config_lib.apply_overrides(

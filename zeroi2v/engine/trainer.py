@@ -134,10 +134,12 @@ def train(
 
     `resume_from` resumes from that checkpoint folder (a Ray Train checkpoint that every rank
     reads in place) instead of `train.output_dir/checkpoints`, where new checkpoints still go.
-    `on_epoch(epoch, val_metrics, checkpoint_dir)` runs on every rank after every evaluation,
-    once a checkpoint of that point is saved (Ray Tune and Ray Train report and checkpoint
-    through it; Ray Train needs every worker to report); `mlflow_parent_run_id` nests this
-    run under a search's run.
+    `on_epoch(epoch, val_metrics, checkpoint)` runs on every rank after every evaluation,
+    once a checkpoint of that point is saved; `checkpoint` is that save's tag folder
+    (`checkpoints/stepN`), named here because another rank's `latest` file may not be
+    written yet, or not be on this node's disk at all (Ray Tune and Ray Train report and
+    checkpoint through it; Ray Train needs every worker to report); `mlflow_parent_run_id`
+    nests this run under a search's run.
     """
     world_size = parallel.world_size_from_env()
     ds_config = check_before_launch(cfg, world_size)
@@ -387,7 +389,7 @@ def _train(
             if on_epoch is not None:
                 if last_saved != f"step{step}":
                     save(step)
-                on_epoch(epoch + 1, result.as_metrics(), ckpt_dir)
+                on_epoch(epoch + 1, result.as_metrics(), ckpt_dir / last_saved)
     bar.close()
     if last_saved != f"step{step}":
         save(step)

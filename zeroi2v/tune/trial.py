@@ -104,15 +104,13 @@ def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run
     # Without a Ray checkpoint, a retry still resumes from the trainer's own (same MLflow run).
     resume = latest_tag(checkpoints) is not None
 
-    def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+    def on_epoch(epoch: int, metrics: dict[str, float], saved: Path) -> None:
         run_id = tag_run(context.get_trial_name(), context.get_trial_id(), {"world_size": 1})
-        tag = latest_tag(checkpoint_dir)
         # Only the latest tag goes to Ray. Ray may upload after `report` returns, so a staged
         # copy lives until the next epoch's is reported.
         staging = output_dir / "ray_checkpoints" / f"epoch{epoch:04d}"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(checkpoint_dir / tag, staging / CKPT / tag)
-        shutil.copy(checkpoint_dir / "latest", staging / CKPT / "latest")
+        stage_rank_files(saved, staging / CKPT, rank=0, world_size=1)
         report = {**metrics, "epoch": epoch, "mlflow_run_id": run_id}
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(staging))
         for old in staging.parent.glob("epoch*"):
@@ -175,18 +173,20 @@ def train_driver(
     trainer.fit()
 
 
-def stage_rank_files(checkpoint_dir: Path, dest: Path, rank: int) -> None:
-    """Copy the files of the latest tag that `rank` wrote (rank 0: also the shared ones)."""
-    from zeroi2v.engine.parallel import latest_tag
+def stage_rank_files(saved: Path, dest: Path, rank: int, world_size: int) -> None:
+    """Copy the files of checkpoint tag folder `saved` that `rank` wrote into `dest/<tag>`;
+    rank 0 also the shared ones and a `latest` naming the tag.
 
-    tag = latest_tag(checkpoint_dir)
-    (dest / tag).mkdir(parents=True)
-    for file in (checkpoint_dir / tag).iterdir():
+    The tag comes from the trainer, not from a `latest` file: rank 0 writes that file after
+    the other ranks' files, and on a cluster without a shared disk they never see it.
+    """
+    (dest / saved.name).mkdir(parents=True)
+    for file in saved.iterdir():
         owner = _RANK_FILE.search(file.name)
-        if (int(owner.group(1)) if owner else 0) == rank:
-            shutil.copy(file, dest / tag / file.name)
+        if world_size == 1 or (int(owner.group(1)) if owner else 0) == rank:
+            shutil.copy(file, dest / saved.name / file.name)
     if rank == 0:
-        shutil.copy(checkpoint_dir / "latest", dest / "latest")
+        (dest / "latest").write_text(saved.name)
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -209,11 +209,11 @@ def worker_loop(config: dict[str, Any]) -> None:
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     shape = {"world_size": world_size, "ray_nodes": len(set(nodes))}
 
-    def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+    def on_epoch(epoch: int, metrics: dict[str, float], saved: Path) -> None:
         run_id = tag_run(config["trial_name"], config["trial_id"], shape) if rank == 0 else ""
         report = {**metrics, "epoch": epoch, "mlflow_run_id": run_id}
         with tempfile.TemporaryDirectory() as staging:  # uploaded before `report` returns
-            stage_rank_files(checkpoint_dir, Path(staging) / CKPT, rank)
+            stage_rank_files(saved, Path(staging) / CKPT, rank, world_size)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(staging))
         _maybe_inject_fault()
 
