@@ -30,6 +30,7 @@ from tqdm import tqdm
 from data_prep import check, video_io
 from data_prep.quiet import decoder_detail
 from data_prep.sources import Item, SourceList
+from zeroi2v.files import sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 KILL_HOOK = "DATA_PREP_KILL_AFTER_SAMPLES"  # test hook: SIGKILL self after N samples written
@@ -126,18 +127,8 @@ class DeterministicTar:
         self.file.close()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def _fingerprint(

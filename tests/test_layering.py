@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zeroi2v"
 # `models.offsets` are torch-free descriptions of the backbones and of the head-offset
 # grammar that the config validates against, so they sit with the config.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
-    (0, "errors", ("zeroi2v.errors", "zeroi2v.redact")),
+    (0, "errors", ("zeroi2v.errors", "zeroi2v.redact", "zeroi2v.files")),
     (0, "logs", ("zeroi2v.logs",)),
     (1, "config", ("zeroi2v.config", "zeroi2v.models.specs", "zeroi2v.models.offsets")),
     (2, "data", ("zeroi2v.data",)),

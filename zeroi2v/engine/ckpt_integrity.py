@@ -20,9 +20,7 @@ ranks share one filesystem, as DeepSpeed's own ``latest`` file does.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from zeroi2v.errors import CheckpointDamagedError
+from zeroi2v.files import sha256_file, write_atomic
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -45,23 +44,6 @@ def tag_for(step: int) -> str:
 def _step(tag: str) -> int | None:
     match = _TAG.match(tag)
     return int(match.group(1)) if match else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -82,11 +64,11 @@ def commit(directory: Path, step: int, keep: int | None = None) -> None:
     directory = Path(directory)
     folder = directory / tag_for(step)
     files = {
-        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in _files(folder)
     }
-    _write_atomic(folder / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
-    _write_atomic(directory / LATEST, tag_for(step))
+    write_atomic(folder / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
+    write_atomic(directory / LATEST, tag_for(step))
     if keep is not None:
         prune(directory, keep)
 
@@ -135,7 +117,7 @@ def problem(folder: Path) -> str | None:
     if extra:
         return f"{extra[0]} is not in its manifest"
     for name, entry in expected.items():
-        if _sha256(present[name]) != entry["sha256"]:
+        if sha256_file(present[name]) != entry["sha256"]:
             return f"{name} does not match its sha256 in the manifest"
     return None
 
