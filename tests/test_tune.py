@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from tune_helpers import kill_when, trial_state
 
 from zeroi2v import config as config_lib
 from zeroi2v.tune.search import run_search
@@ -107,22 +105,6 @@ def test_search_logs_nested_runs_retries_a_crash_and_writes_a_runnable_best_conf
     assert (result.output_dir / "trials.csv").read_text().count("\n") == 4
 
 
-def _trial_state(experiment: Path) -> dict[str, str]:
-    """Trial id → status, from Ray's experiment state file (what `Tuner.restore` reads)."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except json.JSONDecodeError:  # being written
-        return {}
-    out = {}
-    for trial_json, _ in data.get("trial_data", []):
-        trial = json.loads(trial_json)
-        out[trial["trial_id"]] = trial["status"]
-    return out
-
-
 def test_killed_search_resumes_without_repeating_finished_trials(
     ray_local, synthetic_shards, tmp_path
 ):
@@ -132,24 +114,15 @@ def test_killed_search_resumes_without_repeating_finished_trials(
     experiment = tmp_path / "ray_results" / "killed"
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rk", dir="/tmp")}
     env.pop(FAULT_ENV)
-    proc = subprocess.Popen(
+    kill_when(
         [sys.executable, str(ROOT / "launch" / "tune.py"), "--config", str(config)],
+        lambda: "TERMINATED" in trial_state(experiment).values(),
         cwd=tmp_path,
         env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        timeout=150,
+        log=tmp_path / "killed.log",
     )
-    deadline = time.time() + 150
-    try:
-        while "TERMINATED" not in _trial_state(experiment).values():
-            assert proc.poll() is None, "the search ended before it could be killed"
-            assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-        proc.wait()
-    before = _trial_state(experiment)
+    before = trial_state(experiment)
     finished = {t for t, s in before.items() if s == "TERMINATED"}
     assert 1 <= len(finished) < 3
     stamps = {t: (tmp_path / "runs" / "killed" / t / "merged.pt").stat().st_mtime for t in finished}
@@ -157,7 +130,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(
     from launch.tune import main
 
     assert main(["--config", str(config), "--resume"]) == 0
-    after = _trial_state(experiment)
+    after = trial_state(experiment)
     assert len(after) == 3 and set(after.values()) == {"TERMINATED"}
     assert finished <= set(after)  # same trials, none added
     for trial, stamp in stamps.items():  # a finished trial did not train again

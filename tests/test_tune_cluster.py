@@ -1,4 +1,5 @@
-"""Ray Tune trials that are Ray Train jobs of 2 DeepSpeed ranks, on a real 2-node Ray cluster.
+"""Ray Tune trials that are Ray Train jobs of 2 DeepSpeed ranks, on a real 2-node Ray cluster:
+a crashed worker, a killed search resumed with `Tuner.restore`, ASHA stopping trials.
 
 The cluster is Ray's own multi-node test harness (`ray.cluster_utils.Cluster`): a head with
 1 CPU and two nodes with 3 CPUs each, all on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from engine_helpers import clean_env, losses, run_train, tiny_raw, write_config
+from tune_helpers import kill_when, trial_state
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import ConfigError, TuneConfig
@@ -118,6 +120,16 @@ def test_resuming_from_a_checkpoint_folder_elsewhere_equals_the_uninterrupted_ru
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _registered_checkpoint(experiment: Path, trial: str) -> bool:
+    """Whether Ray Train has registered a checkpoint of that trial (its run snapshot)."""
+    for snapshot in experiment.glob(f"{trial}/ray_train/checkpoint_manager_snapshot.json"):
+        try:
+            return json.loads(snapshot.read_text())["latest_checkpoint_result"] is not None
+        except (json.JSONDecodeError, KeyError):  # being written
+            return False
+    return False
+
+
 @pytest.fixture
 def ray_cluster(monkeypatch, tmp_path):
     """Head (1 CPU) + 2 nodes (3 CPUs each) on 127.0.0.1; always shut down."""
@@ -176,20 +188,32 @@ def test_search_of_two_rank_trials_on_a_two_node_cluster(ray_cluster, synthetic_
     config.write_text(json.dumps(raw))
     fault = Path(os.environ[FAULT_ENV])
     fault.write_text("crash once")  # the first worker to report an epoch raises once
+    experiment = tmp_path / "ray_results" / "cluster"
+    command = [sys.executable, "launch/tune.py", "--config", str(config)]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    # Interrupted once Ray Train has registered the second trial's first-epoch checkpoint (Ray
+    # ends the dead driver's trial actors), then resumed with `Tuner.restore` on the same
+    # cluster: the first trial is not run again, the second continues from its checkpoint.
+    kill_when(
+        command,
+        lambda: _registered_checkpoint(experiment, "*_00001"),
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        log=tmp_path / "killed.log",
+    )
+    (finished,) = [t for t, state in trial_state(experiment).items() if state == "TERMINATED"]
+    merged = tmp_path / "runs" / "cluster" / finished / "merged.pt"
+    stamp = merged.stat().st_mtime
     log = tmp_path / "tune.log"
     with log.open("w") as out:
         proc = subprocess.run(
-            [sys.executable, "launch/tune.py", "--config", str(config)],
-            cwd=ROOT,
-            env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=540,
+            [*command, "--resume"], cwd=ROOT, env=env, stdout=out, stderr=out, timeout=420
         )
     assert proc.returncode == 0, log.read_text()[-4000:]
     assert not fault.exists(), "the fault was never injected"
+    assert merged.stat().st_mtime == stamp  # the finished trial did not train again
 
-    experiment = tmp_path / "ray_results" / "cluster"
     rows = (experiment / "trials.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and all(",ok," in row for row in rows[1:]), rows
     best = config_lib.load(experiment / "best_config.json")
@@ -204,11 +228,16 @@ def test_search_of_two_rank_trials_on_a_two_node_cluster(ray_cluster, synthetic_
     children = client.search_runs(
         [experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'"
     )
-    assert len(children) == 2  # the worker crash resumed its trial's run, no new one
+    # One run per trial: the worker crash and the restore each resumed their trial's run.
+    curves = {
+        child.info.run_id: client.get_metric_history(child.info.run_id, "val/top1")
+        for child in children
+    }
+    assert len(children) == 2
     for child in children:
         assert child.data.params["world_size"] == "2"  # what the trainer saw
         assert child.data.params["ray_nodes"] == "2"  # its two ranks on two Ray nodes
-        curve = client.get_metric_history(child.info.run_id, "val/top1")
-        assert [m.step for m in curve] == [2, 4]  # per epoch, none repeated after the crash
+        # per epoch, none repeated after the crash or the resume
+        assert [m.step for m in curves[child.info.run_id]] == [2, 4]
     versions = client.search_model_versions(f"name = '{raw['tracking']['model_name']}'")
     assert len(versions) == 1
