@@ -73,6 +73,18 @@ def test_train_stream_is_exact_and_deterministic(synthetic_shards: Path) -> None
     assert not _same(ranks[0], ranks[1])
 
 
+def test_augmenting_on_the_device_gives_the_same_batches(synthetic_shards: Path) -> None:
+    """data.augment_on: device ships uint8 crops and each clip's RNG state from the workers and
+    augments after the copy: on the CPU as the device, the very batches of augment_on: cpu
+    (RandAugment m7 n4, flip and random erasing 0.25 all drawn)."""
+    cfg = _cfg(synthetic_shards, train="train-000000.tar")
+    on_workers = _train(cfg, num_batches=4)
+    on_device = _train(_cfg(synthetic_shards, train="train-000000.tar", augment_on="device"),
+                       num_batches=4, device="cpu")  # fmt: skip
+    assert on_device[0][0].shape == (4, 3, 8, 32, 32) and on_device[0][0].dtype == torch.float32
+    assert _same(on_workers, on_device)
+
+
 @pytest.mark.parametrize(("workers", "skip"), [(2, 3), (2, 4), (0, 2)])
 def test_skip_batches_resumes_the_same_stream(
     synthetic_shards: Path, workers: int, skip: int

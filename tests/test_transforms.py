@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from zeroi2v.config import ConfigError
-from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform
+from zeroi2v.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    RANDAUGMENT_BINS,
+    EvalTransform,
+    TrainTransform,
+)
 
 
 def _frames(t: int = 6, h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
@@ -63,8 +73,70 @@ def test_hflip_switch() -> None:
 def test_randaugment_magnitude_uses_timms_scale() -> None:
     with pytest.raises(ConfigError, match="randaugment_m"):
         TrainTransform(32, randaugment_m=11)
-    ra = TrainTransform(32, randaugment_m=7).transform.transforms[2]
+    ra = TrainTransform(32, randaugment_m=7).augment_stages.transforms[0]
     assert ra.num_magnitude_bins == 11 and ra.magnitude == 7  # m7 → 0.7 of the max, like timm
+
+
+def _torchvision_composition(size: int, n: int, m: int, erasing: float) -> v2.Compose:
+    """The training transform as it was before the crop/augment split: torchvision's own
+    transforms in one Compose (the reference the faster path must reproduce pixel for pixel)."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandAugment(num_ops=n, magnitude=m, num_magnitude_bins=RANDAUGMENT_BINS),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(CLIP_MEAN, CLIP_STD),
+            v2.RandomErasing(p=erasing, value="random"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "seeds"), [((8, 72, 96), 48, 120), ((8, 256, 341), 224, 6)]
+)
+def test_training_transform_equals_the_torchvision_composition(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int, int], size: int, seeds: int
+) -> None:
+    """Same seed, same clip, bit for bit: the split transform with its layout-tuned RandAugment
+    is today's composition, so it is equal in distribution (it is the same function). Frames
+    come in decord's (T, H, W, C) layout, which the reference sees as channels-last."""
+    drawn: Counter[str] = Counter()
+    apply = v2.RandAugment._apply_image_or_video_transform
+
+    def recording(self, image, transform_id, magnitude, **kwargs):  # noqa: ANN001, ANN202
+        drawn[transform_id] += 1
+        return apply(self, image, transform_id, magnitude, **kwargs)
+
+    monkeypatch.setattr(v2.RandAugment, "_apply_image_or_video_transform", recording)
+    reference = _torchvision_composition(size, 4, 9, 0.5)
+    transform = TrainTransform(size, randaugment_n=4, randaugment_m=9, random_erasing=0.5)
+    frames = _frames(*shape)
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        expected = reference(tv_tensors.Video(torch.from_numpy(frames).permute(0, 3, 1, 2)))
+        torch.manual_seed(seed)
+        assert torch.equal(transform(frames), expected.permute(1, 0, 2, 3)), f"seed {seed}"
+    if seeds >= 100:  # the many-seed run drew every RandAugment op
+        assert set(drawn) == set(v2.RandAugment._AUGMENTATION_SPACE)
+
+
+def test_augmenting_later_from_the_saved_rng_state_gives_the_same_clips() -> None:
+    """data.augment_on: device — crop in the worker, keep the RNG state, augment the batch
+    elsewhere: the same clips as cropping and augmenting in one go."""
+    transform = TrainTransform(32, randaugment_n=4, randaugment_m=9, random_erasing=0.5)
+    frames = _frames()
+    crops, states, expected = [], [], []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        expected.append(transform(frames))
+        torch.manual_seed(seed)
+        crops.append(transform.crop_clip(frames))
+        states.append(torch.get_rng_state())
+        torch.manual_seed(1000 + seed)  # the RNG moves on before the batch is augmented
+    assert crops[0].dtype == torch.uint8 and crops[0].shape == (6, 3, 32, 32)
+    batch = transform.augment_batch(torch.stack(crops), torch.stack(states))
+    assert torch.equal(batch, torch.stack(expected))
 
 
 def test_three_crops_cover_left_centre_right() -> None:

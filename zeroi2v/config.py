@@ -85,6 +85,9 @@ class DataConfig(_Section):
     randaugment_n: int = Field(4, ge=0)  # 0 disables RandAugment
     hflip: float = Field(0.5, ge=0.0, le=1.0)  # 0 for datasets with left/right classes
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    # Where RandAugment, normalisation and erasing run: in the loader workers, or on the
+    # training device after a uint8 copy (same draws, see zeroi2v/data/transforms.py).
+    augment_on: Literal["cpu", "device"] = "cpu"
     shuffle_buffer: int = Field(1000, ge=0)
     num_workers: int = Field(2, ge=0)
     eval_batch_size: int = Field(8, ge=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ class ClipLoader:
         seed: int | None = None,
         epoch: int = 0,
         num_clips: int = 1,
+        augment_on: str = "cpu",
     ) -> None:
         if sampling not in ("dense", "uniform"):
             raise ValueError(f"data.sampling must be 'dense' or 'uniform', got {sampling!r}")
@@ -58,6 +60,7 @@ class ClipLoader:
         self.seed = seed  # None: test views (deterministic indices, no augmentation)
         self.epoch = epoch
         self.num_clips = num_clips
+        self.augment_on = augment_on  # "device": stop after the crop, see `Cropped`
 
     @classmethod
     def for_training(cls, cfg: Config, *, epoch: int) -> ClipLoader:
@@ -80,6 +83,7 @@ class ClipLoader:
             transform=transform,
             seed=cfg.train.seed,
             epoch=epoch,
+            augment_on=data.augment_on,
         )
 
     @classmethod
@@ -111,8 +115,9 @@ class ClipLoader:
             )
         return uniform_indices(num_video_frames, self.num_frames, rng, clip_index, self.num_clips)
 
-    def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Tensor, int]:
-        """Training: ((C, T, H, W), label). Test: ((num_clips × num_crops, C, T, H, W), label).
+    def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Any, int]:
+        """Training: ((C, T, H, W) float32, label), or (`Cropped`, label) when augmenting on the
+        device. Test: ((num_clips × num_crops, C, T, H, W), label).
 
         The training RNG is seeded by (seed, epoch, key, position in the epoch's order, salt), so
         a sample's frames and augmentation do not depend on which rank or worker decodes it.
@@ -129,8 +134,13 @@ class ClipLoader:
         )
         clip = read_frames(reader, self.indices(frames, np.random.default_rng(sample_seed)))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.transform(clip), label  # (C, T, H, W)
+            # Only the CPU generator: the transforms draw nothing else, and torch.manual_seed
+            # would also seed every accelerator backend (milliseconds per clip).
+            torch.default_generator.manual_seed(sample_seed)
+            video = self.transform.crop_clip(clip)  # (T, C, S, S) uint8
+            if self.augment_on == "device":
+                return Cropped(video, torch.get_rng_state()), label
+            return self.transform.augment(video), label  # (C, T, H, W)
 
     def _views(self, reader: Any, num_frames: int) -> Tensor:
         clips = [self.indices(num_frames, None, k) for k in range(self.num_clips)]
@@ -138,6 +148,19 @@ class ClipLoader:
         frames = read_frames(reader, wanted)  # (F, H, W, 3)
         views = [self.transform(frames[np.searchsorted(wanted, clip)]) for clip in clips]
         return torch.cat(views)  # (num_clips * num_crops, C, T, H, W), clip-major
+
+
+@dataclass
+class Cropped:
+    """A training clip cropped and flipped in the worker, with the RNG state to augment it on.
+
+    ``TrainTransform.augment`` started from ``rng_state`` draws what it would have drawn right
+    after the crop in the worker, so augmenting on the training device picks the same ops,
+    magnitudes and erasing box as augmenting in the worker.
+    """
+
+    video: Tensor  # (T, C, S, S) uint8
+    rng_state: Tensor  # torch.get_rng_state() after the crop
 
 
 def collate_eval(

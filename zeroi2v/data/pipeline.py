@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import webdataset as wds
 from torch import Tensor
 
 from zeroi2v.config import Config
-from zeroi2v.data.clips import ClipLoader, collate_eval, worker_slot
+from zeroi2v.data.clips import ClipLoader, Cropped, collate_eval, worker_slot
 from zeroi2v.data.order import EpochOrder, Layout, Segment
 from zeroi2v.data.shards import (
     SkipCounter,
@@ -42,6 +42,7 @@ from zeroi2v.data.shards import (
     shard_counts,
     stream_url,
 )
+from zeroi2v.data.transforms import TrainTransform
 
 __all__ = [
     "SkipCounter",
@@ -62,9 +63,13 @@ class VideoLoader:
     loader: torch.utils.data.DataLoader
     num_batches: int | None
     skips: SkipCounter
+    # data.augment_on: device: finishes each (uint8 clips, labels, keys, RNG states) batch
+    finish: Callable[[tuple[Any, ...]], tuple[Tensor, Tensor, list[str]]] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.loader)
+        if self.finish is None:
+            return iter(self.loader)
+        return map(self.finish, self.loader)
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -130,8 +135,28 @@ def _decoded_batches(
             if item is None:
                 raise RuntimeError(f"no decodable sample in the block of position {position}")
             loaded.append(item)
-        clips, labels, keys = zip(*loaded, strict=True)
-        yield torch.stack(clips), torch.tensor(labels, dtype=torch.int64), list(keys)
+        yield _collate_train(loaded)
+
+
+def _collate_train(loaded: list[tuple[Any, int, str]]) -> tuple[Any, ...]:
+    """(B, C, T, H, W) float32 clips, labels, keys; augmenting on the device: (B, T, C, S, S)
+    uint8 cropped clips (a quarter of the bytes to pass on), labels, keys, (B, n) RNG states."""
+    clips, labels, keys = zip(*loaded, strict=True)
+    label_tensor = torch.tensor(labels, dtype=torch.int64)
+    if isinstance(clips[0], Cropped):
+        videos = torch.stack([clip.video for clip in clips])
+        states = torch.stack([clip.rng_state for clip in clips])
+        return videos, label_tensor, list(keys), states
+    return torch.stack(clips), label_tensor, list(keys)
+
+
+def _augment_on_device(
+    transform: TrainTransform, device: torch.device, batch: tuple[Any, ...]
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Copy a batch of uint8 cropped clips to ``device`` and augment it there."""
+    videos, labels, keys, states = batch
+    videos = videos.to(device, non_blocking=True)  # from pinned memory when device is CUDA
+    return transform.augment_batch(videos, states), labels, keys
 
 
 def _stream_positions(layout: Layout, segments: list[Segment], rank: int, skip: int) -> list[int]:
@@ -151,9 +176,14 @@ def build_train_loader(
     num_batches: int,
     skip_batches: int = 0,
     segments: list[Segment] | None = None,
+    device: torch.device | str = "cpu",
 ) -> VideoLoader:
     """Exactly ``num_batches - skip_batches`` batches: clips (B, C, T, H, W) float32, labels (B,)
     int64 and the samples' keys.
+
+    With ``data.augment_on: device`` the workers stop after the crop and flip, and the clips
+    come out augmented on ``device`` (RandAugment, normalise, erasing run there after a uint8
+    copy, from pinned memory on CUDA); with ``cpu`` (the default) they come out on the CPU.
 
     The batches play this rank's share of ``segments`` (default: the first ``num_batches`` ×
     ``micro_batch_size`` × ``world_size`` positions of the epoch's order, see
@@ -174,23 +204,29 @@ def build_train_loader(
         shard_counts(cfg.data.train_shards), cfg.train.seed, epoch, cfg.data.shuffle_buffer
     )
     skips = SkipCounter()
+    load = ClipLoader.for_training(cfg, epoch=epoch)
     pipeline = wds.DataPipeline(
         [
             # 1. positions of the epoch's global order this worker plays (pure arithmetic)
             functools.partial(_stream_positions, layout, segments, rank, skip_batches),
             # 2. their samples: blocks of shards read once each (tar → {__key__, mp4, cls, json})
             functools.partial(_played_samples, order=order, urls=urls, skips=skips),
-            # 3. micro-batches; decode late: sample frames (decord) + augment
+            # 3. micro-batches; decode late: sample frames (decord) + crop + augment (or not yet)
             functools.partial(
-                _decoded_batches,
-                load=ClipLoader.for_training(cfg, epoch=epoch),
-                skips=skips,
-                batch_size=micro_batch_size,
+                _decoded_batches, load=load, skips=skips, batch_size=micro_batch_size
             ),
         ]
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=cfg.data.num_workers)
-    return VideoLoader(loader, num_batches - skip_batches, skips)
+    device = torch.device(device)
+    on_device = cfg.data.augment_on == "device"
+    loader = wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=cfg.data.num_workers,
+        pin_memory=on_device and device.type == "cuda",
+    )
+    finish = functools.partial(_augment_on_device, load.transform, device) if on_device else None
+    return VideoLoader(loader, num_batches - skip_batches, skips, finish)
 
 
 # ----------------------------------------------------------------------------- eval stages

@@ -337,6 +337,7 @@ def _train(
             num_batches=layout.batches(at["segments"]),
             skip_batches=at["batches"],
             segments=at["segments"],
+            device=device,
         )
         losses, tick, clips_seen = [], time.perf_counter(), 0
         batches = rng.outside_training_rng(loader)
