@@ -1,12 +1,24 @@
-"""Training-loader throughput vs raw decord decoding of the same frames, in one run.
+"""Training data path, stage by stage, in clips/s per CPU core and as a ratio to raw decoding.
 
-    python bench/loader.py [--clips 64] [--workers 1 2]
+    python bench/loader.py [--clips 48] [--workers 1 2] [--size 568x320] [--frames 64] [--interval 8]
 
-Makes its own videos (PyAV, libx264, 256×340, 64 frames) in a temp dir, shards them, then
-times (a) decord alone: open the same bytes and ``get_batch`` the same frame indices the
-pipeline samples (8 frames, interval 8), one process; (b) the full training loader (shuffle,
-decode, sample, 224 crop + flip + RandAugment m7 n4 + normalise, batching) with 1 and 2
-workers. Prints clips/s and the ratio loader / decord (target ≥ 0.9).
+Makes its own K400-like videos (PyAV, libx264 at its default GOP, 16:9 at short side 320 as
+`data_prep shard --short-side 320` writes them, 25 fps) in a temp dir, shards them, then times
+the same clips through each stage of the K400 ViT-B/16 8-frame recipe (decode at short side
+256, 8 frames, RandomResizedCrop to 224², flip, RandAugment m7 n4, normalise):
+
+1. raw decode — decord opens the bytes and ``get_batch``-es the frame indices the pipeline samples;
+2. + sample + resize — what a worker does with ``data.augment_on: device`` (crop + flip to
+   uint8 224²), one process;
+3. + augmentation — everything a worker does with ``data.augment_on: cpu``, one process
+   (also without RandAugment);
+4. the full training loader (shards, shuffle, batches of 8, worker → main process) with N
+   workers, ``augment_on: cpu`` and ``device``: the device is CUDA when there is one, else the
+   CPU itself (then the "device" augmentation costs CPU time in the main process).
+
+Per core = clips ÷ CPU seconds of every process involved (this one plus its reaped DataLoader
+workers, ``getrusage``), so a shared machine's load changes wall-clock clips/s far more than
+the per-core figures; ratios are to stage 1 in the same run. Target: ≥ 25 clips/s per core.
 """
 
 from __future__ import annotations
@@ -14,13 +26,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 import numpy as np
+import torch
 import webdataset as wds
 from tqdm import tqdm
 
@@ -31,41 +46,38 @@ from zeroi2v.data import build_train_loader
 from zeroi2v.data.clips import ClipLoader, seed_from
 from zeroi2v.data.decode import open_video, read_frames
 
-HEIGHT, WIDTH, FRAMES, FPS = 256, 340, 64, 25
-BATCH = 8
+FPS, BATCH = 25, 8
 
 
-def make_video(rng: np.random.Generator) -> bytes:
+def make_video(rng: np.random.Generator, width: int, height: int, frames: int) -> bytes:
     """A textured background with a moving bright square: realistic-ish for h264."""
     background = np.kron(
-        rng.integers(0, 160, (HEIGHT // 16, -(-WIDTH // 16), 3), dtype=np.uint8),
+        rng.integers(0, 160, (-(-height // 16), -(-width // 16), 3), dtype=np.uint8),
         np.ones((16, 16, 1), dtype=np.uint8),
-    )[:, :WIDTH]
+    )[:height, :width]
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "fast"}  # data_prep's re-encode settings
         x, y, dx, dy = (int(v) for v in rng.integers(0, 200, 2).tolist() + [3, 2])
-        for _ in range(FRAMES):
+        for _ in range(frames):
             frame = background.copy()
-            frame[
-                y % (HEIGHT - 48) : y % (HEIGHT - 48) + 48, x % (WIDTH - 48) : x % (WIDTH - 48) + 48
-            ] = 230
+            top, left = y % (height - 48), x % (width - 48)
+            frame[top : top + 48, left : left + 48] = 230
             x, y = x + dx, y + dy
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
     return buffer.getvalue()
 
 
-def make_shards(out: Path, clips: int) -> list[dict]:
+def make_shards(out: Path, clips: int, width: int, height: int, frames: int) -> list[dict]:
     rng = np.random.default_rng(0)
     samples = []
     for index in tqdm(range(clips), desc="encoding videos"):
-        meta = {"label": str(index % 4), "source": f"v{index}", "fps": FPS, "frames": FRAMES,
-                "width": WIDTH, "height": HEIGHT, "duration": FRAMES / FPS}  # fmt: skip
-        samples.append({"__key__": f"clip{index:05d}", "mp4": make_video(rng),
+        meta = {"label": str(index % 4), "source": f"v{index}", "fps": FPS, "frames": frames,
+                "width": width, "height": height, "duration": frames / FPS}  # fmt: skip
+        samples.append({"__key__": f"clip{index:05d}", "mp4": make_video(rng, width, height, frames),
                         "cls": str(index % 4).encode(),
                         "json": json.dumps(meta).encode()})  # fmt: skip
     shards = []
@@ -81,52 +93,107 @@ def make_shards(out: Path, clips: int) -> list[dict]:
     return samples
 
 
-def bench_decord(cfg: Config, samples: list[dict], repeats: int) -> float:
-    """Clips/s of decord alone on the frame indices the pipeline samples for these clips."""
-    clip = ClipLoader.for_training(cfg, epoch=0)
-    start = time.perf_counter()
-    for _ in range(repeats):
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited (the loader's workers)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(run: Callable[[], int]) -> tuple[float, float]:
+    """(clips/s wall, clips per CPU-second) of ``run``, which returns how many clips it made."""
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    clips = run()
+    return clips / (time.perf_counter() - wall), clips / (cpu_seconds() - cpu)
+
+
+def per_clip(samples: list[dict], repeats: int, work: Callable[[dict, int], object]) -> int:
+    for epoch in range(repeats):
         for sample in samples:
-            reader = open_video(sample["mp4"], short_side=cfg.data.short_side,
-                                size=(WIDTH, HEIGHT))  # fmt: skip
-            rng = np.random.default_rng(seed_from(cfg.train.seed, 0, sample["__key__"], 0, "clip"))
-            read_frames(reader, clip.indices(len(reader), rng))
-    return repeats * len(samples) / (time.perf_counter() - start)
+            work(sample, epoch)
+    return repeats * len(samples)
 
 
-def bench_loader(cfg: Config, clips: int, repeats: int) -> float:
+def raw_decode(cfg: Config, samples: list[dict], repeats: int) -> int:
+    """decord alone on the frame indices the pipeline samples for these clips."""
+    clip = ClipLoader.for_training(cfg, epoch=0)
+
+    def work(sample: dict, epoch: int) -> None:
+        meta = json.loads(sample["json"])
+        reader = open_video(sample["mp4"], short_side=cfg.data.short_side,
+                            size=(meta["width"], meta["height"]))  # fmt: skip
+        seed = seed_from(cfg.train.seed, 0, sample["__key__"], epoch, "clip")
+        read_frames(reader, clip.indices(meta["frames"], np.random.default_rng(seed)))
+
+    return per_clip(samples, repeats, work)
+
+
+def one_process(cfg: Config, samples: list[dict], repeats: int) -> int:
+    """A worker's per-clip work (decode, sample, crop, and augment unless augment_on: device)."""
+    load = ClipLoader.for_training(cfg, epoch=0)
+    return per_clip(samples, repeats, lambda s, epoch: load({**s, "__position__": epoch}, "clip"))
+
+
+def full_loader(cfg: Config, clips: int, repeats: int, device: torch.device) -> int:
     loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0, micro_batch_size=BATCH,
-                                num_batches=repeats * clips // BATCH)  # fmt: skip
-    start = time.perf_counter()
-    count = sum(videos.shape[0] for videos, _, _ in loader)
-    return count / (time.perf_counter() - start)
+                                num_batches=repeats * clips // BATCH, device=device)  # fmt: skip
+    count = 0
+    for videos, _, _ in loader:
+        count += videos.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2, help="passes over the clips per timing")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--size", default="568x320", help="stored video WxH (K400 at 320p)")
+    parser.add_argument("--frames", type=int, default=64, help="frames per stored video")
+    parser.add_argument("--interval", type=int, default=8, help="dense sampling interval")
     args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    torch.set_num_threads(1)  # one core per process, like a DataLoader worker
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        samples = make_shards(Path(tmp), args.clips)
+        samples = make_shards(Path(tmp), args.clips, width, height, args.frames)
 
-        def config(workers: int, randaugment_n: int = 4) -> Config:
+        def config(workers: int = 0, randaugment_n: int = 4, augment_on: str = "cpu") -> Config:
             return from_dict({
                 "model": {"num_frames": 8, "image_size": 224},
                 "data": {"train_shards": f"{tmp}/train-*.tar", "sampling": "dense",
-                         "frame_interval": 8, "short_side": 256, "shuffle_buffer": 64,
-                         "num_workers": workers, "randaugment_n": randaugment_n,
-                         "randaugment_m": 7, "hflip": 0.5},
+                         "frame_interval": args.interval, "short_side": 256,
+                         "shuffle_buffer": 64, "num_workers": workers,
+                         "randaugment_n": randaugment_n, "randaugment_m": 7, "hflip": 0.5,
+                         "augment_on": augment_on},
             })  # fmt: skip
 
-        raw = bench_decord(config(1), samples, args.repeats)
-        print(f"decord get_batch, 1 process          : {raw:7.1f} clips/s")
+        stages: list[tuple[str, Callable[[], int]]] = [
+            ("1. raw decode (decord get_batch)", lambda: raw_decode(config(), samples, args.repeats)),
+            ("2. + sample + resize (crop, flip)",
+             lambda: one_process(config(augment_on="device"), samples, args.repeats)),
+            ("3. + augmentation", lambda: one_process(config(), samples, args.repeats)),
+            ("3b. + augmentation without RandAugment",
+             lambda: one_process(config(randaugment_n=0), samples, args.repeats)),
+        ]  # fmt: skip
+        where = "CUDA" if device.type == "cuda" else "the CPU itself"
         for workers in args.workers:
-            for n, label in ((4, "full aug"), (0, "no RandAugment")):
-                rate = bench_loader(config(workers, n), args.clips, args.repeats)
-                print(f"loader, {workers} worker(s), {label:<14}: {rate:7.1f} clips/s"
-                      f"  ratio vs decord {rate / raw:.2f}")  # fmt: skip
+            for on in ("cpu", "device"):
+                label = f"4. loader, {workers} worker(s), augment_on {on}"
+                stages.append((label, lambda w=workers, on=on: full_loader(
+                    config(w, augment_on=on), args.clips, args.repeats, device)))  # fmt: skip
+        print(f"{args.clips} videos {width}x{height}, {args.frames} frames; 8 frames every "
+              f"{args.interval}, short side 256 → 224²; 'device' = {where}")  # fmt: skip
+        print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode |")
+        print("|---|---|---|---|")
+        raw = None
+        for label, run in stages:
+            wall, per_core = timed(run)
+            raw = raw or per_core
+            print(f"| {label} | {wall:.1f} | {per_core:.1f} | {per_core / raw:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

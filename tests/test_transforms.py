@@ -73,7 +73,7 @@ def test_hflip_switch() -> None:
 def test_randaugment_magnitude_uses_timms_scale() -> None:
     with pytest.raises(ConfigError, match="randaugment_m"):
         TrainTransform(32, randaugment_m=11)
-    ra = TrainTransform(32, randaugment_m=7).augment_stages.transforms[0]
+    ra = TrainTransform(32, randaugment_m=7).randaugment
     assert ra.num_magnitude_bins == 11 and ra.magnitude == 7  # m7 → 0.7 of the max, like timm
 
 
