@@ -1,6 +1,7 @@
 """Training data path, stage by stage, in clips/s per CPU core and as a ratio to raw decoding.
 
-    python bench/loader.py [--clips 48] [--workers 1 2] [--size 568x320] [--frames 64] [--interval 8]
+    python bench/loader.py [--clips 48] [--workers 1 2] [--size 568x320] [--frames 64]
+                           [--interval 8]
 
 Makes its own K400-like videos (PyAV, libx264 at its default GOP, 16:9 at short side 320 as
 `data_prep shard --short-side 320` writes them, 25 fps) in a temp dir, shards them, then times
@@ -11,14 +12,18 @@ the same clips through each stage of the K400 ViT-B/16 8-frame recipe (decode at
 2. + sample + resize — what a worker does with ``data.augment_on: device`` (crop + flip to
    uint8 224²), one process;
 3. + augmentation — everything a worker does with ``data.augment_on: cpu``, one process
-   (also without RandAugment);
+   (also with torchvision's plain RandAugment and normalisation as before, and without
+   RandAugment);
 4. the full training loader (shards, shuffle, batches of 8, worker → main process) with N
    workers, ``augment_on: cpu`` and ``device``: the device is CUDA when there is one, else the
    CPU itself (then the "device" augmentation costs CPU time in the main process).
 
 Per core = clips ÷ CPU seconds of every process involved (this one plus its reaped DataLoader
 workers, ``getrusage``), so a shared machine's load changes wall-clock clips/s far more than
-the per-core figures; ratios are to stage 1 in the same run. Target: ≥ 25 clips/s per core.
+the per-core figures; ratios are to stage 1 in the same run. Per worker core counts the
+workers' CPU seconds alone: with ``augment_on: device`` on a GPU that is what the data path
+costs the node's CPUs (the training process launches the augmentation kernels). Target: ≥ 25
+clips/s per core.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import av
 import numpy as np
 import torch
 import webdataset as wds
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -45,6 +51,7 @@ from zeroi2v.config import Config, from_dict
 from zeroi2v.data import build_train_loader
 from zeroi2v.data.clips import ClipLoader, seed_from
 from zeroi2v.data.decode import open_video, read_frames
+from zeroi2v.data.transforms import RANDAUGMENT_BINS
 
 FPS, BATCH = 25, 8
 
@@ -77,8 +84,8 @@ def make_shards(out: Path, clips: int, width: int, height: int, frames: int) -> 
     for index in tqdm(range(clips), desc="encoding videos"):
         meta = {"label": str(index % 4), "source": f"v{index}", "fps": FPS, "frames": frames,
                 "width": width, "height": height, "duration": frames / FPS}  # fmt: skip
-        samples.append({"__key__": f"clip{index:05d}", "mp4": make_video(rng, width, height, frames),
-                        "cls": str(index % 4).encode(),
+        video = make_video(rng, width, height, frames)
+        samples.append({"__key__": f"clip{index:05d}", "mp4": video, "cls": str(index % 4).encode(),
                         "json": json.dumps(meta).encode()})  # fmt: skip
     shards = []
     for shard in range(2):
@@ -93,19 +100,23 @@ def make_shards(out: Path, clips: int, width: int, height: int, frames: int) -> 
     return samples
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of its children that have exited (the loader's workers)."""
-    own, children = (
-        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process, and of its children that have exited (the loader's workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def timed(run: Callable[[], int]) -> tuple[float, float]:
-    """(clips/s wall, clips per CPU-second) of ``run``, which returns how many clips it made."""
-    cpu, wall = cpu_seconds(), time.perf_counter()
+def timed(run: Callable[[], int]) -> tuple[float, float, float | None]:
+    """Clips/s of ``run`` (which returns how many clips it made): wall clock, per CPU-second of
+    all processes, and per CPU-second of the workers alone (None without workers)."""
+    (own, children), wall = cpu_seconds(), time.perf_counter()
     clips = run()
-    return clips / (time.perf_counter() - wall), clips / (cpu_seconds() - cpu)
+    wall = time.perf_counter() - wall
+    own_after, children_after = cpu_seconds()
+    workers = children_after - children
+    total = own_after - own + workers
+    return clips / wall, clips / total, (clips / workers if workers > 0 else None)
 
 
 def per_clip(samples: list[dict], repeats: int, work: Callable[[dict, int], object]) -> int:
@@ -132,6 +143,18 @@ def raw_decode(cfg: Config, samples: list[dict], repeats: int) -> int:
 def one_process(cfg: Config, samples: list[dict], repeats: int) -> int:
     """A worker's per-clip work (decode, sample, crop, and augment unless augment_on: device)."""
     load = ClipLoader.for_training(cfg, epoch=0)
+    return per_clip(samples, repeats, lambda s, epoch: load({**s, "__position__": epoch}, "clip"))
+
+
+def one_process_torchvision(cfg: Config, samples: list[dict], repeats: int) -> int:
+    """Stage 3 with torchvision's own RandAugment and ToDtype + Normalize arithmetic, as the
+    loader ran them before the exact table lookups and layout choices (the same clips)."""
+    load = ClipLoader.for_training(cfg, epoch=0)
+    transform = load.transform
+    transform.randaugment = v2.RandAugment(
+        num_ops=4, magnitude=7, num_magnitude_bins=RANDAUGMENT_BINS
+    )
+    transform.normalise = transform.normalise._arithmetic
     return per_clip(samples, repeats, lambda s, epoch: load({**s, "__position__": epoch}, "clip"))
 
 
@@ -172,10 +195,13 @@ def main(argv: list[str] | None = None) -> None:
             })  # fmt: skip
 
         stages: list[tuple[str, Callable[[], int]]] = [
-            ("1. raw decode (decord get_batch)", lambda: raw_decode(config(), samples, args.repeats)),
+            ("1. raw decode (decord get_batch)",
+             lambda: raw_decode(config(), samples, args.repeats)),
             ("2. + sample + resize (crop, flip)",
              lambda: one_process(config(augment_on="device"), samples, args.repeats)),
             ("3. + augmentation", lambda: one_process(config(), samples, args.repeats)),
+            ("3r. + augmentation, torchvision's ops (before)",
+             lambda: one_process_torchvision(config(), samples, args.repeats)),
             ("3b. + augmentation without RandAugment",
              lambda: one_process(config(randaugment_n=0), samples, args.repeats)),
         ]  # fmt: skip
@@ -187,13 +213,16 @@ def main(argv: list[str] | None = None) -> None:
                     config(w, augment_on=on), args.clips, args.repeats, device)))  # fmt: skip
         print(f"{args.clips} videos {width}x{height}, {args.frames} frames; 8 frames every "
               f"{args.interval}, short side 256 → 224²; 'device' = {where}")  # fmt: skip
-        print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode |")
-        print("|---|---|---|---|")
+        print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode "
+              "| clips/s per worker core |")  # fmt: skip
+        print("|---|---|---|---|---|")
         raw = None
         for label, run in stages:
-            wall, per_core = timed(run)
+            wall, per_core, per_worker = timed(run)
             raw = raw or per_core
-            print(f"| {label} | {wall:.1f} | {per_core:.1f} | {per_core / raw:.2f} |", flush=True)
+            workers = "—" if per_worker is None else f"{per_worker:.1f}"
+            print(f"| {label} | {wall:.1f} | {per_core:.1f} | {per_core / raw:.2f} | {workers} |",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
