@@ -51,6 +51,22 @@ def test_train_step_bench_small_breaks_the_step_down():
     assert "DeepSpeed ÷ plain step, fp32: batch 2:" in out and "Projected K400" in out
 
 
+def test_loader_bench_small_measures_every_stage():
+    out = _run(
+        sys.executable,
+        "bench/loader.py",
+        *("--clips", "8", "--repeats", "1", "--workers", "1", "--size", "96x64", "--frames", "24"),
+        *("--interval", "2"),
+    )
+    assert "'device' = the CPU itself" in out or "'device' = CUDA" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line[:4] in ("| 1.", "| 2.",
+            "| 3.", "| 3r", "| 3b", "| 4.")]  # fmt: skip
+    assert [r[0].split()[0] for r in rows] == ["1.", "2.", "3.", "3r.", "3b.", "4.", "4."]
+    assert rows[0][3].strip() == "1.00"  # ratios are to raw decode
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert [r[4].strip() == "—" for r in rows] == [True] * 5 + [False] * 2  # workers measured
+
+
 @pytest.mark.slow
 def test_gpu_sh_cpu_mode_appends_a_dated_section(tmp_path):
     results = tmp_path / "RESULTS.md"

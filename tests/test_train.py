@@ -112,6 +112,25 @@ def test_motion_task_needs_time_stdha_learns_it_none_does_not(
     assert top1["none"] <= 0.60, top1
 
 
+@pytest.mark.slow
+def test_augmenting_on_the_device_trains_the_same_as_in_the_workers(synthetic_shards, tmp_path):
+    """launch/train.py with data.augment_on: device (the CPU is the device here, 2 loader
+    workers, RandAugment m7 n4, random erasing) logs the very losses of augment_on: cpu."""
+    curves = {}
+    for on in ("cpu", "device"):
+        raw = tiny_raw(
+            synthetic_shards,
+            tmp_path / on,
+            data={"augment_on": on, "num_workers": 2, "randaugment_n": 4, "random_erasing": 0.25},
+            train={"epochs": 1, "steps_per_epoch": 4, "log_every_steps": 1},
+            model={"num_classes": 4},
+        )
+        proc = run_train(write_config(tmp_path / f"{on}.json", raw), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        curves[on] = losses(tmp_path / on)
+    assert len(curves["cpu"]) == 4 and curves["device"] == curves["cpu"]
+
+
 # ----------------------------------------------------------------------------- fail fast
 
 
