@@ -20,7 +20,8 @@ the same clips through each stage of the K400 ViT-B/16 8-frame recipe (decode at
 
 Per core = clips ÷ CPU seconds of every process involved (this one plus its reaped DataLoader
 workers, ``getrusage``), so a shared machine's load changes wall-clock clips/s far more than
-the per-core figures; ratios are to stage 1 in the same run. Per worker core counts the
+the per-core figures; each figure is the median of ``--rounds`` timings taken in turn with the
+other stages; ratios are to stage 1 in the same run. Per worker core counts the
 workers' CPU seconds alone: with ``augment_on: device`` on a GPU that is what the data path
 costs the node's CPUs (the training process launches the augmentation kernels). Target: ≥ 25
 clips/s per core.
@@ -172,7 +173,8 @@ def full_loader(cfg: Config, clips: int, repeats: int, device: torch.device) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=2, help="passes over the clips per timing")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over the clips per timing")
+    parser.add_argument("--rounds", type=int, default=3, help="timings per stage (median)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--size", default="568x320", help="stored video WxH (K400 at 320p)")
     parser.add_argument("--frames", type=int, default=64, help="frames per stored video")
@@ -216,13 +218,23 @@ def main(argv: list[str] | None = None) -> None:
         print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode "
               "| clips/s per worker core |")  # fmt: skip
         print("|---|---|---|---|---|")
+        # Rounds interleave the stages, so a burst of load elsewhere hits them all alike.
+        runs: dict[str, list[tuple[float, float, float | None]]] = {
+            label: [] for label, _ in stages
+        }
+        for _ in range(args.rounds):
+            for label, run in stages:
+                runs[label].append(timed(run))
         raw = None
-        for label, run in stages:
-            wall, per_core, per_worker = timed(run)
+        for label, results in runs.items():
+            wall, per_core, per_worker = (_median(column) for column in zip(*results, strict=True))
             raw = raw or per_core
             workers = "—" if per_worker is None else f"{per_worker:.1f}"
-            print(f"| {label} | {wall:.1f} | {per_core:.1f} | {per_core / raw:.2f} | {workers} |",
-                  flush=True)  # fmt: skip
+            print(f"| {label} | {wall:.1f} | {per_core:.1f} | {per_core / raw:.2f} | {workers} |")
+
+
+def _median(values: tuple[float | None, ...]) -> float | None:
+    return None if None in values else float(np.median(values))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_loader_bench_small_measures_every_stage():
     out = _run(
         sys.executable,
         "bench/loader.py",
-        *("--clips", "8", "--repeats", "1", "--workers", "1", "--size", "96x64", "--frames", "24"),
+        *("--clips", "8", "--rounds", "1", "--workers", "1", "--size", "96x64", "--frames", "24"),
         *("--interval", "2"),
     )
     assert "'device' = the CPU itself" in out or "'device' = CUDA" in out
