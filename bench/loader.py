@@ -12,8 +12,7 @@ the same clips through each stage of the K400 ViT-B/16 8-frame recipe (decode at
 2. + sample + resize — what a worker does with ``data.augment_on: device`` (crop + flip to
    uint8 224²), one process;
 3. + augmentation — everything a worker does with ``data.augment_on: cpu``, one process
-   (also with torchvision's plain RandAugment and normalisation as before, and without
-   RandAugment);
+   (also with torchvision's plain RandAugment as before, and without RandAugment);
 4. the full training loader (shards, shuffle, batches of 8, worker → main process) with N
    workers, ``augment_on: cpu`` and ``device``: the device is CUDA when there is one, else the
    CPU itself (then the "device" augmentation costs CPU time in the main process).
@@ -148,14 +147,12 @@ def one_process(cfg: Config, samples: list[dict], repeats: int) -> int:
 
 
 def one_process_torchvision(cfg: Config, samples: list[dict], repeats: int) -> int:
-    """Stage 3 with torchvision's own RandAugment and ToDtype + Normalize arithmetic, as the
-    loader ran them before the exact table lookups and layout choices (the same clips)."""
+    """Stage 3 with torchvision's own RandAugment, as the loader ran it before the exact table
+    lookups and layout choices (the same clips)."""
     load = ClipLoader.for_training(cfg, epoch=0)
-    transform = load.transform
-    transform.randaugment = v2.RandAugment(
+    load.transform.randaugment = v2.RandAugment(
         num_ops=4, magnitude=7, num_magnitude_bins=RANDAUGMENT_BINS
     )
-    transform.normalise = transform.normalise._arithmetic
     return per_clip(samples, repeats, lambda s, epoch: load({**s, "__position__": epoch}, "clip"))
 
 
