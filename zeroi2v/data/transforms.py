@@ -84,10 +84,10 @@ class TrainTransform:
     """Random resized crop → flip → RandAugment → normalise → random erasing, per clip.
 
     Two halves, so the second can run where the batch goes (``data.augment_on: device``):
-    `crop` (uint8 in, uint8 224² out: the data to ship shrinks first) and `augment` (uint8 →
+    `crop_clip` (uint8 in, uint8 224² out: the data to ship shrinks first) and `augment` (uint8 →
     normalised float32, on any device). Both draw from torch's global CPU RNG; run back to back
     with one seed they are exactly today's single composition, and `augment` started from the
-    RNG state `crop` left behind gives the same clip on the CPU wherever it runs.
+    RNG state `crop_clip` left behind gives the same clip on the CPU wherever it runs.
     """
 
     def __init__(
