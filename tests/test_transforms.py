@@ -93,10 +93,14 @@ def _torchvision_composition(size: int, n: int, m: int, erasing: float) -> v2.Co
 
 
 @pytest.mark.parametrize(
-    ("shape", "size", "seeds"), [((8, 72, 96), 48, 120), ((8, 256, 341), 224, 6)]
+    ("shape", "size", "seeds"), [((8, 72, 96), 48, 80), ((8, 256, 341), 224, 6)]
 )
 def test_training_transform_equals_the_torchvision_composition(
-    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int, int], size: int, seeds: int
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    shape: tuple[int, int, int],
+    size: int,
+    seeds: int,
 ) -> None:
     """Same seed, same clip, bit for bit: the split transform with its layout-tuned RandAugment
     is today's composition, so it is equal in distribution (it is the same function). Frames
@@ -109,6 +113,9 @@ def test_training_transform_equals_the_torchvision_composition(
         return apply(self, image, transform_id, magnitude, **kwargs)
 
     monkeypatch.setattr(v2.RandAugment, "_apply_image_or_video_transform", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: intra-op threads only wait on each other under load
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     reference = _torchvision_composition(size, 4, 9, 0.5)
     transform = TrainTransform(size, randaugment_n=4, randaugment_m=9, random_erasing=0.5)
     frames = _frames(*shape)
@@ -117,7 +124,7 @@ def test_training_transform_equals_the_torchvision_composition(
         expected = reference(tv_tensors.Video(torch.from_numpy(frames).permute(0, 3, 1, 2)))
         torch.manual_seed(seed)
         assert torch.equal(transform(frames), expected.permute(1, 0, 2, 3)), f"seed {seed}"
-    if seeds >= 100:  # the many-seed run drew every RandAugment op
+    if seeds >= 80:  # the many-seed run drew every RandAugment op
         assert set(drawn) == set(v2.RandAugment._AUGMENTATION_SPACE)
 
 
