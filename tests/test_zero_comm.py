@@ -54,14 +54,6 @@ def test_fit_fills_only_what_the_config_leaves_unset():
     assert zero_comm.fit(_ds(stage=3, bf16=False), 9) == _ds(stage=3, bf16=False)
 
 
-DEEPSPEED_DEFAULTS = {  # what DeepSpeed 0.19.8 uses when the keys are absent
-    "deepspeed.zero_optimization.reduce_bucket_size": 500_000_000,
-    "deepspeed.zero_optimization.allgather_bucket_size": 500_000_000,
-    "deepspeed.zero_optimization.overlap_comm": False,
-    "deepspeed.bf16.check_grad_overflow": True,
-}
-
-
 def _rank(rank: int, port: int, out: str) -> None:
     become_rank(rank, 2, port)
     from zeroi2v import config
@@ -87,7 +79,7 @@ def _rank(rank: int, port: int, out: str) -> None:
         "deepspeed.zero_optimization.reduce_bucket_size": 4338,
         "deepspeed.zero_optimization.allgather_bucket_size": 4338,
     }
-    runs = (("fitted", {}), ("defaults", DEEPSPEED_DEFAULTS), ("quarter", quarter))
+    runs = (("fitted", {}), ("defaults", zero_comm.DEEPSPEED_DEFAULTS), ("quarter", quarter))
     for name, extra in runs:
         cfg = config.from_dict({}, {**base, **extra})
         torch.manual_seed(0)

@@ -29,6 +29,14 @@ import copy
 import math
 from typing import Any
 
+# What DeepSpeed 0.19.8 uses where these keys are absent (ZeRO 1/2): the settings `fit` replaces
+# (bench/train_step.py measures both side by side).
+DEEPSPEED_DEFAULTS = {
+    "deepspeed.zero_optimization.reduce_bucket_size": 500_000_000,
+    "deepspeed.zero_optimization.allgather_bucket_size": 500_000_000,
+    "deepspeed.zero_optimization.overlap_comm": False,
+    "deepspeed.bf16.check_grad_overflow": True,
+}
 BUCKETS_PER_BACKWARD = 4
 MIN_BUCKET = 2**20  # elements
 _ALIGNMENT = 2  # ZeRO's nccl_start_alignment_factor: bucket sizes must be a multiple of it
