@@ -5,8 +5,9 @@ trains ~14 M adapter parameters beside a frozen ~86 M backbone (ViT-B/16), and t
 
 - ``zero_optimization.reduce_bucket_size`` = 5e8 elements: every trainable gradient lands in
   one bucket, reduced only when backward has finished (nothing overlaps), and ZeRO 1/2 allocate
-  that bucket at the start of every micro-step (`setup_buckets` in stage_1_and_2.py): 2 GB of
-  fp32 for 14 M gradients, twice that with ``overlap_comm``'s second buffer.
+  that bucket afresh at the start of every micro-step (`setup_buckets` in stage_1_and_2.py):
+  1 GB in bf16 (2 GB in fp32) for 14 M gradients, twice that with ``overlap_comm``'s second
+  buffer.
 - ``overlap_comm`` is off for ZeRO 1/2: the reduction of early buckets cannot run while
   backward computes the rest.
 - ``bf16.check_grad_overflow`` is on: before each step every gradient tensor gets its own
