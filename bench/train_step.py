@@ -108,11 +108,12 @@ class Step:
         if engine_kind == "deepspeed":
             self.engine = parallel.build_engine(model, cfg, ds, 1000, 100)
             self.model = self.engine
-        else:  # the same AdamW and param groups, no engine; bf16 as DeepSpeed does: cast weights
+        else:  # the same fused AdamW and param groups, no engine; bf16: cast weights as DeepSpeed
+            # does, but no fp32 master copy (DeepSpeed keeps one of the trainable weights)
             self.engine = None
             self.model = model.to(device, self.dtype)
             groups = parallel.param_groups(self.model, cfg.optim.weight_decay)
-            self.optim = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=device.type == "cuda")
+            self.optim = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=True)
         size, frames = cfg.model.image_size, cfg.model.num_frames
         batch = cfg.deepspeed["train_micro_batch_size_per_gpu"]
         self.clips = torch.randn(batch, 3, frames, size, size)

@@ -96,6 +96,7 @@ def _rank(rank: int, port: int, out: str) -> None:
             "bucket": opt.reduce_bucket_size,
             "allgather": opt.allgather_bucket_size,
             "overlap": opt.overlap_comm,
+            "fused_adamw": opt.optimizer.defaults["fused"],
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "frozen": sum(p.numel() for p in frozen),
             "master": sum(t.numel() for t in opt.single_partition_of_fp32_groups),
@@ -120,6 +121,7 @@ def test_two_rank_zero1_bf16_holds_only_trainable_state_and_keeps_the_losses(tmp
     size = zero_comm.bucket_size(trainable)  # one bucket: fewer than 2^20 trainable elements
     assert (fitted["bucket"], fitted["allgather"], fitted["overlap"]) == (size, size, True)
     assert (defaults["bucket"], defaults["overlap"]) == (500_000_000, False)
+    assert fitted["fused_adamw"] is True  # one pass over each flat fp32 partition
     for name in ("fitted", "defaults"):
         # fp32 master copies: ZeRO-1 splits the trainable elements over the 2 ranks (each
         # param group padded to a multiple of 2 ranks × alignment); frozen weights have none
