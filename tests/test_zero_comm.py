@@ -14,7 +14,8 @@ from engine_helpers import become_rank, free_port
 
 from zeroi2v.engine import zero_comm
 
-VIT_B16_ADAPTERS = 14_155_776  # 12 blocks × 4 adapters × (768·192·2 + 192 + 768)
+# configs/k400_b16_8f.json: 48 adapters × (2·768·192 + 192 + 768) + head 512·400 + 400
+VIT_B16_TRAINABLE = 14_407_056
 
 
 def _ds(stage: int = 1, world: int = 1, bf16: bool = True, **zero) -> dict:
@@ -29,22 +30,22 @@ def _ds(stage: int = 1, world: int = 1, bf16: bool = True, **zero) -> dict:
 
 @pytest.mark.parametrize(
     ("trainable", "bucket"),
-    [(VIT_B16_ADAPTERS, VIT_B16_ADAPTERS // 4), (2_000_000, 2**20), (17_349, 17_350)],
+    [(VIT_B16_TRAINABLE, VIT_B16_TRAINABLE // 4), (2_000_000, 2**20), (17_349, 17_350)],
 )
 def test_buckets_are_a_quarter_of_the_trainable_set_at_least_a_mebielement(trainable, bucket):
     assert zero_comm.bucket_size(trainable) == bucket
 
 
 def test_fit_fills_only_what_the_config_leaves_unset():
-    one = zero_comm.fit(_ds(world=1), VIT_B16_ADAPTERS)
+    one = zero_comm.fit(_ds(world=1), VIT_B16_TRAINABLE)
     assert one["zero_optimization"] == {
         "stage": 1,
-        "reduce_bucket_size": 3_538_944,
-        "allgather_bucket_size": 3_538_944,
+        "reduce_bucket_size": 3_601_764,
+        "allgather_bucket_size": 3_601_764,
         "overlap_comm": False,  # one rank: nothing to overlap
     }
     assert one["bf16"] == {"enabled": True, "check_grad_overflow": False}
-    two = zero_comm.fit(_ds(stage=2, world=2, reduce_bucket_size=10**6), VIT_B16_ADAPTERS)
+    two = zero_comm.fit(_ds(stage=2, world=2, reduce_bucket_size=10**6), VIT_B16_TRAINABLE)
     assert two["zero_optimization"]["reduce_bucket_size"] == 10**6  # explicit: kept
     assert two["zero_optimization"]["overlap_comm"] is True
     kept = zero_comm.fit(_ds(bf16=True) | {"bf16": {"enabled": True, "check_grad_overflow": 1}}, 9)
