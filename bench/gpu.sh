@@ -7,7 +7,8 @@
 #
 # 1. STDHA / plain attention forward+backward and merged / plain latency (bench/stdha.py)
 # 2. Table 9 latency / throughput, eager and compiled (CUDA graphs): launch/profile_model.py
-# 3. Train step breakdown plain vs DeepSpeed, fp32 / bf16, batch 16/32/64, MFU, SDPA kernel,
+# 3. Train step breakdown plain vs DeepSpeed (ZeRO 1 as configured, and with DeepSpeed's own
+#    bucket/overlap/overflow defaults), fp32 / bf16, batch 16/32/64, MFU, SDPA kernel,
 #    peak memory of the big configs, projected K400 hours (bench/train_step.py)
 # 4. Data loader clips/s (bench/loader.py; GPU run only): K400 hours with data loading =
 #    240k × 40 clips ÷ min(train clips/s, loader clips/s).

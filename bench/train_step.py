@@ -1,13 +1,18 @@
 """Where a training step's time goes, and what a step costs in memory, measured in one run.
 
     PYTHONPATH=. python bench/train_step.py [--device cpu|cuda] [--small] [--batches 16,32]
-        [--steps 5] [--memory-configs configs/k400_l14_32f.json,...] [--out FILE]
+        [--steps 5] [--stage 1] [--memory-configs configs/k400_l14_32f.json,...] [--out FILE]
 
 1. Breakdown, ViT-B/16 CLIP 8 frames 224² (``--small``: the tiny ViT, 32², batch 2): for
-   plain PyTorch and DeepSpeed (the config's ZeRO stage, bf16 or fp32), every batch size:
+   plain PyTorch, DeepSpeed as we configure it (`--stage`, default 1 as the paper configs;
+   buckets, overlap and bf16's overflow test sized by `zero_comm.fit`) and DeepSpeed with
+   its own defaults for those (5e8-element buckets, as before `zero_comm`), bf16 or fp32,
+   every batch size:
    data wait (next batch + host-to-device copy), forward, backward, optimizer, gradient
    all-reduce (collective kernels inside backward/step, as torch.profiler sees them), and
    clips/s. Phases are torch.profiler `record_function` ranges closed after a device sync.
+   The step time that clips/s, MFU and the engine ratios use is the median of steps timed
+   round-robin over the engines without the profiler (`interleaved`).
 2. MFU: FLOPs of the step as it really runs, counted by FlopCounterMode around forward +
    backward of the same model on the meta device (frozen weights get no weight gradient, so
    their backward matmuls are not counted; on meta SDPA decomposes into counted matmuls),
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -33,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from zeroi2v import config
-from zeroi2v.engine import parallel
+from zeroi2v.engine import parallel, zero_comm
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -47,6 +53,13 @@ MODELS = {
         "model.num_classes": 400,
         "model.head_offsets": "{1·1, -1·1, 0·10}",
     },
+    "vit_b16_32px": {  # ViT-B/16's trainable and frozen sets, CPU-sized input (4 patches)
+        "model.backbone": "clip_vit_b16",
+        "model.num_classes": 400,
+        "model.image_size": 32,
+        "model.num_frames": 2,
+        "model.head_offsets": "{1·1, -1·1, 0·10}",
+    },
     "tiny": {
         "model.backbone": "tiny_vit",
         "model.image_size": 32,
@@ -55,6 +68,11 @@ MODELS = {
     },
 }
 COLLECTIVES = ("all_reduce", "allreduce", "reduce_scatter", "all_gather", "nccl")
+ENGINES = {  # row name: (engine, config overrides)
+    "plain": ("plain", {}),
+    "deepspeed": ("deepspeed", {}),
+    "deepspeed-defaults": ("deepspeed", zero_comm.DEEPSPEED_DEFAULTS),
+}
 
 
 def make_cfg(model: str, batch: int, bf16: bool, extra: dict | None = None) -> config.Config:
@@ -90,11 +108,12 @@ class Step:
         if engine_kind == "deepspeed":
             self.engine = parallel.build_engine(model, cfg, ds, 1000, 100)
             self.model = self.engine
-        else:  # the same AdamW and param groups, no engine; bf16 as DeepSpeed does: cast weights
+        else:  # the same fused AdamW and param groups, no engine; bf16: cast weights as DeepSpeed
+            # does, but no fp32 master copy (DeepSpeed keeps one of the trainable weights)
             self.engine = None
             self.model = model.to(device, self.dtype)
             groups = parallel.param_groups(self.model, cfg.optim.weight_decay)
-            self.optim = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=device.type == "cuda")
+            self.optim = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=True)
         size, frames = cfg.model.image_size, cfg.model.num_frames
         batch = cfg.deepspeed["train_micro_batch_size_per_gpu"]
         self.clips = torch.randn(batch, 3, frames, size, size)
@@ -147,6 +166,18 @@ def breakdown(step: Step, steps: int) -> dict[str, float]:
             ms["all_reduce"] += device_us / 1e3 / steps
     ms["total"] = total * 1e3
     return ms
+
+
+def interleaved(steps: dict[str, Step], reps: int) -> dict[str, float]:
+    """Median ms per step of each engine, timed round-robin (one step of each in turn, no
+    profiler), so that load on a shared machine falls on every engine alike; ratios use it."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()  # ends with a device sync
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def step_flops(cfg: config.Config) -> int:
@@ -209,30 +240,36 @@ def memory_row(path: Path, device: torch.device) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    model = "tiny" if args.small else "vit_b16"
+    model = args.model or ("tiny" if args.small else "vit_b16")
     batches = [int(b) for b in args.batches.split(",")]
     precisions = [p == "bf16" for p in args.precisions.split(",")]
     rows, sdpa = [], None
+    stage = {"deepspeed.zero_optimization.stage": args.stage}
     for bf16 in precisions:
         for batch in batches:
-            cfg = make_cfg(model, batch, bf16)
-            flops = step_flops(cfg)
-            for kind in ("plain", "deepspeed"):
-                step = Step(cfg, kind, device)
-                if sdpa is None:
-                    sdpa = sdpa_kernels(step)
-                ms = breakdown(step, args.steps)
+            flops = step_flops(make_cfg(model, batch, bf16, stage))
+            steps = {
+                name: Step(make_cfg(model, batch, bf16, {**stage, **extra}), kind, device)
+                for name, (kind, extra) in ENGINES.items()
+            }
+            sdpa = sdpa or sdpa_kernels(steps["plain"])
+            phases = {name: breakdown(step, args.steps) for name, step in steps.items()}
+            medians = interleaved(steps, args.steps)
+            for step in steps.values():
                 step.close()
-                peak = peak_bf16(device) if bf16 else None
+            peak = peak_bf16(device) if bf16 else None
+            for name, ms in phases.items():
+                step_s = medians[name] / 1e3
                 rows.append(
                     {
-                        "engine": kind,
+                        "engine": name,
                         "precision": "bf16" if bf16 else "fp32",
                         "batch": batch,
                         **{k: round(v, 2) for k, v in ms.items()},
-                        "clips_per_s": round(batch / ms["total"] * 1e3, 2),
+                        "step": round(medians[name], 2),
+                        "clips_per_s": round(batch / step_s, 2),
                         "gflop_per_step": round(flops / 1e9, 3),
-                        "mfu": None if peak is None else flops / (ms["total"] / 1e3) / peak,
+                        "mfu": None if peak is None else flops / step_s / peak,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
@@ -243,6 +280,7 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == "cuda"
         else f"CPU x{os.cpu_count()}",
         "model": model,
+        "stage": args.stage,
         "sdpa_kernels": sdpa,
         "rows": rows,
         "memory": memory,
@@ -252,31 +290,31 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        f"Train step breakdown, {result['model']}, ms per step (SDPA: "
+        f"Train step breakdown, {result['model']}, ZeRO {result['stage']}, ms per step (SDPA: "
         f"{', '.join(result['sdpa_kernels']) or 'none'}):",
         "",
         "| engine | precision | batch | data | forward | backward | optimizer | all-reduce | "
-        "total | clips/s | GFLOP/step | MFU |",
-        "|" + "---|" * 12,
+        "total | step (interleaved median) | clips/s | GFLOP/step | MFU |",
+        "|" + "---|" * 13,
     ]
     for r in result["rows"]:
         mfu = "–" if r["mfu"] is None else f"{r['mfu']:.1%}"
         lines.append(
             f"| {r['engine']} | {r['precision']} | {r['batch']} | {r['data']} | {r['forward']} | "
             f"{r['backward']} | {r['optimizer']} | {r['all_reduce']} | {r['total']} | "
-            f"{r['clips_per_s']} | {r['gflop_per_step']} | {mfu} |"
+            f"{r['step']} | {r['clips_per_s']} | {r['gflop_per_step']} | {mfu} |"
         )
     for kind in ("fp32", "bf16"):
-        pairs = {
-            (r["engine"], r["batch"]): r["total"] for r in result["rows"] if r["precision"] == kind
-        }
-        ratios = [
-            f"batch {b}: {pairs[('deepspeed', b)] / pairs[('plain', b)]:.2f}"
-            for (e, b) in pairs
-            if e == "plain" and ("deepspeed", b) in pairs
-        ]
-        if ratios:
-            lines.append(f"\nDeepSpeed ÷ plain step, {kind}: {'; '.join(ratios)}")
+        rows = [r for r in result["rows"] if r["precision"] == kind]
+        plain = {r["batch"]: r["step"] for r in rows if r["engine"] == "plain"}
+        for engine in [e for e in ENGINES if e != "plain"]:
+            ratios = [
+                f"batch {r['batch']}: {r['step'] / plain[r['batch']]:.2f}"
+                for r in rows
+                if r["engine"] == engine and r["batch"] in plain
+            ]
+            if ratios:
+                lines.append(f"\n{engine} ÷ plain step, {kind}: {'; '.join(ratios)}")
     if result["memory"]:
         lines += [
             "",
@@ -302,17 +340,22 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="tiny ViT, 32², seconds on CPU")
+    parser.add_argument("--model", choices=MODELS, help="instead of --small's choice")
     parser.add_argument(
         "--batches", default=None, help="comma-separated (default 16,32,64; small: 2)"
     )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated fp32,bf16")
+    parser.add_argument("--stage", type=int, default=1, help="ZeRO stage of the DeepSpeed rows")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--memory-configs", default="", help="comma-separated config paths")
     parser.add_argument("--out", type=Path, help="append the Markdown table here")
     args = parser.parse_args(argv)
     args.batches = args.batches or ("2" if args.small else "16,32,64")
     parallel.select_accelerator()
     parallel.init_distributed()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(args)
     text = markdown(result)
     print(text)

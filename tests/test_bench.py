@@ -43,12 +43,14 @@ def test_train_step_bench_small_breaks_the_step_down():
         for line in out.splitlines()
         if line.startswith("| plain") or line.startswith("| deepspeed")
     ]
-    assert [r[0].strip() for r in rows] == ["plain", "deepspeed"]
+    assert [r[0].strip() for r in rows] == ["plain", "deepspeed", "deepspeed-defaults"]
     for row in rows:
         data, forward, backward, optimizer, _, total = (float(v) for v in row[3:9])
         assert min(forward, backward, optimizer) > 0
         assert data + forward + backward + optimizer <= total * 1.05  # phases tile the step
-    assert "DeepSpeed ÷ plain step, fp32: batch 2:" in out and "Projected K400" in out
+    for engine in ("deepspeed", "deepspeed-defaults"):
+        assert f"\n{engine} ÷ plain step, fp32: batch 2:" in out
+    assert "ZeRO 1" in out and "Projected K400" in out
 
 
 def test_loader_bench_small_measures_every_stage():

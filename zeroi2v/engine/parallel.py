@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError, check_batch_sizes
+from zeroi2v.engine import zero_comm
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +185,29 @@ def build_engine(
     turns off its NVTX ranges that would break the graph, and can hand over to DeepCompile.
     Checked on CPU: ZeRO 0 and ZeRO 3 with activation checkpointing give the eager losses
     (tests/test_compile.py; ZeRO 1 and 2 by hand).
+
+    Gradient buckets, overlap and bf16's overflow test are sized for the trainable elements
+    where the config leaves them unset (`zero_comm.fit`). DeepSpeed keeps fp32 master weights,
+    gradient buffers and optimizer state only for what the optimizer holds: the trainable
+    parameters (`param_groups`); ``deepspeed.initialize``'s ``model_parameters`` is not used
+    when an optimizer is given (engine.py `_configure_optimizer`, DeepSpeed 0.19.8).
     """
     import deepspeed
 
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ds_config = zero_comm.fit(ds_config, trainable)
+    log.info(
+        "%d trainable elements; ZeRO %s, buckets %s, overlap_comm %s",
+        trainable,
+        ds_config.get("zero_optimization", {}).get("stage", 0),
+        ds_config.get("zero_optimization", {}).get("reduce_bucket_size", "DeepSpeed's"),
+        ds_config.get("zero_optimization", {}).get("overlap_comm", "DeepSpeed's"),
+    )
     optim = cfg.optim
+    # fused: ZeRO hands the optimizer one flat fp32 tensor per group; torch's fused AdamW (CPU
+    # and CUDA) updates it in one pass instead of one pass per arithmetic operation
     optimizer = torch.optim.AdamW(
-        param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+        param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), fused=True
     )
     warmup = round(optim.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
