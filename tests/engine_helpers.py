@@ -31,6 +31,19 @@ _LAUNCHER_VARS = (
 )
 
 
+# The tiny model as an in-process engine test builds it: 32² × 4 frames, 5 classes, constant LR.
+TINY_ENGINE_OVERRIDES: dict[str, Any] = {
+    "model.backbone": "tiny_vit",
+    "model.image_size": 32,
+    "model.num_frames": 4,
+    "model.num_classes": 5,
+    "model.pretrained": None,
+    "optim.warmup_epochs": 0.0,
+    "optim.lr": 3e-3,
+    "deepspeed.train_micro_batch_size_per_gpu": 2,
+}
+
+
 def tiny_raw(shards: Path, out: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """configs/tiny_cpu.json pointed at `shards` and `out`, with per-section updates."""
     raw = json.loads((REPO / "configs" / "tiny_cpu.json").read_text())

@@ -18,7 +18,7 @@ import re
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import clean_env, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, clean_env, free_port
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from zeroi2v import build_model, merge
@@ -184,15 +184,7 @@ def _engine_worker(rank: int, port: int, result_file: str) -> None:
     from zeroi2v.engine import parallel, trainer
 
     parallel.init_distributed()
-    base = {
-        "model.backbone": "tiny_vit",
-        "model.image_size": 32,
-        "model.num_frames": 4,
-        "model.num_classes": 5,
-        "optim.warmup_epochs": 0.0,
-        "optim.lr": 3e-3,
-        "deepspeed.train_micro_batch_size_per_gpu": 2,
-    }
+    base = TINY_ENGINE_OVERRIDES
     torch.manual_seed(0)
     clips, labels = torch.randn(3, 2, 3, 4, 32, 32), torch.randint(0, 5, (3, 2))
     results = {}

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import become_rank, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, free_port
 
 from zeroi2v.engine import zero_comm
 
@@ -62,14 +62,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
     parallel.init_distributed()
     base = {
-        "model.backbone": "tiny_vit",
-        "model.image_size": 32,
-        "model.num_frames": 4,
-        "model.num_classes": 5,
-        "model.pretrained": None,
-        "optim.warmup_epochs": 0.0,
-        "optim.lr": 3e-3,
-        "deepspeed.train_micro_batch_size_per_gpu": 2,
+        **TINY_ENGINE_OVERRIDES,
         "deepspeed.zero_optimization.stage": 1,
         "deepspeed.bf16.enabled": True,
     }
