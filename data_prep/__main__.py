@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument(
         "--source",
         required=True,
-        choices=["folder", "k400", "ssv2", "ucf101", "hmdb51", "diving48"],
+        choices=["folder", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "ava"],
     )
     shard.add_argument("--root", required=True, type=Path, help="video folder")
     shard.add_argument(
@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         help="replace existing shards of this split made with other inputs",
     )
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ava = shard.add_argument_group("ava (--annotations is the annotation CSV)")
+    ava.add_argument("--label-map", type=Path, help="ava_action_list_v2.2*.pbtxt")
+    ava.add_argument("--excluded", type=Path, help="ava_*_excluded_timestamps_v2.2.csv")
+    ava.add_argument("--proposals", type=Path, help="person boxes CSV (..., score)")
+    ava.add_argument("--clip-seconds", type=float, default=2.2, help="seconds per keyframe")
+    ava.add_argument(
+        "--video-start", type=float, default=0.0, help="movie second of a file's first frame"
+    )
 
     syn = sub.add_parser("synthetic", help="motion-only labelled mp4s in root/split/class/")
     syn.add_argument("--out", required=True, type=Path)
@@ -82,6 +90,8 @@ def _shard(args: argparse.Namespace) -> int:
     from data_prep.shard import shard_split
     from data_prep.sources import load_source
 
+    if args.source == "ava":
+        return _shard_ava(args)
     source = load_source(args.source, args.root, args.annotations, args.split, args.classes)
     result = shard_split(
         source,
@@ -97,6 +107,11 @@ def _shard(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress_bar=not args.no_progress,
     )
+    return _report(args, result)
+
+
+def _report(args: argparse.Namespace, result: dict) -> int:
+    """Print what was skipped and why; exit 3 when anything was, 1 when nothing was kept."""
     skipped = result["skipped"]
     for entry in skipped:
         print(f"skipped {entry['source']}: {entry['reason']}", file=sys.stderr)
@@ -111,6 +126,28 @@ def _shard(args: argparse.Namespace) -> int:
         f"{result['side_files']} side files (.txt/.json/.csv/hidden) ignored"
     )
     return EXIT_SKIPPED if skipped else 0
+
+
+def _shard_ava(args: argparse.Namespace) -> int:
+    from data_prep.ava import shard_ava
+
+    if len(args.annotations) != 1 or args.label_map is None:
+        raise ValueError("--source ava needs --annotations AVA.csv (one file) and --label-map")
+    result = shard_ava(
+        args.root,
+        args.annotations[0],
+        args.label_map,
+        args.out,
+        args.split,
+        excluded=args.excluded,
+        proposals=args.proposals,
+        clip_seconds=args.clip_seconds,
+        video_start=args.video_start,
+        short_side=args.short_side,
+        crf=args.crf,
+        shard_size=args.shard_size,
+    )
+    return _report(args, result)
 
 
 def _synthetic(args: argparse.Namespace) -> int:

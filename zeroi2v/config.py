@@ -58,6 +58,9 @@ class ModelConfig(_Section):
     quick_gelu: bool | None = None  # None: as the pretrained tag says (True for "openai")
     clip_projection: bool = True  # False: the classifier reads the width-d ln_post feature
     temporal_embedding: bool = False  # a trainable (T, width) embedding added before ln_pre
+    # "detection": AVA-style person boxes → multi-label actions (zeroi2v/models/detection.py)
+    task: Literal["classification", "detection"] = "classification"
+    roi_size: int = Field(7, ge=1)  # detection: RoIAlign output cells per side
 
 
 class AdaptConfig(_Section):
@@ -91,6 +94,8 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(1000, ge=0)
     num_workers: int = Field(2, ge=0)
     eval_batch_size: int = Field(8, ge=1)
+    # detection: person proposals below this detector score are dropped (train and test)
+    proposal_min_score: float = Field(0.8, ge=0.0, le=1.0)
 
 
 class OptimConfig(_Section):
@@ -202,6 +207,11 @@ class Config(_Section):
         used = [key for key, is_set in clip_options.items() if is_set]
         if used and spec.impl != "open_clip":
             raise ConfigError(f"{used[0]} is supported on open_clip (CLIP) ViT backbones only")
+        if self.model.task == "detection" and spec.family != "vit":
+            raise ConfigError(
+                f"model.task 'detection' needs a ViT backbone (its patch tokens form the RoI "
+                f"feature map), not '{self.model.backbone}'"
+            )
         if self.model.init_from is not None and self.model.pretrained is not None:
             raise ConfigError(
                 "model.init_from and model.pretrained are both set; the parent's weights replace "

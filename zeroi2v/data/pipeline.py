@@ -81,6 +81,18 @@ class VideoLoader:
 # ----------------------------------------------------------------------------- training stages
 
 
+def _sample_loader(cfg: Config, *, train: bool, epoch: int = 0) -> tuple[Any, Callable]:
+    """(sample → (clip, target), collate) of the task: classification clips with a label, or
+    AVA keyframes with person boxes (`zeroi2v.data.ava`)."""
+    if cfg.model.task == "detection":
+        from zeroi2v.data.ava import KeyframeLoader, collate_keyframes
+
+        return KeyframeLoader(cfg, train=train, epoch=epoch), collate_keyframes
+    if train:
+        return ClipLoader.for_training(cfg, epoch=epoch), _collate_train
+    return ClipLoader.for_eval(cfg), collate_eval
+
+
 def _played_samples(
     positions: Iterable[int], order: EpochOrder, urls: list[str], skips: SkipCounter
 ) -> Iterator[tuple[int, list[dict[str, Any] | None], int]]:
@@ -106,10 +118,11 @@ def _played_samples(
 
 def _decoded_batches(
     src: Iterable[tuple[int, list[dict[str, Any] | None], int]],
-    load: ClipLoader,
+    load: Any,
     skips: SkipCounter,
     batch_size: int,
-) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+    collate: Callable[[list[Any]], tuple[Any, ...]],
+) -> Iterator[tuple[Any, Any, list[str]]]:
     """Decode late, in micro-batches; a corrupt or missing sample is replaced by the next
     decodable one of its block (cyclically), decoded with a different RNG."""
     bad: set[tuple[str, int]] = set()  # (key, position) found corrupt
@@ -136,7 +149,7 @@ def _decoded_batches(
             if item is None:
                 raise RuntimeError(f"no decodable sample in the block of position {position}")
             loaded.append(item)
-        yield _collate_train(loaded)
+        yield collate(loaded)
 
 
 def _collate_train(loaded: list[tuple[Any, int, str]]) -> tuple[Any, ...]:
@@ -209,7 +222,7 @@ def build_train_loader(
         shard_counts(cfg.data.train_shards), cfg.train.seed, epoch, cfg.data.shuffle_buffer
     )
     skips = SkipCounter()
-    load = ClipLoader.for_training(cfg, epoch=epoch)
+    load, collate = _sample_loader(cfg, train=True, epoch=epoch)
     pipeline = wds.DataPipeline(
         [
             # 1. positions of the epoch's global order this worker plays (pure arithmetic)
@@ -218,7 +231,11 @@ def build_train_loader(
             functools.partial(_played_samples, order=order, urls=urls, skips=skips),
             # 3. micro-batches; decode late: sample frames (decord) + crop + augment (or not yet)
             functools.partial(
-                _decoded_batches, load=load, skips=skips, batch_size=micro_batch_size
+                _decoded_batches,
+                load=load,
+                skips=skips,
+                batch_size=micro_batch_size,
+                collate=collate,
             ),
         ]
     )
@@ -260,8 +277,8 @@ def _split_eval_samples(
 
 
 def _decoded_views(
-    src: Iterable[dict[str, Any]], load: ClipLoader, skips: SkipCounter
-) -> Iterator[tuple[Tensor, int, str]]:
+    src: Iterable[dict[str, Any]], load: Any, skips: SkipCounter
+) -> Iterator[tuple[Tensor, Any, str]]:
     for sample in src:
         try:
             views, label = load(sample, "eval")
@@ -281,7 +298,7 @@ def build_eval_loader(cfg: Config, *, rank: int, world_size: int, batch_size: in
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     urls = [stream_url(u) for u in expand_shards(cfg.data.val_shards, field="data.val_shards")]
     skips = SkipCounter()
-    load = ClipLoader.for_eval(cfg)
+    load, collate = _sample_loader(cfg, train=False)
     split = {"rank": rank, "world_size": world_size, "num_shards": len(urls)}
     pipeline = wds.DataPipeline(
         [
@@ -296,7 +313,7 @@ def build_eval_loader(cfg: Config, *, rank: int, world_size: int, batch_size: in
             # 5. decode test views: num_clips clips × num_crops crops per video
             functools.partial(_decoded_views, load=load, skips=skips),
             # 6. batches; the last one per worker may be partial
-            wds.batched(batch_size, collation_fn=collate_eval, partial=True),
+            wds.batched(batch_size, collation_fn=collate, partial=True),
         ]
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=cfg.data.num_workers)

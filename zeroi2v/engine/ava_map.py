@@ -64,6 +64,12 @@ class GroundTruth:
 class MapResult:
     mean_ap: float
     per_class: dict[int, float]  # class id → AP (NaN: no ground truth of that class)
+    count: int = 0  # keyframes evaluated
+
+    @property
+    def score(self) -> float:
+        """The number a run is ranked by (top-1 for classification)."""
+        return self.mean_ap
 
     def as_metrics(self, prefix: str = "val/") -> dict[str, float]:
         return {f"{prefix}mAP": self.mean_ap}

@@ -23,6 +23,11 @@ class EvalResult:
     count: int
     confusion: torch.Tensor  # (K, K) counts, rows = true class, columns = predicted
 
+    @property
+    def score(self) -> float:
+        """The number a run is ranked by (mAP for detection)."""
+        return self.top1
+
     def as_metrics(self, prefix: str = "val/") -> dict[str, float]:
         return {f"{prefix}top1": self.top1, f"{prefix}top5": self.top5}
 

@@ -46,6 +46,7 @@ from zeroi2v.engine import (
     tracking,
     train_state,
 )
+from zeroi2v.engine.detection import MultiLabelLoss, evaluate_detection
 from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class TrainResult:
     val_top5: float | None
     model_uri: str | None
     output_dir: Path
+    val_map: float | None = None  # model.task "detection": frame-level mAP@0.5
 
 
 def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
@@ -258,7 +260,12 @@ def _train(
                 info.world_size,
             )
     keys_log = _sample_key_log(cfg, info) if cfg.train.log_sample_keys else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    detection = cfg.model.task == "detection"
+    criterion = (
+        MultiLabelLoss()
+        if detection
+        else nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    )
     classes = read_manifest(cfg.data.train_shards)["classes"]
     log_file = _open_metrics_log(out / "metrics.jsonl", client.get("metrics_bytes"), rank0)
     last_saved = tag
@@ -284,35 +291,36 @@ def _train(
         last_saved = name
 
     @torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
-    def run_eval(step: int) -> metrics.EvalResult:
+    def run_eval(step: int) -> Any:
         engine.eval()
         loader = build_eval_loader(
             cfg, rank=info.rank, world_size=info.world_size, batch_size=cfg.data.eval_batch_size
         )
         if keys_log is not None:
             loader = _logging_keys(loader, keys_log, {"eval_at_step": step})
-        res = metrics.evaluate(
-            engine,
-            loader,
-            cfg.model.num_classes,
-            device=device,
-            dtype=dtype,
-            lockstep=parallel.zero_stage(engine) == 3,
-            progress=rank0,
-        )
+        if detection:
+            res = evaluate_detection(
+                engine, loader, cfg.model.num_classes, device=device, dtype=dtype, progress=rank0
+            )
+        else:
+            res = metrics.evaluate(
+                engine,
+                loader,
+                cfg.model.num_classes,
+                device=device,
+                dtype=dtype,
+                lockstep=parallel.zero_stage(engine) == 3,
+                progress=rank0,
+            )
         engine.train()
         if rank0:
-            log.info(
-                "step %d: val top-1 %.4f, top-5 %.4f (%d clips)",
-                step,
-                res.top1,
-                res.top5,
-                res.count,
-            )
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in res.as_metrics().items())
+            log.info("step %d: %s (%d clips)", step, shown, res.count)
             _write(log_file, {"step": step, **res.as_metrics()})
             if tracker is not None:
                 tracker.log_metrics(res.as_metrics(), step)
-                tracker.log_confusion(res.confusion, classes, step)
+                if not detection:
+                    tracker.log_confusion(res.confusion, classes, step)
         return res
 
     step = client["global_step"]
@@ -345,7 +353,10 @@ def _train(
             if keys_log is not None:
                 _write(keys_log, {"epoch": epoch, "step": step + 1, "keys": keys})
             lr = engine.get_lr()[0]
-            loss = train_step(engine, criterion, clips.to(device, dtype), labels.to(device))
+            rois = None
+            if detection:  # labels: the micro-batch's person boxes and their multi-hot actions
+                rois, labels = labels.rois.to(device, dtype), labels.labels
+            loss = train_step(engine, criterion, clips.to(device, dtype), labels.to(device), rois)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss} at step {step + 1} (epoch {epoch}); stopping, the last "
@@ -385,8 +396,8 @@ def _train(
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_every_epochs == 0 or last:
             result = run_eval(step)
-            if client["best_top1"] is None or result.top1 > client["best_top1"]:
-                client["best_top1"] = result.top1
+            if client["best_top1"] is None or result.score > client["best_top1"]:
+                client["best_top1"] = result.score  # mAP for detection
             if on_epoch is not None:
                 if last_saved != f"step{step}":
                     save(step)
@@ -400,15 +411,22 @@ def _train(
     for handle in (log_file, keys_log):
         if handle is not None:
             handle.close()
+    if detection:
+        return TrainResult(step, None, None, model_uri, out, val_map=result.mean_ap)
     return TrainResult(step, result.top1, result.top5, model_uri, out)
 
 
 def train_step(
-    engine: Any, criterion: nn.Module, clips: torch.Tensor, labels: torch.Tensor
+    engine: Any,
+    criterion: nn.Module,
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    rois: torch.Tensor | None = None,
 ) -> float:
     """One micro-step; returns the loss averaged over ranks (the same value on every rank, so a
-    non-finite loss stops all ranks together, before its gradients touch the weights)."""
-    loss = criterion(engine(clips), labels)
+    non-finite loss stops all ranks together, before its gradients touch the weights).
+    `rois` (K, 5): the person boxes of a detection micro-batch; `labels` are then (K, C)."""
+    loss = criterion(engine(clips) if rois is None else engine(clips, rois), labels)
     reduced = loss.detach().float().clone()
     dist.all_reduce(reduced)
     reduced = reduced.item() / dist.get_world_size()
@@ -453,7 +471,7 @@ def _finish(
     engine: Any,
     cfg: Config,
     tracker: Any,
-    result: metrics.EvalResult,
+    result: Any,
     rank: int,
     device: torch.device,
 ) -> str | None:
@@ -468,4 +486,4 @@ def _finish(
     if tracker is None:
         return None
     classes = read_manifest(cfg.data.train_shards)["classes"]
-    return tracker.log_model(merged, example[:1], result.top1, classes, saved=saved)
+    return tracker.log_model(merged, example[:1], result.score, classes, saved=saved)

@@ -50,8 +50,9 @@ class VideoClassifier(nn.Module):
         return self.head(self.dropout(self.features(clip)))
 
 
-def build_model(cfg) -> VideoClassifier:
-    """Backbone + temporal operator + adaptation strategy + trainable flags, from a `Config`."""
+def build_model(cfg) -> nn.Module:
+    """Backbone + temporal operator + adaptation strategy + trainable flags, from a `Config`:
+    a `VideoClassifier`, or an `ActionDetector` for ``model.task`` "detection"."""
     from zeroi2v.config import ConfigError
     from zeroi2v.models.adapters import attach_adapters, mark_trainable
     from zeroi2v.models.backbones import build_backbone, token_layout
@@ -83,14 +84,27 @@ def build_model(cfg) -> VideoClassifier:
         adapter_scale=adapt.adapter_scale,
         adapter_dropout=adapt.adapter_dropout,
     )
-    model = VideoClassifier(
-        backbone,
-        backbone.feature_dim,
-        model_cfg.num_classes,
-        model_cfg.num_frames,
-        dropout=model_cfg.dropout,
-        strategy=adapt.strategy,
-    )
+    if model_cfg.task == "detection":
+        from zeroi2v.models.detection import ActionDetector, token_width
+
+        model: nn.Module = ActionDetector(
+            backbone,
+            token_width(backbone),
+            model_cfg.num_classes,
+            model_cfg.num_frames,
+            roi_size=model_cfg.roi_size,
+            dropout=model_cfg.dropout,
+            strategy=adapt.strategy,
+        )
+    else:
+        model = VideoClassifier(
+            backbone,
+            backbone.feature_dim,
+            model_cfg.num_classes,
+            model_cfg.num_frames,
+            dropout=model_cfg.dropout,
+            strategy=adapt.strategy,
+        )
     trainable = ["head"]
     if hasattr(backbone, "temporal_embedding"):
         trainable.append("backbone.temporal_embedding")

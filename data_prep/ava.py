@@ -1,0 +1,267 @@
+"""AVA v2.2 → WebDataset shards, one sample per keyframe ``(video_id, timestamp)``.
+
+Inputs are the official files: the annotation CSV (rows ``video_id,timestamp,x1,y1,x2,y2,
+action_id,person_id``, boxes normalised to [0, 1]), the excluded-timestamps CSV
+(``video_id,timestamp``), the label map pbtxt (``item { name: "..." id: N }``, the 60 evaluated
+actions) and a person-proposal CSV in the layout of SlowFast's ``ava_*_predicted_boxes.csv``
+(``video_id,timestamp,x1,y1,x2,y2[,action_id],score``; the action column is ignored). Videos
+are ``root/{video_id}.*``; ``video_start`` is the movie second at the file's first frame (0 for
+the full movies, 900 for the official 15-minute cuts).
+
+A sample's mp4 holds ``clip_seconds`` around the keyframe (at the video's frame rate), its json
+the keyframe's frame index, the person boxes with their class indices (label map order) and
+the proposals with their scores; proposals are not thresholded here (``data.proposal_min_score``
+does that at load time). Every input row is accounted for: it is in a written sample, or listed
+in ``manifest.json`` under ``skipped`` as ``FILE:LINE`` with the reason. A row that does not parse
+is an error naming its file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import decord
+import numpy as np
+
+from data_prep import video_io
+from data_prep.quiet import decoder_detail, quiet_stderr
+from data_prep.shard import DeterministicTar, sha256_file, update_manifest
+from data_prep.sources import is_side_file, make_key
+
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Row:
+    where: str  # "file.csv:LINE", the row's place in the inputs
+    key: Key
+    box: tuple[float, float, float, float]
+    value: float  # action id (annotations) or detector score (proposals)
+    person: str = ""
+
+
+def read_label_map(path: Path) -> list[tuple[int, str]]:
+    """[(action id, name)] in file order, from the official pbtxt."""
+    text = Path(path).read_text()
+    items = re.findall(r'name:\s*"([^"]*)"\s*(?:label_)?id:\s*(\d+)', text)
+    if not items:
+        raise ValueError(f"{path}: no 'item {{ name: \"...\" id: N }}' entries in the label map")
+    return [(int(action), name) for name, action in items]
+
+
+def read_excluded(path: Path | None) -> set[Key]:
+    if path is None:
+        return set()
+    return {row.key for row in _rows(path, columns=(2,), value_column=None)}
+
+
+def read_annotations(path: Path) -> list[Row]:
+    return list(_rows(path, columns=(8,), value_column=6, person_column=7))
+
+
+def read_proposals(path: Path) -> list[Row]:
+    return list(_rows(path, columns=(7, 8), value_column=-1))
+
+
+def _rows(
+    path: Path,
+    columns: tuple[int, ...],
+    value_column: int | None,
+    person_column: int | None = None,
+) -> Iterator[Row]:
+    with open(path, newline="") as f:
+        for line, fields in enumerate(csv.reader(f), start=1):
+            if not fields:
+                continue
+            where = f"{Path(path).name}:{line}"
+            if len(fields) not in columns:
+                raise ValueError(f"{where}: expected {' or '.join(map(str, columns))} columns")
+            try:
+                key = (fields[0], int(float(fields[1])))
+                box = tuple(float(v) for v in fields[2:6]) if len(fields) > 2 else (0, 0, 0, 0)
+                value = float(fields[value_column]) if value_column is not None else 0.0
+            except ValueError as err:
+                raise ValueError(f"{where}: not a number ({err})") from None
+            person = fields[person_column] if person_column is not None else ""
+            yield Row(where, key, box, value, person)
+
+
+def _box_problem(box: tuple[float, ...]) -> str | None:
+    x1, y1, x2, y2 = box
+    if 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1:
+        return None
+    return f"box {list(box)} is not inside [0, 1] with x1 < x2 and y1 < y2"
+
+
+def _find_video(root: Path, video: str) -> Path | None:
+    found = sorted(p for p in Path(root).glob(f"{video}.*") if not is_side_file(p))
+    return found[0] if found else None
+
+
+class _Movie:
+    """One open video: the clip around a movie second, or why there is none."""
+
+    def __init__(self, path: Path, video_start: float, short_side: int | None) -> None:
+        with quiet_stderr():
+            probe = decord.VideoReader(str(path), num_threads=1)
+            width, height = probe[0].shape[1], probe[0].shape[0]
+            scale = short_side / min(width, height) if short_side else 1.0
+            if scale < 1:
+                width = video_io.readable_width(max(2, round(width * scale) // 2 * 2))
+                height = max(2, round(height * scale) // 2 * 2)
+                self.reader = decord.VideoReader(
+                    str(path), num_threads=1, width=width, height=height
+                )
+            else:
+                self.reader = probe
+        self.fps = float(self.reader.get_avg_fps())
+        self.start = video_start
+
+    def clip(self, timestamp: int, seconds: float) -> tuple[np.ndarray, int] | str:
+        """((T, H, W, 3) frames, keyframe index among them), or the reason there are none."""
+        frames = len(self.reader)
+        keyframe = round((timestamp - self.start) * self.fps)
+        if not 0 <= keyframe < frames:
+            return (
+                f"timestamp {timestamp} is outside the video ({frames / self.fps:.1f} s from "
+                f"second {self.start:g})"
+            )
+        half = round(seconds * self.fps / 2)
+        first, last = max(0, keyframe - half), min(frames - 1, keyframe + half)
+        with quiet_stderr():
+            pixels = self.reader.get_batch(list(range(first, last + 1))).asnumpy()
+        return pixels, keyframe - first
+
+
+def _person_boxes(rows: list[Row], index: dict[int, int]) -> tuple[list, list, list]:
+    """Rows of one keyframe → (boxes, class indices per box, person ids); one box per person."""
+    grouped: dict[tuple, list[int]] = defaultdict(list)
+    for row in rows:
+        grouped[(row.person, row.box)].append(index[int(row.value)])
+    ordered = sorted(grouped.items())
+    return (
+        [list(box) for (_, box), _ in ordered],
+        [sorted(set(labels)) for _, labels in ordered],
+        [person for (person, _), _ in ordered],
+    )
+
+
+def shard_ava(
+    root: Path,
+    annotations: Path,
+    label_map: Path,
+    out: Path,
+    split: str,
+    *,
+    excluded: Path | None = None,
+    proposals: Path | None = None,
+    clip_seconds: float = 2.2,
+    video_start: float = 0.0,
+    short_side: int | None = None,
+    crf: int = 18,
+    shard_size: int = 100,
+) -> dict:
+    """Write ``{out}/{split}-NNNNNN.tar`` keyframe samples; returns the split's manifest entry
+    plus ``skipped`` (one entry per input row not in a sample)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    actions = read_label_map(label_map)
+    index = {action: i for i, (action, _) in enumerate(actions)}
+    skip_keys = read_excluded(excluded)
+    skipped: list[dict] = []
+
+    def skip(row: Row, reason: str) -> None:
+        skipped.append({"source": row.where, "split": split, "reason": reason})
+
+    gt: dict[Key, list[Row]] = defaultdict(list)
+    boxes: dict[Key, list[Row]] = defaultdict(list)
+    for rows, kind in ((read_annotations(annotations), gt), (_optional(proposals), boxes)):
+        for row in rows:
+            problem = _box_problem(row.box)
+            if row.key in skip_keys:
+                skip(row, "excluded timestamp")
+            elif problem:
+                skip(row, problem)
+            elif kind is gt and int(row.value) not in index:
+                skip(row, f"action {int(row.value)} is not in the label map")
+            else:
+                kind[row.key].append(row)
+    keys = sorted(set(gt) | set(boxes))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{split}-*.tar"):
+        stale.unlink()
+    shards: list[dict] = []
+    writer: DeterministicTar | None = None
+    counts = {"annotations": 0, "proposals": 0}
+    video, movie = None, None  # keys are sorted: one video open at a time
+    for key in keys:
+        if key[0] != video:
+            video, movie = key[0], _open(root, key[0], video_start, short_side)
+        clip = movie if isinstance(movie, str) else movie.clip(key[1], clip_seconds)
+        if isinstance(clip, str):
+            for row in gt[key] + boxes[key]:
+                skip(row, clip)
+            continue
+        pixels, keyframe = clip
+        person, labels, person_ids = _person_boxes(gt[key], index)
+        meta = {
+            "video": key[0],
+            "timestamp": key[1],
+            "keyframe": keyframe,
+            "fps": movie.fps,
+            "frames": len(pixels),
+            "height": int(pixels.shape[1]),
+            "width": int(pixels.shape[2]),
+            "boxes": person,
+            "labels": labels,
+            "person_ids": person_ids,
+            "proposals": [[*row.box, row.value] for row in boxes[key]],
+        }
+        if writer is None:
+            writer = DeterministicTar(out / f"{split}-{len(shards):06d}.tar")
+        sample = {
+            "mp4": video_io.encode_rgb(pixels, movie.fps, crf=crf),
+            "json": json.dumps(meta, sort_keys=True).encode(),
+        }
+        writer.add(make_key(f"{key[0]}_{key[1]:04d}"), sample)
+        counts["annotations"] += len(gt[key])
+        counts["proposals"] += len(boxes[key])
+        if writer.count == shard_size:
+            shards.append(_close(writer))
+            writer = None
+    if writer is not None:
+        shards.append(_close(writer))
+    entry = {
+        "shards": shards,
+        "count": sum(s["count"] for s in shards),
+        "rows_kept": counts,
+        "side_files": 0,
+    }
+    update_manifest(out, [name for _, name in actions], split, entry, skipped)
+    return {**entry, "skipped": skipped}
+
+
+def _optional(path: Path | None) -> list[Row]:
+    return read_proposals(path) if path is not None else []
+
+
+def _open(root: Path, video: str, start: float, short_side: int | None) -> _Movie | str:
+    path = _find_video(root, video)
+    if path is None:
+        return f"video {video}: no file {video}.* in {root}"
+    try:
+        return _Movie(path, start, short_side)
+    except (RuntimeError, decord.DECORDError, IndexError) as err:
+        return f"video {video}: cannot be read ({decoder_detail(err)})"
+
+
+def _close(writer: DeterministicTar) -> dict:
+    writer.close()
+    return {"name": writer.path.name, "count": writer.count, "sha256": sha256_file(writer.path)}

@@ -1,0 +1,156 @@
+"""One AVA keyframe sample (shard from `python -m data_prep shard --source ava`) → a clip + boxes.
+
+A sample holds a short mp4 around the keyframe and a json with the keyframe's index in it, the
+annotated person boxes (normalised x1, y1, x2, y2) with their action class indices, and the
+person detector's proposals with scores. Following VideoMAE's AVA setting:
+
+* frames: ``model.num_frames`` frames ``data.frame_interval`` apart, centred on the keyframe
+  (indices clamped to the clip), the same at training and test;
+* training boxes: the ground-truth boxes, plus every proposal scoring at least
+  ``data.proposal_min_score`` whose best IoU with a ground-truth box is >= 0.5, which takes that
+  box's labels; test boxes: the proposals scoring at least ``data.proposal_min_score``;
+* augmentation: the frame is resized to ``image_size`` × ``image_size`` and, in training,
+  flipped with probability ``data.hflip``; boxes follow through torchvision's
+  ``tv_tensors.BoundingBoxes``. VideoMAE's scale jitter and random crop are not applied, so a
+  crop can never cut a person out of the clip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.ops import box_iou
+from torchvision.transforms import v2
+
+from zeroi2v.config import Config
+from zeroi2v.data.clips import seed_from
+from zeroi2v.data.decode import CorruptVideoError, frame_count, open_video, read_frames
+from zeroi2v.models.specs import BACKBONES
+
+MATCH_IOU = 0.5  # a training proposal takes the labels of a ground-truth box it overlaps this much
+
+
+@dataclass
+class KeyframeTargets:
+    """What a batch's boxes mean: ``rois`` (K, 5) ``[batch index, x1, y1, x2, y2]`` normalised,
+    ``labels`` (K, C) multi-hot, and per clip its key and ground truth (for the mAP)."""
+
+    rois: Tensor
+    labels: Tensor
+    frames: list[dict[str, Any]]  # {"key": (video, timestamp), "boxes": [...], "labels": [...]}
+
+    def to(self, device: torch.device) -> KeyframeTargets:
+        return KeyframeTargets(self.rois.to(device), self.labels.to(device), self.frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def keyframe_indices(keyframe: int, num_frames: int, interval: int, available: int) -> np.ndarray:
+    """``num_frames`` indices ``interval`` apart with the keyframe at position T // 2, clamped."""
+    offsets = (np.arange(num_frames) - num_frames // 2) * interval
+    return np.clip(keyframe + offsets, 0, available - 1)
+
+
+def training_boxes(
+    gt_boxes: Tensor, gt_labels: Tensor, proposals: Tensor, min_score: float
+) -> tuple[Tensor, Tensor]:
+    """Ground truth + proposals (x1, y1, x2, y2, score) matched to it → (boxes, multi-hot)."""
+    confident = proposals[proposals[:, 4] >= min_score, :4]
+    if len(gt_boxes) == 0 or len(confident) == 0:
+        return gt_boxes, gt_labels
+    best, which = box_iou(confident, gt_boxes).max(dim=1)
+    matched = best >= MATCH_IOU
+    return (
+        torch.cat([gt_boxes, confident[matched]]),
+        torch.cat([gt_labels, gt_labels[which[matched]]]),
+    )
+
+
+class KeyframeLoader:
+    """Decode a keyframe sample's frames and boxes: late, after shuffling (as `ClipLoader`)."""
+
+    errors = (CorruptVideoError, KeyError, ValueError)
+
+    def __init__(self, cfg: Config, *, train: bool, epoch: int = 0) -> None:
+        spec = BACKBONES[cfg.model.backbone]
+        self.train, self.epoch, self.seed = train, epoch, cfg.train.seed
+        self.num_frames, self.interval = cfg.model.num_frames, cfg.data.frame_interval
+        self.num_classes, self.min_score = cfg.model.num_classes, cfg.data.proposal_min_score
+        size = cfg.model.image_size
+        self.transform = v2.Compose(
+            [
+                v2.Resize((size, size), antialias=True),
+                v2.RandomHorizontalFlip(p=cfg.data.hflip if train else 0.0),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(spec.mean, spec.std),
+            ]
+        )
+
+    def _boxes(self, meta: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        gt = torch.tensor(meta["boxes"], dtype=torch.float32).reshape(-1, 4)
+        hot = torch.zeros(len(gt), self.num_classes)
+        for row, labels in enumerate(meta["labels"]):
+            hot[row, labels] = 1.0
+        proposals = torch.tensor(meta["proposals"], dtype=torch.float32).reshape(-1, 5)
+        if self.train:
+            return training_boxes(gt, hot, proposals, self.min_score)
+        kept = proposals[proposals[:, 4] >= self.min_score]
+        return kept[:, :4], torch.zeros(len(kept), self.num_classes)
+
+    def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Tensor, dict[str, Any]]:
+        """((C, T, S, S) clip — (1, C, T, S, S) at test: one view —, target dict)."""
+        meta = json.loads(sample["json"])
+        reader = open_video(sample["mp4"], size=(meta["width"], meta["height"]))
+        available = frame_count(reader, meta.get("frames"))
+        indices = keyframe_indices(meta["keyframe"], self.num_frames, self.interval, available)
+        frames = torch.from_numpy(read_frames(reader, indices)).permute(0, 3, 1, 2)
+        height, width = frames.shape[-2:]
+        boxes, labels = self._boxes(meta)
+        pixels = tv_tensors.BoundingBoxes(
+            boxes * torch.tensor([width, height, width, height]),
+            format="XYXY",
+            canvas_size=(height, width),
+        )
+        with torch.random.fork_rng(devices=[]):
+            key = sample["__key__"], sample.get("__position__", 0), salt
+            torch.manual_seed(seed_from(self.seed, self.epoch, *key))
+            video, pixels = self.transform(tv_tensors.Video(frames), pixels)
+        size = video.shape[-1]
+        clip = video.as_subclass(Tensor).permute(1, 0, 2, 3).contiguous()  # (C, T, S, S)
+        target = {
+            "boxes": pixels.as_subclass(Tensor) / size,
+            "labels": labels,
+            "frame": {
+                "key": (meta["video"], int(meta["timestamp"])),
+                "boxes": meta["boxes"],
+                "labels": meta["labels"],
+            },
+        }
+        return (clip if self.train else clip[None]), target
+
+
+def collate_keyframes(
+    samples: list[tuple[Tensor, dict[str, Any], str]],
+) -> tuple[Tensor, KeyframeTargets, list[str]]:
+    """[(clip, target, key)] → (clips (B, ...), `KeyframeTargets`, keys)."""
+    clips, targets, keys = zip(*samples, strict=True)
+    rois = [
+        torch.cat([torch.full((len(t["boxes"]), 1), float(b)), t["boxes"]], dim=1)
+        for b, t in enumerate(targets)
+    ]
+    return (
+        torch.stack(clips),
+        KeyframeTargets(
+            torch.cat(rois).reshape(-1, 5),
+            torch.cat([t["labels"] for t in targets]),
+            [t["frame"] for t in targets],
+        ),
+        list(keys),
+    )
