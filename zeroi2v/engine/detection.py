@@ -9,6 +9,7 @@ frame-level mAP@0.5 (`zeroi2v.engine.ava_map`) once, on the whole validation set
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroi2v import logs
-from zeroi2v.engine.ava_map import MapResult, frame_map, ground_truth_of, scored_detections
+from zeroi2v.engine.ava_map import (
+    DETECTIONS_PER_FRAME,
+    Detection,
+    GroundTruth,
+    Key,
+    MapResult,
+    frame_map,
+    ground_truth_of,
+    scored_detections,
+)
 
 
 class MultiLabelLoss(nn.Module):
@@ -30,6 +40,42 @@ class MultiLabelLoss(nn.Module):
 
 
 @torch.no_grad()
+def collect_detections(
+    forward: Callable[..., torch.Tensor],
+    loader: Iterable,
+    num_classes: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[list[Key], list[GroundTruth], list[Detection]]:
+    """(keyframes seen, their ground truth, scored detections of `forward(clips, rois)`) over
+    `loader`, gathered from every rank (each rank reads its own share of the keyframes)."""
+    keys: list[Key] = []
+    truth: list[GroundTruth] = []
+    found: list[Detection] = []
+    classes = list(range(num_classes))
+    unsized = (batch for batch in loader)  # the eval loader's length depends on the data
+    batches = logs.progress(unsized, desc="eval", disable=not progress, leave=False)
+    for clips, targets, _ in batches:
+        rois = targets.rois
+        scores = torch.zeros(0, num_classes)
+        if len(rois):
+            logits = forward(clips[:, 0].to(device, dtype), rois.to(device, dtype))  # (K, C)
+            scores = logits.float().sigmoid().cpu()
+        for b, frame in enumerate(targets.frames):
+            mine = rois[:, 0] == b
+            scored = scored_detections(frame["key"], rois[mine, 1:], scores[mine], classes)
+            found += heapq.nlargest(DETECTIONS_PER_FRAME, scored, key=lambda d: d.score)
+            truth += ground_truth_of(frame["key"], frame["boxes"], frame["labels"])
+            keys.append(frame["key"])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        everything: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everything, (keys, truth, found))
+        keys, truth, found = ([x for part in everything for x in part[i]] for i in range(3))
+    return keys, truth, found
+
+
 def evaluate_detection(
     forward: Callable[..., torch.Tensor],
     loader: Iterable,
@@ -39,30 +85,12 @@ def evaluate_detection(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> MapResult:
-    """Frame-level mAP@0.5 of `forward(clips, rois)` over `loader` (this rank's share)."""
-    truth: list[Any] = []
-    found: list[Any] = []
-    classes = list(range(num_classes))
-    for clips, targets, _ in logs.progress(loader, desc="eval", disable=not progress, leave=False):
-        rois = targets.rois
-        scores = torch.zeros(0, num_classes)
-        if len(rois):
-            logits = forward(clips[:, 0].to(device, dtype), rois.to(device, dtype))  # (K, C)
-            scores = logits.float().sigmoid().cpu()
-        for b, frame in enumerate(targets.frames):
-            mine = rois[:, 0] == b
-            found += scored_detections(frame["key"], rois[mine, 1:], scores[mine], classes)
-            truth.append(frame)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        everything: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everything, (truth, found))
-        truth = [f for part in everything for f in part[0]]
-        found = [d for part in everything for d in part[1]]
-    if not truth:
+    """Frame-level mAP@0.5 of `forward(clips, rois)` over the keyframes of `loader`."""
+    keys, truth, found = collect_detections(
+        forward, loader, num_classes, device=device, dtype=dtype, progress=progress
+    )
+    if not keys:
         raise RuntimeError("evaluation saw no keyframes; check data.val_shards")
-    ground_truth = [
-        box for f in truth for box in ground_truth_of(tuple(f["key"]), f["boxes"], f["labels"])
-    ]
-    result = frame_map(ground_truth, found, classes)
-    result.count = len(truth)
+    result = frame_map(truth, found, range(num_classes))
+    result.count = len(keys)
     return result
