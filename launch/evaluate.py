@@ -1,4 +1,4 @@
-"""Multi-view evaluation of a registered model or a checkpoint; prints top-1/top-5.
+"""Multi-view evaluation of a registered model or a checkpoint; prints top-1/top-5 (AVA: mAP).
 
     python launch/evaluate.py --model models:/zeroi2v_tiny_cpu@latest --config configs/tiny_cpu.json
     python launch/evaluate.py --model runs/tiny_cpu/merged.pt --config X --out metrics.json
@@ -36,6 +36,9 @@ def evaluate_one(
         raw["data"].update({k: getattr(local.data, k) for k in _LOCAL_DATA_KEYS})
     cfg = from_dict(apply_overrides(raw, overrides))
     result = evaluate_model(model, cfg, compile=compile)
+    if cfg.model.task == "detection":
+        print(f"{model_uri}: frame-mAP@0.5 {100 * result.mean_ap:.2f}  ({result.count} keyframes)")
+        return {"model": model_uri, "mAP": result.mean_ap, "count": result.count}
     print(
         f"{model_uri}: top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  "
         f"({result.count} clips, {cfg.data.num_clips}×{cfg.data.num_crops} views)"

@@ -114,7 +114,7 @@ def test_the_backbone_merges_and_the_roi_head_is_the_only_added_module():
 
     torch.manual_seed(0)
     model = build_model(_detector_cfg()).eval()
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:  # adapters as if trained (they start as the identity)
             torch.nn.init.normal_(param, std=0.05)
     clips = torch.randn(2, 3, 4, 32, 32)

@@ -139,8 +139,9 @@ def merge_checkpoint(
 
 def evaluate_model(
     model: nn.Module, cfg: Config, *, progress: bool = True, compile: bool = False
-) -> metrics.EvalResult:
-    """Multi-view top-1/top-5 of a plain (non-DeepSpeed) model on data.val_shards, one process."""
+) -> Any:
+    """Multi-view top-1/top-5 of a plain (non-DeepSpeed) model on data.val_shards, one process
+    (`metrics.EvalResult`); for ``model.task`` "detection", the frame-level mAP (`MapResult`)."""
     from zeroi2v.data.pipeline import build_eval_loader
 
     if compile:
@@ -149,6 +150,16 @@ def evaluate_model(
         compile_for_inference(model.eval(), "cpu")
 
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=cfg.data.eval_batch_size)
+    if cfg.model.task == "detection":  # frame-level mAP@0.5 of the test proposals
+        from zeroi2v.engine.detection import evaluate_detection
+
+        return evaluate_detection(
+            model.eval(),
+            loader,
+            cfg.model.num_classes,
+            device=torch.device("cpu"),
+            progress=progress,
+        )
     return metrics.evaluate(
         model.eval(), loader, cfg.model.num_classes, device=torch.device("cpu"), progress=progress
     )
