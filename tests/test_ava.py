@@ -9,11 +9,13 @@ import json
 import random
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
 from data_prep.__main__ import EXIT_SKIPPED
 from data_prep.__main__ import main as data_prep
+from launch.evaluate import main as evaluate
 from tests.ava_synthetic import LABEL_MAP, START, write_set
 from tests.engine_helpers import run_train, tiny_raw, write_config
 from zeroi2v import build_model, merge
@@ -155,11 +157,20 @@ def test_training_learns_the_actions_far_above_shuffled_labels(
         data={"frame_interval": 2, "hflip": 0.5, "eval_batch_size": 8},
         optim={"lr": 3e-3, "warmup_epochs": 0.5},
         train={"epochs": 8, "checkpoint_every_steps": 1000, "log_every_steps": 6},
+        tracking={"enabled": True, "model_name": "ava_tiny", "experiment": "ava"},
     )
-    result = run_train(write_config(tmp_path / "ava.json", raw), timeout=600)
+    config = write_config(tmp_path / "ava.json", raw)
+    result = run_train(config, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     reported = [r["val/mAP"] for r in records if "val/mAP" in r]
+    assert len(reported) == 8
+    # MLflow: the run's metric, and the merged detector registered and evaluated from there
+    client = mlflow.MlflowClient(raw["tracking"]["tracking_uri"])
+    (run,) = client.search_runs(client.get_experiment_by_name("ava").experiment_id)
+    assert run.data.metrics["val/mAP"] == pytest.approx(reported[-1])
+    registered = evaluate(["--model", "models:/ava_tiny@champion", "--config", str(config)])
+    assert registered["mAP"] == pytest.approx(reported[-1], abs=1e-6)
     model, cfg = load_checkpoint_model(tmp_path / "run" / "merged.pt")
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=8)
     keys, truth, found = collect_detections(model, loader, 3, device=torch.device("cpu"))
@@ -173,3 +184,13 @@ def test_training_learns_the_actions_far_above_shuffled_labels(
     print(f"val mAP {learnt:.3f} vs shuffled labels {chance:.3f}; per epoch {reported}")
     assert learnt - chance >= 0.25  # measured 0.89 vs 0.53
     assert learnt >= 0.8
+
+
+def test_detection_configs_that_cannot_work_are_refused():
+    from zeroi2v.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a ViT backbone"):
+        from_dict({"model": {"task": "detection", "backbone": "tiny_swin", "temporal_op": "none"}})
+    zero3 = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    with pytest.raises(ConfigError, match="stage 3"):
+        from_dict({"model": {"task": "detection"}, "deepspeed": zero3})

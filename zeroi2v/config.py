@@ -212,6 +212,12 @@ class Config(_Section):
                 f"model.task 'detection' needs a ViT backbone (its patch tokens form the RoI "
                 f"feature map), not '{self.model.backbone}'"
             )
+        stage = self.deepspeed.get("zero_optimization", {}).get("stage", 0)
+        if self.model.task == "detection" and stage == 3:
+            raise ConfigError(
+                "model.task 'detection' does not support deepspeed.zero_optimization.stage 3: "
+                "its evaluation does not keep the ranks in lockstep; use stage 0, 1 or 2"
+            )
         if self.model.init_from is not None and self.model.pretrained is not None:
             raise ConfigError(
                 "model.init_from and model.pretrained are both set; the parent's weights replace "
