@@ -133,6 +133,8 @@ def _shard_ava(args: argparse.Namespace) -> int:
 
     if len(args.annotations) != 1 or args.label_map is None:
         raise ValueError("--source ava needs --annotations AVA.csv (one file) and --label-map")
+    if args.fps is not None:
+        raise ValueError("--fps is not supported for --source ava (clips keep the video's rate)")
     result = shard_ava(
         args.root,
         args.annotations[0],
@@ -146,6 +148,7 @@ def _shard_ava(args: argparse.Namespace) -> int:
         short_side=args.short_side,
         crf=args.crf,
         shard_size=args.shard_size,
+        overwrite=args.overwrite,
     )
     return _report(args, result)
 

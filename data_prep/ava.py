@@ -166,6 +166,7 @@ def shard_ava(
     short_side: int | None = None,
     crf: int = 18,
     shard_size: int = 100,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``{out}/{split}-NNNNNN.tar`` keyframe samples; returns the split's manifest entry
     plus ``skipped`` (one entry per input row not in a sample)."""
@@ -195,7 +196,10 @@ def shard_ava(
     keys = sorted(set(gt) | set(boxes))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{split}-*.tar"):
+    existing = sorted(out.glob(f"{split}-*.tar"))
+    if existing and not overwrite:
+        raise ValueError(f"{out} already has {split} shards; pass --overwrite to replace them")
+    for stale in existing:
         stale.unlink()
     shards: list[dict] = []
     writer: DeterministicTar | None = None

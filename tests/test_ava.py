@@ -97,13 +97,18 @@ def test_every_input_row_is_kept_or_skipped_with_its_reason(tmp_path):
     assert manifest["classes"] == list(LABEL_MAP.values())
 
 
-def test_a_row_that_does_not_parse_is_an_error_naming_file_and_line(tmp_path, capsys):
+def test_bad_rows_and_existing_shards_stop_with_one_sentence(tmp_path, capsys):
     paths = write_set(tmp_path, 1, 2, seed=0, prefix="x")
     with open(paths["annotations"], "a") as f:
         f.write("x00,902,0.1,0.1,0.3\n")
     assert _shard(paths, tmp_path / "shards", "train") == 1
     line = _lines(paths["annotations"])
     assert f"{paths['annotations'].name}:{line}: expected 8 columns" in capsys.readouterr().err
+    paths = write_set(tmp_path, 1, 2, seed=0, prefix="x")
+    assert _shard(paths, tmp_path / "shards", "train") == 0
+    assert _shard(paths, tmp_path / "shards", "train") == 1  # existing shards are kept
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert _shard(paths, tmp_path / "shards", "train", "--overwrite") == 0
 
 
 def _detector_cfg(**adapt):
