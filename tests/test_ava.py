@@ -137,6 +137,7 @@ def test_the_backbone_merges_and_the_roi_head_is_the_only_added_module():
     report = profile(_detector_cfg(), merged=True)
     assert report["new_params_after_merge"] == 0
     assert report["classifier_params_m"] == round((64 * 3 + 3) / 1e6, 3)
+    assert report["head"] == "RoIHead" and report["params_m"] == report["plain_params_m"]
 
 
 @pytest.mark.slow  # ~30 s of training, plus the tiny backbone's image pre-training (session)

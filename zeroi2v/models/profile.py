@@ -61,7 +61,8 @@ def profile(cfg: Config, merged: bool = False) -> dict[str, Any]:
     """Params (M), tunable params, new params after merging and GFLOPs of the configured model.
 
     `trainable_params_m` excludes the classifier (the paper's "tunable params": adapters and,
-    where configured, temporal-head or LoRA weights); `classifier_params_m` is given apart.
+    where configured, temporal-head or LoRA weights); `classifier_params_m` is given apart
+    (for detection: the RoI head, ``head``: "RoIHead", the only module the backbone gains).
     `new_params_after_merge` is params(merged model) − params(plain backbone + head): 0 for the
     mergeable strategies, None for the others. With `merged`, FLOPs and params are those of the
     merged (deployed) model, else of the model as trained.
@@ -97,6 +98,7 @@ def profile(cfg: Config, merged: bool = False) -> dict[str, Any]:
         "plain_params_m": round(count_params(plain) / 1e6, 3),
         "trainable_params_m": round(trainable / 1e6, 3),
         "classifier_params_m": round(count_params(head) / 1e6, 3),
+        "head": type(head).__name__,  # Linear, or RoIHead for detection: the one added module
         "new_params_after_merge": new_after_merge,
         "macs_per_view": macs_per_view,
         "gflops_per_view": round(gflops_per_view, 3),
