@@ -200,3 +200,5 @@ def test_detection_configs_that_cannot_work_are_refused():
     zero3 = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
     with pytest.raises(ConfigError, match="stage 3"):
         from_dict({"model": {"task": "detection"}, "deepspeed": zero3})
+    with pytest.raises(ConfigError, match="augment_on 'cpu'"):
+        from_dict({"model": {"task": "detection"}, "data": {"augment_on": "device"}})

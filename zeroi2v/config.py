@@ -213,6 +213,11 @@ class Config(_Section):
                 f"feature map), not '{self.model.backbone}'"
             )
         stage = self.deepspeed.get("zero_optimization", {}).get("stage", 0)
+        if self.model.task == "detection" and self.data.augment_on != "cpu":
+            raise ConfigError(
+                "model.task 'detection' needs data.augment_on 'cpu' (its boxes follow the "
+                "frames through the CPU transforms)"
+            )
         if self.model.task == "detection" and stage == 3:
             raise ConfigError(
                 "model.task 'detection' does not support deepspeed.zero_optimization.stage 3: "

@@ -169,4 +169,3 @@ def collate_eval(
     """[(views, label, key)] → ((B, V, C, T, H, W), (B,) int64, keys)."""
     views, labels, keys = zip(*samples, strict=True)
     return torch.stack(views), torch.tensor(labels, dtype=torch.int64), list(keys)
-
