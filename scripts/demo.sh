@@ -3,12 +3,15 @@
 # shards → image pre-training of the tiny backbone (ZeroI2V adapts a *pre-trained* image
 # model) → DeepSpeed training on 2 CPU processes (merge + MLflow registration at the end) →
 # evaluation and a prediction with the registered model pulled back as models:/<name>@latest.
-#   CONFIG=configs/tiny_cpu.json PROCS=2 bash scripts/demo.sh
+#   CONFIG=configs/tiny_cpu.json PROCS=2 SEED=0 bash scripts/demo.sh
+# SEED is train.seed (adapter/head init, sample order, augmentation); `make demo-seeds` runs
+# seeds 0, 1, 2 (scripts/demo_seeds.sh) and prints each one's top-1.
 # Re-runs reuse the videos, shards and pre-trained weights in data/ (delete data/ to remake them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-configs/tiny_cpu.json}
 PROCS=${PROCS:-2}
+SEED=${SEED:-0}
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   export DS_ACCELERATOR=cpu  # no GPU: DeepSpeed's CPU accelerator, gloo between processes
   # one share of the cores per process: more threads than cores makes each step 10x slower
@@ -40,14 +43,15 @@ if [ -f "$PRETRAINED" ]; then
 else
   python launch/pretrain_tiny.py --config "$CONFIG" --out "$PRETRAINED"
 fi
-echo "== 4/6 train with DeepSpeed ($PROCS processes), merge, register in MLflow"
+echo "== 4/6 train with DeepSpeed ($PROCS processes, seed $SEED), merge, register in MLflow"
 rm -rf "$OUT"
-deepspeed --num_gpus "$PROCS" --master_port "${MASTER_PORT:-29517}" launch/train.py --config "$CONFIG"
-echo "== 5/6 evaluate models:/$NAME@latest"
+deepspeed --num_gpus "$PROCS" --master_port "${MASTER_PORT:-29517}" launch/train.py --config "$CONFIG" \
+  train.seed="$SEED"
+echo "== 5/6 evaluate models:/$NAME@latest (seed $SEED)"
 python launch/evaluate.py --model "models:/$NAME@latest" --config "$CONFIG" --out "$OUT/eval.json"
 echo "== 6/6 predict one held-out video with models:/$NAME@latest"
 VIDEO=$(find "$VIDEOS/val" -name '*.mp4' | sort | sed -n 1p)  # sed reads all: no SIGPIPE under pipefail
 echo "$VIDEO"
 python launch/predict.py --model "models:/$NAME@latest" "$VIDEO" --top-k 2
-echo "demo finished in $(( $(date +%s) - start )) s"
+echo "demo (seed $SEED) finished in $(( $(date +%s) - start )) s"
 echo "MLflow UI: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db   (then open http://127.0.0.1:5000)"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from engine_helpers import (
+    REPO,
     become_rank,
     free_port,
     losses,
@@ -86,30 +88,62 @@ def test_zero_stages_and_activation_checkpointing_give_the_same_losses(synthetic
         assert curve == pytest.approx(reference, rel=1e-5, abs=1e-6), name
 
 
-@pytest.mark.slow
-def test_motion_task_needs_time_stdha_learns_it_none_does_not(
-    motion_shards, tiny_pretrained, tmp_path
-):
-    """Whole pipeline (mp4 shards, 2 DeepSpeed processes) from the image-pre-trained tiny
-    backbone: STDHA ≥ 70 % top-1 on held-out clips (4 classes, chance 25 %), the same model
-    without a temporal operator (blind to frame order) ≤ 60 %. The STDHA figure depends on the
-    pre-trained tiny weights and the epoch's sample order (0.95 with the per-rank order before
-    the global epoch order, 0.77 with it): the bound checks that time is learnt, not a score."""
+MOTION_SEEDS = (0, 1, 2)
+
+
+def _pretrained(seed: int, seed0: Path, folder: Path) -> Path:
+    """The demo's image pre-training with `seed`: other weights, as another machine's float
+    reduction order gives (seed 0 is conftest's `tiny_pretrained`, shared with other tests)."""
+    if seed == 0:
+        return seed0
+    from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
+
+    out = folder / f"tiny_vit_image_seed{seed}.pt"
+    pretrain_tiny_backbone(config.load(REPO / "configs" / "tiny_cpu.json"), out, seed=seed)
+    return out
+
+
+@pytest.fixture(scope="module")
+def motion_top1(motion_shards, tiny_pretrained, tmp_path_factory) -> dict[str, float]:
+    """Final val top-1 of the demo recipe (mp4 shards, 2 DeepSpeed processes, configs/tiny_cpu.json)
+    on the demo's data: STDHA with seeds 0, 1, 2 (train.seed and the image pre-training's seed),
+    and the same model without a temporal operator (blind to frame order) on seed 0."""
+    root = tmp_path_factory.mktemp("motion")
+    runs = [(f"stdha{seed}", "stdha", seed) for seed in MOTION_SEEDS] + [("none", "none", 0)]
     top1 = {}
-    for op in ("stdha", "none"):
-        out = tmp_path / op
+    for name, op, seed in runs:
+        out = root / name
         raw = tiny_raw(
             motion_shards,
             out,
-            model={"temporal_op": op, "pretrained": str(tiny_pretrained)},
-            train={"checkpoint_every_steps": 10_000},  # only the final one
+            model={"temporal_op": op, "pretrained": str(_pretrained(seed, tiny_pretrained, root))},
+            train={"seed": seed, "checkpoint_every_steps": 10_000},  # only the final one
         )
-        proc = run_train(write_config(tmp_path / f"{op}.json", raw), processes=2, timeout=900)
+        proc = run_train(write_config(root / f"{name}.json", raw), processes=2, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        top1[op] = [e["val/top1"] for e in evals if "val/top1" in e][-1]
-    assert top1["stdha"] >= 0.70, top1
-    assert top1["none"] <= 0.60, top1
+        top1[name] = [e["val/top1"] for e in evals if "val/top1" in e][-1]
+    return top1
+
+
+@pytest.mark.slow
+def test_motion_task_needs_time_stdha_learns_it_none_does_not(motion_top1):
+    """4 classes that differ only in the direction of motion (chance 25 %): without a temporal
+    operator the model stays ≤ 60 % on held-out clips, with STDHA it is far above."""
+    assert motion_top1["none"] <= 0.60, motion_top1
+    assert min(motion_top1[f"stdha{s}"] for s in MOTION_SEEDS) >= motion_top1["none"] + 0.3
+
+
+@pytest.mark.slow
+def test_demo_recipe_holds_across_seeds(motion_top1):
+    """What `make demo` promises whatever the machine: ≥ 93 % top-1 on every seed, and seeds
+    agree within 5 points (128 val clips: one clip is 0.8 point). Other seeds stand in for
+    other machines, whose float reduction order changes the pre-trained weights and the run.
+    The recipe this replaced gave 0.95 or 0.77 depending on the sample order: it learnt the
+    direction along one axis only (left/right at chance) on some runs."""
+    scores = [motion_top1[f"stdha{s}"] for s in MOTION_SEEDS]
+    assert min(scores) >= 0.93, motion_top1
+    assert max(scores) - min(scores) <= 0.05, motion_top1
 
 
 @pytest.mark.slow
