@@ -24,6 +24,7 @@ from data_prep.synthetic import (
     CLASSES,
     DIRECTIONS,
     OPPOSITE,
+    SPEEDS,
     render,
     reversed_params,
     sample_params,
@@ -48,8 +49,8 @@ def _motion(video: np.ndarray) -> tuple[int, int]:
     for t in range(len(mask) - 1):
         hits = [
             (dx, dy)
-            for dx in range(-2, 3)
-            for dy in range(-2, 3)
+            for dx in range(-SPEEDS[1], SPEEDS[1] + 1)
+            for dy in range(-SPEEDS[1], SPEEDS[1] + 1)
             if (dx == 0) != (dy == 0)
             and np.array_equal(np.roll(mask[t], (dy, dx), (0, 1)), mask[t + 1])
         ]
