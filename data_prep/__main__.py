@@ -54,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     ava = shard.add_argument_group("ava (--annotations is the annotation CSV)")
     ava.add_argument("--label-map", type=Path, help="ava_action_list_v2.2*.pbtxt")
     ava.add_argument("--excluded", type=Path, help="ava_*_excluded_timestamps_v2.2.csv")
-    ava.add_argument("--proposals", type=Path, help="person boxes CSV (..., score)")
+    ava.add_argument(
+        "--proposals",
+        type=Path,
+        help="person boxes: CSV (..., score) or FAIR's .pkl (unpickled with only numpy arrays "
+        "allowed; still, load only files you trust)",
+    )
     ava.add_argument("--clip-seconds", type=float, default=2.2, help="seconds per keyframe")
     ava.add_argument(
         "--video-start", type=float, default=0.0, help="movie second of a file's first frame"

@@ -3,8 +3,10 @@
 Inputs are the official files: the annotation CSV (rows ``video_id,timestamp,x1,y1,x2,y2,
 action_id,person_id``, boxes normalised to [0, 1]), the excluded-timestamps CSV
 (``video_id,timestamp``), the label map pbtxt (``item { name: "..." id: N }``, the 60 evaluated
-actions) and a person-proposal CSV in the layout of SlowFast's ``ava_*_predicted_boxes.csv``
-(``video_id,timestamp,x1,y1,x2,y2[,action_id],score``; the action column is ignored). Videos
+actions) and the person proposals: a CSV in the layout of SlowFast's
+``ava_*_predicted_boxes.csv`` (``video_id,timestamp,x1,y1,x2,y2[,action_id],score``; the action
+column is ignored) or FAIR's ``ava_dense_proposals_*.FAIR.recall_93.9.pkl`` (read without
+running code: `data_prep.ava_pickle`). Videos
 are ``root/{video_id}.*``; ``video_start`` is the movie second at the file's first frame (0 for
 the full movies, 900 for the official 15-minute cuts).
 
@@ -30,6 +32,7 @@ import decord
 import numpy as np
 
 from data_prep import video_io
+from data_prep.ava_pickle import is_pickle, load_proposal_pickle
 from data_prep.quiet import decoder_detail, quiet_stderr
 from data_prep.shard import DeterministicTar, sha256_file, update_manifest
 from data_prep.sources import is_side_file, make_key
@@ -66,7 +69,34 @@ def read_annotations(path: Path) -> list[Row]:
 
 
 def read_proposals(path: Path) -> list[Row]:
-    return list(_rows(path, columns=(7, 8), value_column=-1))
+    """SlowFast's CSV or FAIR's pickle (`data_prep.ava_pickle`), told apart by content."""
+    if is_pickle(path):
+        return _pickled_rows(path)
+    try:
+        return list(_rows(path, columns=(7, 8), value_column=-1))
+    except (UnicodeDecodeError, csv.Error):
+        raise ValueError(
+            f"{Path(path).name}: neither a proposal CSV (video_id,timestamp,x1,y1,x2,y2[,action],"
+            "score) nor a proposal pickle (dict 'video_id,timestamp' -> (N, 5) array)"
+        ) from None
+
+
+def _pickled_rows(path: Path) -> list[Row]:
+    """Rows in the pickle's order (keys as stored, boxes in array order); a box's place is
+    ``FILE:video,timestamp#i``. Numbers go through their shortest repr, so float32 arrays give
+    the same values as the 3-6 decimals of the CSV release."""
+    rows = []
+    for key, boxes in load_proposal_pickle(path).items():
+        video, timestamp = key.rsplit(",", 1)
+        try:
+            at = (video, int(timestamp))
+        except ValueError:
+            raise ValueError(f"{Path(path).name}: key {key!r} has no integer timestamp") from None
+        for i, values in enumerate(boxes):
+            x1, y1, x2, y2, *score = (float(str(v)) for v in values)
+            where = f"{Path(path).name}:{key}#{i}"
+            rows.append(Row(where, at, (x1, y1, x2, y2), score[0] if score else 1.0))
+    return rows
 
 
 def _rows(

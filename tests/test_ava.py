@@ -5,11 +5,15 @@ The data is a tiny AVA-like set made here (`tests/ava_synthetic.py`) in the offi
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import pickle
 import random
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -109,6 +113,51 @@ def test_bad_rows_and_existing_shards_stop_with_one_sentence(tmp_path, capsys):
     assert _shard(paths, tmp_path / "shards", "train") == 1  # existing shards are kept
     assert "pass --overwrite" in capsys.readouterr().err
     assert _shard(paths, tmp_path / "shards", "train", "--overwrite") == 0
+
+
+def _fair_pickle(csv_path: Path, out: Path) -> Path:
+    """The CSV's proposals in FAIR's .pkl layout: {"video,TTTT": float32 (N, 5)}, same order."""
+    grouped: dict[str, list] = {}
+    for video, second, *box, _action, score in csv.reader(csv_path.open()):
+        grouped.setdefault(f"{video},{int(second):04d}", []).append([*box, score])
+    arrays = {key: np.array(rows, dtype=np.float32) for key, rows in grouped.items()}
+    out.write_bytes(pickle.dumps(arrays, protocol=2))
+    return out
+
+
+def test_fair_pickle_proposals_shard_to_the_same_bytes_as_their_csv(tmp_path):
+    paths = write_set(tmp_path, 2, 2, seed=3, prefix="p")
+    assert _shard(paths, tmp_path / "from_csv", "val") == 0
+    pkl = _fair_pickle(paths["proposals"], tmp_path / "proposals.FAIR.recall_93.9.pkl")
+    assert _shard({**paths, "proposals": pkl}, tmp_path / "from_pkl", "val") == 0
+    shards = sorted(p.name for p in (tmp_path / "from_csv").glob("val-*.tar"))
+    assert shards and shards == sorted(p.name for p in (tmp_path / "from_pkl").glob("val-*.tar"))
+    for name in shards:
+        csv_bytes = (tmp_path / "from_csv" / name).read_bytes()
+        assert csv_bytes == (tmp_path / "from_pkl" / name).read_bytes()
+    assert b'"proposals": [[' in csv_bytes
+
+
+class _Exploit:
+    def __reduce__(self):
+        return os.system, ("touch pwned",)
+
+
+def test_a_proposal_file_that_is_neither_csv_nor_plain_pickle_is_refused(
+    tmp_path, capsys, monkeypatch
+):
+    paths = write_set(tmp_path, 1, 1, seed=0, prefix="x")
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"x00,0902": _Exploit()}, protocol=2))
+    monkeypatch.chdir(tmp_path)  # where the exploit would write
+    assert _shard({**paths, "proposals": evil}, tmp_path / "shards", "val") == 1
+    err = capsys.readouterr().err
+    assert f"evil.pkl: refusing to unpickle {os.system.__module__}.system" in err
+    assert not (tmp_path / "pwned").exists() and not list(tmp_path.glob("shards/*.tar"))
+    binary = tmp_path / "boxes.bin"
+    binary.write_bytes(bytes(range(256)))
+    assert _shard({**paths, "proposals": binary}, tmp_path / "shards", "val") == 1
+    assert "boxes.bin: neither a proposal CSV" in capsys.readouterr().err
 
 
 def _detector_cfg(**adapt):
