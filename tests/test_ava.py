@@ -160,6 +160,52 @@ def test_a_proposal_file_that_is_neither_csv_nor_plain_pickle_is_refused(
     assert "boxes.bin: neither a proposal CSV" in capsys.readouterr().err
 
 
+def _mask_box(mask: torch.Tensor) -> list[float] | None:
+    """[x1, y1, x2, y2] (pixel edges) of the pixels above 0.5, or None when there are none."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(xs) == 0:
+        return None
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_jitter_crop_and_flip_move_each_box_with_its_pixels(flip):
+    """Slow reference: paint each box as a mask channel, transform masks and boxes together,
+    and compare every box with the bounding box of its transformed mask (to 1 px)."""
+    from torchvision import tv_tensors
+
+    from zeroi2v.data.ava import box_geometry
+
+    model = {"task": "detection", "backbone": "tiny_vit", "image_size": 32, "num_frames": 4}
+    data = {"hflip": flip, "detection_jitter_scales": [36, 56]}
+    geometry = box_geometry(from_dict({"model": model, "data": data}), train=True)
+    rng = np.random.default_rng(int(flip))
+    seen = {"inside": 0, "cut": 0, "gone": 0}
+    for seed in range(80):
+        height, width = int(rng.integers(36, 60)), int(rng.integers(40, 100))
+        corners = np.sort(rng.integers(0, [width, height], size=(6, 2, 2)), axis=1)
+        corners[:, 1] += 2  # at least 2 px wide and high
+        boxes = np.minimum(corners.reshape(6, 4)[:, [0, 1, 2, 3]], [width, height] * 2)
+        masks = torch.zeros(1, 6, height, width)  # (T, boxes as channels, H, W)
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            masks[0, k, y1:y2, x1:x2] = 1.0
+        pixels = tv_tensors.BoundingBoxes(
+            torch.tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=(height, width)
+        )
+        torch.manual_seed(seed)
+        video, moved = geometry(tv_tensors.Video(masks), pixels)
+        assert video.shape[-2:] == (32, 32) and moved.canvas_size == (32, 32)
+        for k in range(6):
+            expected, box = _mask_box(video[0, k]), moved[k].tolist()
+            if expected is None:  # cut out by the crop: clipped to a line on its edge, kept
+                assert min(box[2] - box[0], box[3] - box[1]) <= 1.0, (seed, k, box)
+                seen["gone"] += 1
+                continue
+            assert box == pytest.approx(expected, abs=1.0), (seed, k, box, expected)
+            seen["cut" if 0 in expected[:2] or 32 in expected[2:] else "inside"] += 1
+    assert min(seen.values()) >= 10, seen  # every case met many times
+
+
 def _detector_cfg(**adapt):
     model = {"backbone": "tiny_vit", "image_size": 32, "num_frames": 4, "num_classes": 3}
     return from_dict({"model": {**model, "task": "detection"}, "adapt": adapt})
@@ -249,5 +295,9 @@ def test_detection_configs_that_cannot_work_are_refused():
     zero3 = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
     with pytest.raises(ConfigError, match="stage 3"):
         from_dict({"model": {"task": "detection"}, "deepspeed": zero3})
+    with pytest.raises(ConfigError, match=r"image_size \(32\) <= min <= max"):
+        from_dict({"model": {"image_size": 32}, "data": {"detection_jitter_scales": [24, 40]}})
+    with pytest.raises(ConfigError, match=r"image_size \(32\) <= min <= max"):
+        from_dict({"model": {"image_size": 32}, "data": {"detection_jitter_scales": [48, 40]}})
     with pytest.raises(ConfigError, match="augment_on 'cpu'"):
         from_dict({"model": {"task": "detection"}, "data": {"augment_on": "device"}})

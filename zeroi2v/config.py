@@ -96,6 +96,9 @@ class DataConfig(_Section):
     eval_batch_size: int = Field(8, ge=1)
     # detection: person proposals below this detector score are dropped (train and test)
     proposal_min_score: float = Field(0.8, ge=0.0, le=1.0)
+    # detection training: short side drawn in [min, max] (SlowFast's TRAIN_JITTER_SCALES), then
+    # a random model.image_size crop; null resizes the whole frame to image_size² (test always)
+    detection_jitter_scales: tuple[int, int] | None = None
 
 
 class OptimConfig(_Section):
@@ -217,6 +220,13 @@ class Config(_Section):
             raise ConfigError(
                 "model.task 'detection' needs data.augment_on 'cpu' (its boxes follow the "
                 "frames through the CPU transforms)"
+            )
+        jitter = self.data.detection_jitter_scales
+        if jitter is not None and not self.model.image_size <= jitter[0] <= jitter[1]:
+            raise ConfigError(
+                f"data.detection_jitter_scales {list(jitter)} must be [min, max] with "
+                f"model.image_size ({self.model.image_size}) <= min <= max: the training crop "
+                "is cut from the rescaled frame"
             )
         if self.model.task == "detection" and stage == 3:
             raise ConfigError(

@@ -9,10 +9,16 @@ person detector's proposals with scores. Following VideoMAE's AVA setting:
 * training boxes: the ground-truth boxes, plus every proposal scoring at least
   ``data.proposal_min_score`` whose best IoU with a ground-truth box is >= 0.5, which takes that
   box's labels; test boxes: the proposals scoring at least ``data.proposal_min_score``;
-* augmentation: the frame is resized to ``image_size`` × ``image_size`` and, in training,
-  flipped with probability ``data.hflip``; boxes follow through torchvision's
-  ``tv_tensors.BoundingBoxes``. VideoMAE's scale jitter and random crop are not applied, so a
-  crop can never cut a person out of the clip.
+* augmentation (`box_geometry`): boxes follow the pixels through torchvision's
+  ``tv_tensors.BoundingBoxes``. By default the frame is resized to ``image_size`` ×
+  ``image_size`` and, in training, flipped with probability ``data.hflip``. With
+  ``data.detection_jitter_scales`` training follows SlowFast's AVA pipeline
+  (``ava_dataset.Ava._images_and_boxes_preprocessing_cv2``): short side rescaled to
+  ``round(1 / U(1/max, 1/min))``, a random ``image_size`` crop, flip; boxes are clipped to the
+  crop and kept even when the crop cuts them to nothing (SlowFast never drops a training box).
+  Test frames stay whole, resized to ``image_size``²: SlowFast and VideoMAE test on the whole
+  frame at short side 256, which a fixed-size ViT cannot take without interpolating its
+  position embedding.
 """
 
 from __future__ import annotations
@@ -73,6 +79,34 @@ def training_boxes(
     )
 
 
+class ShortSideJitter(v2.Transform):
+    """SlowFast's ``random_short_side_scale_jitter``: the short side becomes
+    ``round(1 / U(1/high, 1/low))`` (uniform in inverse scale), the long side keeps the aspect
+    (floored, as torchvision's and SlowFast's resize)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        inverse = 1 / self.high + float(torch.rand(())) * (1 / self.low - 1 / self.high)
+        return {"size": [round(1 / inverse)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(v2.functional.resize, inpt, params["size"], antialias=True)
+
+
+def box_geometry(cfg: Config, *, train: bool) -> v2.Transform:
+    """The spatial transforms of a keyframe clip and its `BoundingBoxes` (see the docstring)."""
+    size, flip = cfg.model.image_size, cfg.data.hflip if train else 0.0
+    jitter = cfg.data.detection_jitter_scales
+    if train and jitter is not None:
+        steps = [ShortSideJitter(*jitter), v2.RandomCrop(size), v2.RandomHorizontalFlip(flip)]
+    else:
+        steps = [v2.Resize((size, size), antialias=True), v2.RandomHorizontalFlip(flip)]
+    return v2.Compose(steps)
+
+
 class KeyframeLoader:
     """Decode a keyframe sample's frames and boxes: late, after shuffling (as `ClipLoader`)."""
 
@@ -83,11 +117,9 @@ class KeyframeLoader:
         self.train, self.epoch, self.seed = train, epoch, cfg.train.seed
         self.num_frames, self.interval = cfg.model.num_frames, cfg.data.frame_interval
         self.num_classes, self.min_score = cfg.model.num_classes, cfg.data.proposal_min_score
-        size = cfg.model.image_size
         self.transform = v2.Compose(
             [
-                v2.Resize((size, size), antialias=True),
-                v2.RandomHorizontalFlip(p=cfg.data.hflip if train else 0.0),
+                box_geometry(cfg, train=train),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(spec.mean, spec.std),
             ]
