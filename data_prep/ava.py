@@ -21,6 +21,7 @@ is an error naming its file and line.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -34,7 +35,14 @@ import numpy as np
 from data_prep import video_io
 from data_prep.ava_pickle import is_pickle, load_proposal_pickle
 from data_prep.quiet import decoder_detail, quiet_stderr
-from data_prep.shard import DeterministicTar, sha256_file, update_manifest
+from data_prep.shard import (
+    FORMAT_VERSION,
+    Outcome,
+    in_order,
+    skip_entry,
+    update_manifest,
+    write_resumable,
+)
 from data_prep.sources import is_side_file, make_key
 
 Key = tuple[str, int]
@@ -182,6 +190,64 @@ def _person_boxes(rows: list[Row], index: dict[int, int]) -> tuple[list, list, l
     )
 
 
+@dataclass(frozen=True)
+class ClipOptions:
+    """How every keyframe of a run is cut (also part of the resume fingerprint)."""
+
+    root: Path
+    split: str
+    index: dict[int, int]  # action id → class index
+    clip_seconds: float
+    video_start: float
+    short_side: int | None
+    crf: int
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    key: Key
+    gt: tuple[Row, ...]
+    proposals: tuple[Row, ...]
+
+
+_open_movie: dict[str, _Movie | str] = {}  # per process: the last video opened (keys sorted)
+
+
+def keyframe_sample(task: tuple[Keyframe, ClipOptions]) -> Outcome:
+    """One keyframe → its sample, or every row of it skipped with the reason. Runs in a worker;
+    never raises for a bad video."""
+    keyframe, options = task
+    video, second = keyframe.key
+    if video not in _open_movie:
+        _open_movie.clear()
+        _open_movie[video] = _open(options.root, video, options.video_start, options.short_side)
+    movie = _open_movie[video]
+    clip = movie if isinstance(movie, str) else movie.clip(second, options.clip_seconds)
+    if isinstance(clip, str):
+        rows = keyframe.gt + keyframe.proposals
+        return Outcome(skipped=[skip_entry(row.where, options.split, clip) for row in rows])
+    pixels, at = clip
+    person, labels, person_ids = _person_boxes(list(keyframe.gt), options.index)
+    meta = {
+        "video": video,
+        "timestamp": second,
+        "keyframe": at,
+        "fps": movie.fps,
+        "frames": len(pixels),
+        "height": int(pixels.shape[1]),
+        "width": int(pixels.shape[2]),
+        "boxes": person,
+        "labels": labels,
+        "person_ids": person_ids,
+        "proposals": [[*row.box, row.value] for row in keyframe.proposals],
+    }
+    members = {
+        "mp4": video_io.encode_rgb(pixels, movie.fps, crf=options.crf),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+    return Outcome(make_key(f"{video}_{second:04d}"), members)
+
+
 def shard_ava(
     root: Path,
     annotations: Path,
@@ -196,90 +262,73 @@ def shard_ava(
     short_side: int | None = None,
     crf: int = 18,
     shard_size: int = 100,
+    workers: int = 1,
     overwrite: bool = False,
+    progress_bar: bool = True,
 ) -> dict:
-    """Write ``{out}/{split}-NNNNNN.tar`` keyframe samples; returns the split's manifest entry
-    plus ``skipped`` (one entry per input row not in a sample)."""
+    """Write ``{out}/{split}-NNNNNN.tar`` keyframe samples in (video, timestamp) order with
+    `data_prep.shard.write_resumable` (``workers`` processes cut and encode the clips; a re-run
+    with the same inputs keeps the finished shards); returns the split's manifest entry plus
+    ``skipped`` (one entry per input row not in a sample)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     actions = read_label_map(label_map)
     index = {action: i for i, (action, _) in enumerate(actions)}
     skip_keys = read_excluded(excluded)
-    skipped: list[dict] = []
-
-    def skip(row: Row, reason: str) -> None:
-        skipped.append({"source": row.where, "split": split, "reason": reason})
-
+    unusable: list[dict] = []
     gt: dict[Key, list[Row]] = defaultdict(list)
     boxes: dict[Key, list[Row]] = defaultdict(list)
     for rows, kind in ((read_annotations(annotations), gt), (_optional(proposals), boxes)):
         for row in rows:
             problem = _box_problem(row.box)
             if row.key in skip_keys:
-                skip(row, "excluded timestamp")
-            elif problem:
-                skip(row, problem)
-            elif kind is gt and int(row.value) not in index:
-                skip(row, f"action {int(row.value)} is not in the label map")
+                problem = "excluded timestamp"
+            elif problem is None and kind is gt and int(row.value) not in index:
+                problem = f"action {int(row.value)} is not in the label map"
+            if problem:
+                unusable.append(skip_entry(row.where, split, problem))
             else:
                 kind[row.key].append(row)
-    keys = sorted(set(gt) | set(boxes))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out.glob(f"{split}-*.tar"))
-    if existing and not overwrite:
-        raise ValueError(f"{out} already has {split} shards; pass --overwrite to replace them")
-    for stale in existing:
-        stale.unlink()
-    shards: list[dict] = []
-    writer: DeterministicTar | None = None
-    counts = {"annotations": 0, "proposals": 0}
-    video, movie = None, None  # keys are sorted: one video open at a time
-    for key in keys:
-        if key[0] != video:
-            video, movie = key[0], _open(root, key[0], video_start, short_side)
-        clip = movie if isinstance(movie, str) else movie.clip(key[1], clip_seconds)
-        if isinstance(clip, str):
-            for row in gt[key] + boxes[key]:
-                skip(row, clip)
-            continue
-        pixels, keyframe = clip
-        person, labels, person_ids = _person_boxes(gt[key], index)
-        meta = {
-            "video": key[0],
-            "timestamp": key[1],
-            "keyframe": keyframe,
-            "fps": movie.fps,
-            "frames": len(pixels),
-            "height": int(pixels.shape[1]),
-            "width": int(pixels.shape[2]),
-            "boxes": person,
-            "labels": labels,
-            "person_ids": person_ids,
-            "proposals": [[*row.box, row.value] for row in boxes[key]],
-        }
-        if writer is None:
-            writer = DeterministicTar(out / f"{split}-{len(shards):06d}.tar")
-        sample = {
-            "mp4": video_io.encode_rgb(pixels, movie.fps, crf=crf),
-            "json": json.dumps(meta, sort_keys=True).encode(),
-        }
-        writer.add(make_key(f"{key[0]}_{key[1]:04d}"), sample)
-        counts["annotations"] += len(gt[key])
-        counts["proposals"] += len(boxes[key])
-        if writer.count == shard_size:
-            shards.append(_close(writer))
-            writer = None
-    if writer is not None:
-        shards.append(_close(writer))
+    keyframes = [Keyframe(k, tuple(gt[k]), tuple(boxes[k])) for k in sorted(set(gt) | set(boxes))]
+    options = ClipOptions(Path(root), split, index, clip_seconds, video_start, short_side, crf)
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "source": "ava",
+                "classes": actions,
+                "shard_size": shard_size,
+                "options": {**vars(options), "root": str(root), "index": sorted(index.items())},
+                "keyframes": [[k.key, k.gt, k.proposals] for k in keyframes],
+            },
+            default=vars,
+        ).encode()
+    ).hexdigest()
+    progress = write_resumable(
+        Path(out),
+        split,
+        fingerprint,
+        len(keyframes),
+        lambda start: in_order(keyframe_sample, ((k, options) for k in keyframes[start:]), workers),
+        shard_size=shard_size,
+        overwrite=overwrite,
+        progress_bar=progress_bar,
+        unit="keyframe",
+        last_skips=unusable,
+    )
+    shards = [{k: s[k] for k in ("name", "count", "sha256")} for s in progress["shards"]]
+    dropped = {entry["source"] for entry in progress["skipped"]}
     entry = {
         "shards": shards,
         "count": sum(s["count"] for s in shards),
-        "rows_kept": counts,
+        "rows_kept": {
+            name: sum(row.where not in dropped for rows in kind.values() for row in rows)
+            for name, kind in (("annotations", gt), ("proposals", boxes))
+        },
         "side_files": 0,
     }
-    update_manifest(out, [name for _, name in actions], split, entry, skipped)
-    return {**entry, "skipped": skipped}
+    update_manifest(out, [name for _, name in actions], split, entry, progress["skipped"])
+    return {**entry, "skipped": progress["skipped"]}
 
 
 def _optional(path: Path | None) -> list[Row]:
@@ -294,8 +343,3 @@ def _open(root: Path, video: str, start: float, short_side: int | None) -> _Movi
         return _Movie(path, start, short_side)
     except (RuntimeError, decord.DECORDError, IndexError) as err:
         return f"video {video}: cannot be read ({decoder_detail(err)})"
-
-
-def _close(writer: DeterministicTar) -> dict:
-    writer.close()
-    return {"name": writer.path.name, "count": writer.count, "sha256": sha256_file(writer.path)}

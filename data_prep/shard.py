@@ -21,9 +21,11 @@ import random
 import signal
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -189,14 +191,105 @@ def _load_progress(out: Path, split: str, fingerprint: str, overwrite: bool) -> 
     return progress
 
 
-def _results(todo: list[Item], options: EncodeOptions, workers: int) -> Iterator[Prepared]:
-    """Prepared items in input order; `workers` > 1 uses a process pool (imap keeps order)."""
+def in_order(work: Callable[[Any], Any], tasks: Iterable, workers: int) -> Iterator:
+    """``work(task)`` for each task, in task order; `workers` > 1 uses a process pool (imap
+    keeps the order). Closing the iterator shuts the pool down."""
     if workers <= 1:
-        yield from (prepare(item, options) for item in todo)
+        yield from map(work, tasks)
         return
     context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
     with context.Pool(workers) as pool:
-        yield from pool.imap(_prepare_star, ((item, options) for item in todo), chunksize=1)
+        yield from pool.imap(work, tasks, chunksize=1)
+
+
+@dataclass
+class Outcome:
+    """What one task of a split gave: a sample (`key` and its tar members), the inputs it
+    skipped (`skip_entry` dicts), or both."""
+
+    key: str | None = None
+    members: dict[str, bytes] | None = None
+    skipped: list[dict] = field(default_factory=list)
+
+
+def skip_entry(source: str, split: str, reason: str) -> dict:
+    return {"source": source, "split": split, "reason": reason}
+
+
+def write_resumable(
+    out: Path,
+    split: str,
+    fingerprint: str,
+    total: int,
+    outcomes: Callable[[int], Iterator[Outcome]],
+    *,
+    shard_size: int,
+    overwrite: bool = False,
+    progress_bar: bool = True,
+    unit: str = "video",
+    last_skips: Iterable[dict] = (),
+) -> dict:
+    """Write ``{out}/{split}-NNNNNN.tar`` from the outcomes of `total` ordered tasks, resuming
+    an earlier run with the same `fingerprint` (module docstring); ``outcomes(start)`` yields
+    one outcome per task from index `start` on. `last_skips` (inputs known to be unusable
+    before any task ran) end the skipped list. Returns the progress record."""
+    out.mkdir(parents=True, exist_ok=True)
+    progress_path = out / f"{split}.progress.json"
+    progress = _load_progress(out, split, fingerprint, overwrite)
+    if progress["done"]:
+        return progress
+    position, skipped = progress["position"], progress["skipped"]
+    pending: list[dict] = []
+    writer: DeterministicTar | None = None
+    kill_after, written = int(os.environ.get(KILL_HOOK, "0")), 0
+
+    def finish_shard(at: int) -> None:
+        nonlocal writer
+        assert writer is not None
+        writer.close()
+        final = writer.path.with_suffix("")  # drop ".tmp"
+        os.replace(writer.path, final)
+        skipped.extend(pending)
+        pending.clear()
+        progress["shards"].append(
+            {
+                "name": final.name,
+                "count": writer.count,
+                "sha256": sha256_file(final),
+                "position": at,
+                "skipped": len(skipped),
+            }
+        )
+        progress["position"] = at
+        _write_json(progress_path, progress)
+        writer = None
+
+    # disable=None: a bar on a terminal only (no carriage-return redraws in log files)
+    shown = None if progress_bar else True
+    with (
+        tqdm(total=total - position, desc=f"shard {split}", unit=unit, disable=shown) as bar,
+        closing(outcomes(position)) as results,  # closing shuts a worker pool down
+    ):
+        for index, outcome in enumerate(results, start=position):
+            bar.update()
+            pending.extend(outcome.skipped)
+            if outcome.key is None:
+                continue
+            if writer is None:
+                writer = DeterministicTar(out / f"{split}-{len(progress['shards']):06d}.tar.tmp")
+            writer.add(outcome.key, outcome.members)
+            written += 1
+            if kill_after and written >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if writer.count == shard_size:
+                finish_shard(index + 1)
+    if writer is not None:
+        finish_shard(total)
+    skipped.extend(pending)
+    skipped.extend(last_skips)
+    progress.update(position=total, skipped=skipped, done=True)
+    _write_json(progress_path, progress)
+    return progress
 
 
 def shard_split(
@@ -224,92 +317,45 @@ def shard_split(
     dup = sorted(k for k, n in Counter(item.key for item in source.items).items() if n > 1)
     if dup:
         raise ValueError(f"{len(dup)} duplicate sample keys in the source, e.g. {dup[:5]}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     options = EncodeOptions(short_side, fps, crf)
     order = list(source.items)
     random.Random(seed).shuffle(order)
-    progress_path = out / f"{split}.progress.json"
-    progress = _load_progress(
-        out, split, _fingerprint(source, order, shard_size, options, seed), overwrite
-    )
     class_index = {name: i for i, name in enumerate(source.classes)}
-    kill_after = int(os.environ.get(KILL_HOOK, "0"))
-    written = 0
 
-    if not progress["done"]:
-        position = progress["position"]
-        skipped = progress["skipped"]
-        pending_skips: list[dict] = []
-        todo = order[position:]
+    def outcomes(start: int) -> Iterator[Outcome]:
+        todo = order[start:]
         labelled = [item for item in todo if item.label in class_index]
-        writer: DeterministicTar | None = None
-        # disable=None: a bar on a terminal only (no carriage-return redraws in log files)
-        shown = None if progress_bar else True
-        bar = tqdm(total=len(todo), desc=f"shard {split}", unit="video", disable=shown)
-        results = _results(labelled, options, workers)
-
-        def finish_shard(at: int) -> None:
-            nonlocal writer
-            assert writer is not None
-            writer.close()
-            final = writer.path.with_suffix("")  # drop ".tmp"
-            os.replace(writer.path, final)
-            skipped.extend(pending_skips)
-            pending_skips.clear()
-            progress["shards"].append(
-                {
-                    "name": final.name,
-                    "count": writer.count,
-                    "sha256": sha256_file(final),
-                    "position": at,
-                    "skipped": len(skipped),
-                }
-            )
-            progress["position"] = at
-            _write_json(progress_path, progress)
-            writer = None
-
-        for offset, item in enumerate(todo):
-            if item.label not in class_index:
-                result = Prepared(item, reason=f"label {item.label!r} not in class list")
-            else:
+        results = in_order(_prepare_star, ((item, options) for item in labelled), workers)
+        with closing(results):
+            for item in todo:
+                where = _relative(item.path, root)
+                if item.label not in class_index:
+                    reason = f"label {item.label!r} not in class list"
+                    yield Outcome(skipped=[skip_entry(where, split, reason)])
+                    continue
                 result = next(results)
-            bar.update()
-            if result.reason is not None:
-                pending_skips.append(
-                    {"source": _relative(item.path, root), "split": split, "reason": result.reason}
-                )
-                continue
-            if writer is None:
-                name = f"{split}-{len(progress['shards']):06d}.tar.tmp"
-                writer = DeterministicTar(out / name)
-            meta = {"label": item.label, "source": _relative(item.path, root), **result.meta}
-            writer.add(
-                item.key,
-                {
+                if result.reason is not None:
+                    yield Outcome(skipped=[skip_entry(where, split, result.reason)])
+                    continue
+                meta = {"label": item.label, "source": where, **result.meta}
+                members = {
                     "mp4": result.data,
                     "cls": str(class_index[item.label]).encode(),
                     "json": json.dumps(meta, sort_keys=True).encode(),
-                },
-            )
-            written += 1
-            if kill_after and written >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if writer.count == shard_size:
-                finish_shard(position + offset + 1)
-        bar.close()
-        results.close()  # shuts the worker pool down
-        if writer is not None:
-            finish_shard(len(order))
-        skipped.extend(pending_skips)
-        skipped.extend(
-            {"source": _relative(path, root), "split": split, "reason": reason}
-            for path, reason in source.unusable
-        )
-        progress.update(position=len(order), skipped=skipped, done=True)
-        _write_json(progress_path, progress)
+                }
+                yield Outcome(item.key, members)
 
+    progress = write_resumable(
+        Path(out),
+        split,
+        _fingerprint(source, order, shard_size, options, seed),
+        len(order),
+        outcomes,
+        shard_size=shard_size,
+        overwrite=overwrite,
+        progress_bar=progress_bar,
+        last_skips=[skip_entry(_relative(p, root), split, why) for p, why in source.unusable],
+    )
     shards = [{k: s[k] for k in ("name", "count", "sha256")} for s in progress["shards"]]
     entry = {
         "shards": shards,

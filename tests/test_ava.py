@@ -10,6 +10,9 @@ import json
 import os
 import pickle
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -19,6 +22,7 @@ import torch
 
 from data_prep.__main__ import EXIT_SKIPPED
 from data_prep.__main__ import main as data_prep
+from data_prep.shard import KILL_HOOK
 from launch.evaluate import main as evaluate
 from tests.ava_synthetic import LABEL_MAP, START, write_set
 from tests.engine_helpers import run_train, tiny_raw, write_config
@@ -110,9 +114,66 @@ def test_bad_rows_and_existing_shards_stop_with_one_sentence(tmp_path, capsys):
     assert f"{paths['annotations'].name}:{line}: expected 8 columns" in capsys.readouterr().err
     paths = write_set(tmp_path, 1, 2, seed=0, prefix="x")
     assert _shard(paths, tmp_path / "shards", "train") == 0
-    assert _shard(paths, tmp_path / "shards", "train") == 1  # existing shards are kept
-    assert "pass --overwrite" in capsys.readouterr().err
-    assert _shard(paths, tmp_path / "shards", "train", "--overwrite") == 0
+    made = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.tar")}
+    assert _shard(paths, tmp_path / "shards", "train") == 0  # same inputs: nothing to redo
+    assert made == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.tar")}
+    other = _shard(paths, tmp_path / "shards", "train", "--clip-seconds=2")
+    assert other == 1 and "pass --overwrite" in capsys.readouterr().err  # shards are kept
+    assert _shard(paths, tmp_path / "shards", "train", "--clip-seconds=2", "--overwrite") == 0
+
+
+def _shard_process(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "data_prep", *args, "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_parallel_sharding_killed_and_resumed_equals_one_serial_run(tmp_path):
+    paths = write_set(tmp_path, 3, 3, seed=5, prefix="k")
+    with open(paths["annotations"], "a") as f:  # skipped in the part the kill interrupts
+        f.write(f"k01,{START + 400},0.1,0.1,0.3,0.5,1,0\n")
+    args = [
+        "shard",
+        "--source=ava",
+        f"--root={tmp_path / 'videos'}",
+        f"--annotations={paths['annotations']}",
+        f"--label-map={paths['label_map']}",
+        f"--proposals={paths['proposals']}",
+        f"--video-start={START}",
+        "--clip-seconds=1.0",
+        "--split=train",
+        "--shard-size=2",
+    ]
+    serial = _shard_process([*args, f"--out={tmp_path / 'serial'}", "--workers=1"])
+    assert serial.returncode == EXIT_SKIPPED, serial.stderr
+    run = [*args, f"--out={tmp_path / 'run'}", "--workers=2"]
+    killed = _shard_process(run, {KILL_HOOK: "3"})  # shard 0 finished, shard 1 half written
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sorted(p.name for p in (tmp_path / "run").glob("train-*")) == [
+        "train-000000.tar",
+        "train-000001.tar.tmp",
+    ]
+    first = (tmp_path / "run" / "train-000000.tar").stat()
+    resumed = _shard_process(run)
+    assert resumed.returncode == EXIT_SKIPPED, resumed.stderr
+    kept = (tmp_path / "run" / "train-000000.tar").stat()
+    assert (kept.st_ino, kept.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # not redone
+    files = sorted(p.name for p in (tmp_path / "serial").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "run").iterdir())
+    for name in files:  # shards, manifest and progress record: the same bytes
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "run" / name).read_bytes()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    split, skipped = manifest["splits"]["train"], [s["source"] for s in manifest["skipped"]]
+    assert [s["count"] for s in split["shards"]] == [2, 2, 2, 2, 1]
+    assert skipped == [f"{paths['annotations'].name}:{_lines(paths['annotations'])}"]
+    rows = _lines(paths["annotations"]) + _lines(paths["proposals"])
+    assert split["rows_kept"]["annotations"] + split["rows_kept"]["proposals"] + 1 == rows
 
 
 def _fair_pickle(csv_path: Path, out: Path) -> Path:
