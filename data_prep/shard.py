@@ -8,6 +8,8 @@ byte-identical shards on every run.
 Crash safety: a shard is written to `name.tar.tmp` and `os.replace`d; only then is it recorded
 (name, count, sha256, input position) in `{split}.progress.json`. A re-run with the same inputs
 and options verifies the recorded shards by sha256 and continues after the last good one.
+`write_resumable` is that writer for any ordered list of tasks (this module's videos, the AVA
+keyframes of `data_prep.ava`); `in_order` runs a task function in a pool, keeping the order.
 """
 
 from __future__ import annotations
