@@ -182,7 +182,10 @@ def _fair_pickle(csv_path: Path, out: Path) -> Path:
     for video, second, *box, _action, score in csv.reader(csv_path.open()):
         grouped.setdefault(f"{video},{int(second):04d}", []).append([*box, score])
     arrays = {key: np.array(rows, dtype=np.float32) for key, rows in grouped.items()}
-    out.write_bytes(pickle.dumps(arrays, protocol=2))
+    # as numpy 1 wrote it (the released files predate numpy 2's numpy._core)
+    data = pickle.dumps(arrays, protocol=2).replace(b"cnumpy._core.", b"cnumpy.core.")
+    assert b"cnumpy.core.multiarray\n_reconstruct" in data
+    out.write_bytes(data)
     return out
 
 
