@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--out", required=True, type=Path)
     shard.add_argument("--split", required=True, help="output split name, e.g. train / val")
     shard.add_argument("--shard-size", type=int, default=100, help="samples per shard")
-    shard.add_argument("--workers", type=int, default=1, help="validation/encoding processes (ava: clip cutting)")
+    shard.add_argument(
+        "--workers", type=int, default=1, help="validation/encoding processes (ava: clip cutting)"
+    )
     shard.add_argument("--short-side", type=int, help="downscale so the short side is this")
     shard.add_argument("--fps", type=float, help="re-sample to this frame rate")
     shard.add_argument("--crf", type=int, default=18, help="x264 quality when re-encoding")

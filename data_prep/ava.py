@@ -172,8 +172,11 @@ class _Movie:
             )
         half = round(seconds * self.fps / 2)
         first, last = max(0, keyframe - half), min(frames - 1, keyframe + half)
-        with quiet_stderr():
-            pixels = self.reader.get_batch(list(range(first, last + 1))).asnumpy()
+        try:
+            with quiet_stderr():
+                pixels = self.reader.get_batch(list(range(first, last + 1))).asnumpy()
+        except (RuntimeError, decord.DECORDError) as err:
+            return f"frames {first}-{last} do not decode ({decoder_detail(err)})"
         return pixels, keyframe - first
 
 
@@ -214,8 +217,8 @@ _open_movie: dict[str, _Movie | str] = {}  # per process: the last video opened 
 
 
 def keyframe_sample(task: tuple[Keyframe, ClipOptions]) -> Outcome:
-    """One keyframe → its sample, or every row of it skipped with the reason. Runs in a worker;
-    never raises for a bad video."""
+    """One keyframe → its sample, or every row of it skipped with the reason (no video file, an
+    unreadable one, frames that do not decode, a timestamp outside it). Runs in a worker."""
     keyframe, options = task
     video, second = keyframe.key
     if video not in _open_movie:

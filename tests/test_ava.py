@@ -105,6 +105,19 @@ def test_every_input_row_is_kept_or_skipped_with_its_reason(tmp_path):
     assert manifest["classes"] == list(LABEL_MAP.values())
 
 
+def test_frames_that_do_not_decode_skip_their_rows_instead_of_stopping_the_run(tmp_path):
+    paths = write_set(tmp_path, 1, 2, seed=0, prefix="x")
+    video = tmp_path / "videos" / "x00.mp4"
+    data = bytearray(video.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + len(data) // 2] = b"\xff" * (len(data) // 2)
+    video.write_bytes(bytes(data))  # the header still opens, the frames do not decode
+    assert _shard(paths, tmp_path / "shards", "val") == 1  # nothing kept
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
+    assert len(reasons) == _lines(paths["annotations"]) + _lines(paths["proposals"])
+    assert all("do not decode" in reason for reason in reasons.values()), reasons
+
+
 def test_bad_rows_and_existing_shards_stop_with_one_sentence(tmp_path, capsys):
     paths = write_set(tmp_path, 1, 2, seed=0, prefix="x")
     with open(paths["annotations"], "a") as f:
