@@ -213,7 +213,9 @@ class Keyframe:
     proposals: tuple[Row, ...]
 
 
-_open_movie: dict[str, _Movie | str] = {}  # per process: the last video opened (keys sorted)
+# Per process: the last video opened (keyframes come sorted, so a worker reads one video at a
+# time). `shard_ava` empties it first: a run in this process must not reuse an earlier run's file.
+_open_movie: dict[str, _Movie | str] = {}
 
 
 def keyframe_sample(task: tuple[Keyframe, ClipOptions]) -> Outcome:
@@ -293,6 +295,7 @@ def shard_ava(
             else:
                 kind[row.key].append(row)
     keyframes = [Keyframe(k, tuple(gt[k]), tuple(boxes[k])) for k in sorted(set(gt) | set(boxes))]
+    _open_movie.clear()
     options = ClipOptions(Path(root), split, index, clip_seconds, video_start, short_side, crf)
     fingerprint = hashlib.sha256(
         json.dumps(

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import mlflow
@@ -105,17 +106,35 @@ def test_every_input_row_is_kept_or_skipped_with_its_reason(tmp_path):
     assert manifest["classes"] == list(LABEL_MAP.values())
 
 
-def test_frames_that_do_not_decode_skip_their_rows_instead_of_stopping_the_run(tmp_path):
+def test_frames_that_do_not_decode_skip_their_rows_instead_of_stopping_the_run(
+    tmp_path, monkeypatch
+):
+    import decord
+
+    def broken(self, indices):  # the file opens, its packets do not decode (a damaged mdat)
+        raise decord.DECORDError("avcodec_send_packet: Invalid data found")
+
     paths = write_set(tmp_path, 1, 2, seed=0, prefix="x")
-    video = tmp_path / "videos" / "x00.mp4"
-    data = bytearray(video.read_bytes())
-    data[len(data) // 3 : len(data) // 3 + len(data) // 2] = b"\xff" * (len(data) // 2)
-    video.write_bytes(bytes(data))  # the header still opens, the frames do not decode
+    monkeypatch.setattr(decord.VideoReader, "get_batch", broken)
     assert _shard(paths, tmp_path / "shards", "val") == 1  # nothing kept
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
     assert len(reasons) == _lines(paths["annotations"]) + _lines(paths["proposals"])
-    assert all("do not decode" in reason for reason in reasons.values()), reasons
+    assert set(reasons.values()) == {
+        "frames 12-20 do not decode (avcodec_send_packet: Invalid data found)",
+        "frames 20-28 do not decode (avcodec_send_packet: Invalid data found)",
+    }
+
+
+def test_runs_in_one_process_read_their_own_videos_of_the_same_name(tmp_path):
+    """The per-process open-video cache must not carry a movie from one run to the next."""
+    clips = []
+    for seed in (0, 1):
+        paths = write_set(tmp_path / str(seed), 1, 1, seed=seed, prefix="x")  # both "x00"
+        assert _shard(paths, tmp_path / str(seed) / "shards", "val") == 0
+        with tarfile.open(tmp_path / str(seed) / "shards" / "val-000000.tar") as tar:
+            clips.append(tar.extractfile(tar.getmember(f"x00_{START + 2:04d}.mp4")).read())
+    assert clips[0] != clips[1]
 
 
 def test_bad_rows_and_existing_shards_stop_with_one_sentence(tmp_path, capsys):
