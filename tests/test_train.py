@@ -55,7 +55,7 @@ def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str
         )
         criterion = nn.CrossEntropyLoss()
         results[f"{stage},{checkpointing}"] = [
-            trainer.train_step(engine, criterion, clips, labels) for clips, labels, _ in loader
+            trainer.train_step(engine, criterion, (clips,), labels) for clips, labels, _ in loader
         ]
         engine.destroy()
     if rank == 0:

@@ -80,7 +80,7 @@ def _rank(rank: int, port: int, out: str) -> None:
         model = trainer._build_model(cfg)
         engine = parallel.build_engine(model, cfg, parallel.deepspeed_config(cfg, 2), 100, 10)
         losses = [
-            trainer.train_step(engine, torch.nn.CrossEntropyLoss(), c.bfloat16(), y)
+            trainer.train_step(engine, torch.nn.CrossEntropyLoss(), (c.bfloat16(),), y)
             for c, y in zip(clips, labels, strict=True)
         ]
         opt = engine.optimizer

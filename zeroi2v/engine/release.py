@@ -15,8 +15,9 @@ from torch import nn
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
-from zeroi2v.engine import metrics, parallel, tracking
+from zeroi2v.engine import parallel, tracking
 from zeroi2v.engine.model_format import CONFIG_KEY
+from zeroi2v.engine.tasks import task_for
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
 
@@ -150,16 +151,5 @@ def evaluate_model(
         compile_for_inference(model.eval(), "cpu")
 
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=cfg.data.eval_batch_size)
-    if cfg.model.task == "detection":  # frame-level mAP@0.5 of the test proposals
-        from zeroi2v.engine.detection import evaluate_detection
-
-        return evaluate_detection(
-            model.eval(),
-            loader,
-            cfg.model.num_classes,
-            device=torch.device("cpu"),
-            progress=progress,
-        )
-    return metrics.evaluate(
-        model.eval(), loader, cfg.model.num_classes, device=torch.device("cpu"), progress=progress
-    )
+    task = task_for(cfg)
+    return task.evaluate(model.eval(), loader, device=torch.device("cpu"), progress=progress)

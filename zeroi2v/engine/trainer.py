@@ -38,15 +38,14 @@ from zeroi2v.data.shards import expand_shards
 from zeroi2v.engine import (
     ckpt_integrity,
     liveness,
-    metrics,
     parallel,
     position,
     release,
     rng,
+    tasks,
     tracking,
     train_state,
 )
-from zeroi2v.engine.detection import MultiLabelLoss, evaluate_detection
 from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     global_step: int
-    val_top1: float | None
+    val_top1: float | None  # model.task "classification" (`tasks.Task.result_fields`)
     val_top5: float | None
     model_uri: str | None
     output_dir: Path
@@ -260,12 +259,7 @@ def _train(
                 info.world_size,
             )
     keys_log = _sample_key_log(cfg, info) if cfg.train.log_sample_keys else None
-    detection = cfg.model.task == "detection"
-    criterion = (
-        MultiLabelLoss()
-        if detection
-        else nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    )
+    task = tasks.task_for(cfg)  # classification or detection: loss, batches, evaluation
     classes = read_manifest(cfg.data.train_shards)["classes"]
     log_file = _open_metrics_log(out / "metrics.jsonl", client.get("metrics_bytes"), rank0)
     last_saved = tag
@@ -298,20 +292,14 @@ def _train(
         )
         if keys_log is not None:
             loader = _logging_keys(loader, keys_log, {"eval_at_step": step})
-        if detection:
-            res = evaluate_detection(
-                engine, loader, cfg.model.num_classes, device=device, dtype=dtype, progress=rank0
-            )
-        else:
-            res = metrics.evaluate(
-                engine,
-                loader,
-                cfg.model.num_classes,
-                device=device,
-                dtype=dtype,
-                lockstep=parallel.zero_stage(engine) == 3,
-                progress=rank0,
-            )
+        res = task.evaluate(
+            engine,
+            loader,
+            device=device,
+            dtype=dtype,
+            lockstep=parallel.zero_stage(engine) == 3,
+            progress=rank0,
+        )
         engine.train()
         if rank0:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in res.as_metrics().items())
@@ -319,8 +307,7 @@ def _train(
             _write(log_file, {"step": step, **res.as_metrics()})
             if tracker is not None:
                 tracker.log_metrics(res.as_metrics(), step)
-                if not detection:
-                    tracker.log_confusion(res.confusion, classes, step)
+                task.log_extras(tracker, res, classes, step)
         return res
 
     step = client["global_step"]
@@ -349,21 +336,19 @@ def _train(
         )
         losses, tick, clips_seen = [], time.perf_counter(), 0
         batches = rng.outside_training_rng(loader)
-        for micro_index, (clips, labels, keys) in enumerate(batches, start=first):
+        for micro_index, micro_batch in enumerate(batches, start=first):
             if keys_log is not None:
-                _write(keys_log, {"epoch": epoch, "step": step + 1, "keys": keys})
+                _write(keys_log, {"epoch": epoch, "step": step + 1, "keys": micro_batch[2]})
             lr = engine.get_lr()[0]
-            rois = None
-            if detection:  # labels: the micro-batch's person boxes and their multi-hot actions
-                rois, labels = labels.rois.to(device, dtype), labels.labels
-            loss = train_step(engine, criterion, clips.to(device, dtype), labels.to(device), rois)
+            inputs, targets = task.unpack(micro_batch, device, dtype)
+            loss = train_step(engine, task.criterion, inputs, targets)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss} at step {step + 1} (epoch {epoch}); stopping, the last "
                     f"good checkpoint is {last_saved or 'none'} in {ckpt_dir}"
                 )
             losses.append(loss)
-            clips_seen += len(labels) * info.world_size
+            clips_seen += len(inputs[0]) * info.world_size
             if (micro_index + 1) % accum:
                 continue
             step += 1
@@ -411,22 +396,16 @@ def _train(
     for handle in (log_file, keys_log):
         if handle is not None:
             handle.close()
-    if detection:
-        return TrainResult(step, None, None, model_uri, out, val_map=result.mean_ap)
-    return TrainResult(step, result.top1, result.top5, model_uri, out)
+    return TrainResult(step, model_uri=model_uri, output_dir=out, **task.result_fields(result))
 
 
 def train_step(
-    engine: Any,
-    criterion: nn.Module,
-    clips: torch.Tensor,
-    labels: torch.Tensor,
-    rois: torch.Tensor | None = None,
+    engine: Any, criterion: nn.Module, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor
 ) -> float:
     """One micro-step; returns the loss averaged over ranks (the same value on every rank, so a
     non-finite loss stops all ranks together, before its gradients touch the weights).
-    `rois` (K, 5): the person boxes of a detection micro-batch; `labels` are then (K, C)."""
-    loss = criterion(engine(clips) if rois is None else engine(clips, rois), labels)
+    `inputs`: the forward's arguments, (clips,) or, for detection, (clips, person boxes)."""
+    loss = criterion(engine(*inputs), targets)
     reduced = loss.detach().float().clone()
     dist.all_reduce(reduced)
     reduced = reduced.item() / dist.get_world_size()
