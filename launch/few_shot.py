@@ -24,7 +24,6 @@ from pathlib import Path
 
 from zeroi2v import logs
 from zeroi2v.config import ConfigError, load
-from zeroi2v.engine.tracking import Tracker, run_ends_with
 from zeroi2v.redact import run_cli
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -67,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     if not (source / "manifest.json").is_file():
         raise ConfigError(f"no manifest.json in {source} (the folder of data.train_shards)")
     from data_prep.subset import make_subset
+    from zeroi2v.engine.tracking import Tracker, run_ends_with  # torch: only once work starts
 
     tracker = None
     if cfg.tracking.enabled:
