@@ -9,6 +9,7 @@ A trial asks for 4 CPUs over 2 workers, 2 per worker, so its two ranks cannot sh
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -66,7 +67,7 @@ def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
         (tag / name).write_text(name)
     staged = {}
     for rank in (0, 1):
-        stage_rank_files(tag, tmp_path / f"rank{rank}", rank, world_size=2)
+        assert stage_rank_files(tag, tmp_path / f"rank{rank}", rank, world_size=2) == 0
         staged[rank] = {
             str(p.relative_to(tmp_path / f"rank{rank}"))
             for p in (tmp_path / f"rank{rank}").rglob("*.*")
@@ -78,6 +79,27 @@ def test_each_rank_hands_ray_only_the_checkpoint_files_it_wrote(tmp_path):
     assert not (tmp_path / "rank1" / "latest").exists()
     stage_rank_files(tag, tmp_path / "alone", 0, world_size=1)  # one process: every file
     assert {p.name for p in (tmp_path / "alone" / "step4").iterdir()} == set(names)
+    for name in names:  # linked, not copied: the trainer's files themselves
+        assert (tmp_path / "alone" / "step4" / name).samefile(tag / name)
+
+
+def test_staging_copies_where_it_cannot_link(tmp_path, monkeypatch):
+    """Another filesystem (EXDEV) or one without hard links: the files are copied instead."""
+    tag = tmp_path / "ckpt" / "step2"
+    tag.mkdir(parents=True)
+    sizes = {"mp_rank_00_model_states.pt": 300, "rng_rank0.pt": 20, "rng_rank1.pt": 21}
+    for name, size in sizes.items():
+        (tag / name).write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    assert stage_rank_files(tag, tmp_path / "rank0", 0, world_size=2) == 320
+    for name in ("mp_rank_00_model_states.pt", "rng_rank0.pt"):
+        staged = tmp_path / "rank0" / "step2" / name
+        assert not staged.samefile(tag / name)
+        assert staged.read_bytes() == (tag / name).read_bytes()
 
 
 def test_resuming_from_a_checkpoint_folder_elsewhere_equals_the_uninterrupted_run(

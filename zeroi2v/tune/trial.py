@@ -12,9 +12,10 @@ Checkpoints: every evaluation is followed by a DeepSpeed checkpoint, which the e
 hands to Ray. One worker sends the whole tag; with N workers each rank sends the files it
 wrote (`rng_rank{r}.pt`, `zero_pp_rank_{r}_*`; rank 0 also the model states, `client.pt`
 and `latest`), and Ray merges them into one checkpoint in `tune.storage_path`, so no file
-needs to be on a disk that other nodes see. A retry (a crashed worker: Ray Train's
-FailureConfig; a crashed trial or `Tuner.restore`: Tune's) resumes from that checkpoint and
-continues the same MLflow run (its id is in `client.pt`).
+needs to be on a disk that other nodes see. The folder a worker hands over holds hard links
+to the trainer's files, so Ray's upload is the only copy made. A retry (a crashed worker: Ray
+Train's FailureConfig; a crashed trial or `Tuner.restore`: Tune's) resumes from that
+checkpoint and continues the same MLflow run (its id is in `client.pt`).
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run
 
     def on_epoch(epoch: int, metrics: dict[str, float], saved: Path) -> None:
         run_id = tag_run(context.get_trial_name(), context.get_trial_id(), {"world_size": 1})
-        # Only the latest tag goes to Ray. Ray may upload after `report` returns, so a staged
-        # copy lives until the next epoch's is reported.
+        # Only the latest tag goes to Ray, its files hard-linked (`stage_rank_files`). Ray may
+        # upload after `report` returns, so a staged folder lives until the next one is reported.
         staging = output_dir / "ray_checkpoints" / f"epoch{epoch:04d}"
         shutil.rmtree(staging, ignore_errors=True)
         stage_rank_files(saved, staging / CKPT, rank=0, world_size=1)
@@ -173,20 +174,37 @@ def train_driver(
     trainer.fit()
 
 
-def stage_rank_files(saved: Path, dest: Path, rank: int, world_size: int) -> None:
-    """Copy the files of checkpoint tag folder `saved` that `rank` wrote into `dest/<tag>`;
-    rank 0 also the shared ones and a `latest` naming the tag.
+def stage_rank_files(saved: Path, dest: Path, rank: int, world_size: int) -> int:
+    """Put the files of checkpoint tag folder `saved` that `rank` wrote into `dest/<tag>`;
+    rank 0 also the shared ones and a `latest` naming the tag. Returns the bytes copied.
 
-    The tag comes from the trainer, not from a `latest` file: rank 0 writes that file after
-    the other ranks' files, and on a cluster without a shared disk they never see it.
+    Ray uploads a whole folder, so this rank's files need one of their own, but not a copy:
+    they are hard-linked where `dest` is on the same filesystem (a committed tag's files are
+    never written again: a new save writes a new folder, pruning only unlinks), and copied
+    only where it is not. The tag comes from the trainer, not from a `latest` file: rank 0
+    writes that file after the other ranks' files, and on a cluster without a shared disk
+    they never see it.
     """
     (dest / saved.name).mkdir(parents=True)
+    copied = 0
     for file in saved.iterdir():
         owner = _RANK_FILE.search(file.name)
         if world_size == 1 or (int(owner.group(1)) if owner else 0) == rank:
-            shutil.copy(file, dest / saved.name / file.name)
+            copied += _link_or_copy(file, dest / saved.name / file.name)
     if rank == 0:
         (dest / "latest").write_text(saved.name)
+    return copied
+
+
+def _link_or_copy(source: Path, target: Path) -> int:
+    """Hard-link `source` as `target`, or copy it where linking fails (another filesystem,
+    one without hard links); the bytes copied."""
+    try:
+        os.link(source, target)
+        return 0
+    except OSError:
+        shutil.copy(source, target)
+        return source.stat().st_size
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -202,7 +220,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     logs.quiet_third_party()  # a worker runs in a Ray actor, not under a launch script
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    cfg, _ = trial_config(config["base"], config["point"], config["trial_id"])
+    cfg, output_dir = trial_config(config["base"], config["point"], config["trial_id"])
     torch.set_num_threads(max(1, int(config["cpus"])))
     select_accelerator()
     nodes: list[Any] = [None] * world_size  # Ray Train's process group exists already
@@ -212,7 +230,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     def on_epoch(epoch: int, metrics: dict[str, float], saved: Path) -> None:
         run_id = tag_run(config["trial_name"], config["trial_id"], shape) if rank == 0 else ""
         report = {**metrics, "epoch": epoch, "mlflow_run_id": run_id}
-        with tempfile.TemporaryDirectory() as staging:  # uploaded before `report` returns
+        # uploaded before `report` returns; beside the checkpoints, so that it can link them
+        with tempfile.TemporaryDirectory(prefix="ray_staging", dir=output_dir) as staging:
             stage_rank_files(saved, Path(staging) / CKPT, rank, world_size)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(staging))
         _maybe_inject_fault()
