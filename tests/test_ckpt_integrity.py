@@ -174,6 +174,64 @@ def test_manifest_commit_names_the_damaged_file_and_stop_refuses(tmp_path):
         resume_point(tmp_path / "nothing")
 
 
+def test_ranks_hash_each_file_once_and_agree_on_the_damaged_one(tmp_path, monkeypatch):
+    """3 ranks (threads, agreeing through a barrier as the all-gather does): each file of a
+    folder is hashed by exactly one rank, and the rank that finds the damage tells the others,
+    so all fall back to the same checkpoint with the same note."""
+    import threading
+
+    world = 3
+    for step in (2, 4):
+        folder = _fake_checkpoint(tmp_path, step)
+        for i in range(4):
+            (folder / f"rng_rank{i}.pt").write_bytes(os.urandom(100 + i))
+        ckpt_integrity.commit(tmp_path, step)  # the manifest again, with the new files
+    damaged = "rng_rank3.pt"
+    _overwrite_random(tmp_path / "step4" / damaged, 8)
+    hashed: dict[int, list[str]] = {r: [] for r in range(world)}
+    real_hash = ckpt_integrity.sha256_file
+
+    def counting_hash(path: Path) -> str:
+        hashed[int(threading.current_thread().name)].append(f"{path.parent.name}/{path.name}")
+        return real_hash(path)
+
+    monkeypatch.setattr(ckpt_integrity, "sha256_file", counting_hash)
+    verdicts: list[str | None] = [None] * world
+    barrier = threading.Barrier(world)
+
+    def agree_as(rank: int):
+        def agree(why: str | None) -> str | None:
+            verdicts[rank] = why
+            barrier.wait()
+            found = next((w for w in verdicts if w is not None), None)
+            barrier.wait()  # everyone read this round's verdicts before the next round
+            return found
+
+        return agree
+
+    points = {}
+
+    def rank_main(rank: int) -> None:
+        share = (rank, world)
+        points[rank] = resume_point(tmp_path, share=share, agree=agree_as(rank))
+
+    threads = [threading.Thread(target=rank_main, args=(r,), name=str(r)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert {p.tag for p in points.values()} == {"step2"}
+    assert len({p.note for p in points.values()}) == 1
+    assert f"step4 ({damaged} does not match its sha256" in points[0].note
+    step2 = sorted(hashed[0] + hashed[1] + hashed[2])
+    step2 = [f for f in step2 if f.startswith("step2/")]
+    files = sorted(
+        f"step2/{p.name}" for p in (tmp_path / "step2").iterdir() if p.name != "manifest.json"
+    )
+    assert step2 == files  # the intact folder: every file hashed once, by one rank
+    assert all(hashed[r] for r in range(world))  # and every rank did a share
+
+
 def test_keep_checkpoints_bounds_the_folders_on_disk(tmp_path):
     for step in (1, 2, 3, 4, 5):
         folder = _fake_checkpoint(tmp_path, step)

@@ -11,7 +11,9 @@ A save is committed in this order, each step only after the one before finished:
 A crash before step 3 leaves ``latest`` on the previous checkpoint, and a folder without a
 manifest is never loaded. `--resume` verifies sizes and hashes *before* anything is unpickled;
 a damaged newest checkpoint is named in one sentence and the newest intact one is used instead
-(or the run stops, ``train.on_damaged_checkpoint="stop"``).
+(or the run stops, ``train.on_damaged_checkpoint="stop"``). With N ranks every file is hashed
+once, not N times: each rank hashes its share of the files (`share`) and the ranks agree on
+the verdict (`job_resume_point`, one all-gather per folder examined).
 
 This proves integrity, not authenticity: whoever can write the folder can rewrite the
 manifest too. Load only checkpoints you (or someone you trust) wrote. The manifest assumes the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +38,8 @@ LATEST = "latest"
 _TAG = re.compile(r"^step(\d+)$")
 
 OnDamaged = Literal["fallback", "stop"]
+# this rank's verdict on a folder → the job's (the first problem any rank found, or None)
+Agree = Callable[[str | None], str | None]
 
 
 def tag_for(step: int) -> str:
@@ -97,8 +102,13 @@ def _tags_newest_first(directory: Path) -> list[str]:
     return [tag_for(s) for s in sorted(steps, reverse=True) if limit is None or s <= limit]
 
 
-def problem(folder: Path) -> str | None:
-    """Why `folder` is not an intact checkpoint (a phrase naming the file), or None."""
+def problem(folder: Path, share: tuple[int, int] = (0, 1)) -> str | None:
+    """Why `folder` is not an intact checkpoint (a phrase naming the file), or None.
+
+    Names and sizes are checked in full (a `stat` each); of the hashes, only the share
+    (rank, world size) of this rank: every `world size`-th file, largest first, so that the
+    ranks' shares cover each file once and hold about as many bytes.
+    """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         expected = manifest["files"]
@@ -116,8 +126,10 @@ def problem(folder: Path) -> str | None:
     extra = sorted(set(present) - set(expected))
     if extra:
         return f"{extra[0]} is not in its manifest"
-    for name, entry in expected.items():
-        if sha256_file(present[name]) != entry["sha256"]:
+    rank, world_size = share
+    by_size = sorted(expected, key=lambda name: (-expected[name]["size"], name))
+    for name in by_size[rank::world_size]:
+        if sha256_file(present[name]) != expected[name]["sha256"]:
             return f"{name} does not match its sha256 in the manifest"
     return None
 
@@ -128,11 +140,19 @@ class ResumePoint:
     note: str | None  # one sentence on the damaged checkpoints skipped; None: `latest` was intact
 
 
-def resume_point(directory: Path, on_damaged: OnDamaged = "fallback") -> ResumePoint:
+def resume_point(
+    directory: Path,
+    on_damaged: OnDamaged = "fallback",
+    *,
+    share: tuple[int, int] = (0, 1),
+    agree: Agree | None = None,
+) -> ResumePoint:
     """The newest intact checkpoint in `directory`, verified before anything loads it.
 
     Raises `FileNotFoundError` when there is no checkpoint at all, and `CheckpointDamagedError`
     when none is intact, or when the newest is damaged and `on_damaged` is ``"stop"``.
+    Alone, this process hashes every file; a rank of a job hashes its `share` and `agree`s with
+    the others on each folder's verdict, so all ranks choose (or refuse) the same checkpoint.
     """
     directory = Path(directory)
     tags = _tags_newest_first(directory)
@@ -140,7 +160,9 @@ def resume_point(directory: Path, on_damaged: OnDamaged = "fallback") -> ResumeP
         raise FileNotFoundError(f"--resume: no checkpoint (stepN folder) in {directory}")
     damaged = []
     for tag in tags:
-        why = problem(directory / tag)
+        why = problem(directory / tag, share)
+        if agree is not None:
+            why = agree(why)
         if why is None:
             if not damaged:
                 return ResumePoint(tag, None)
@@ -155,6 +177,23 @@ def resume_point(directory: Path, on_damaged: OnDamaged = "fallback") -> ResumeP
                 f"newest intact checkpoint)"
             )
     raise CheckpointDamagedError(f"{_describe(directory, damaged)}; no intact checkpoint is left")
+
+
+def job_resume_point(
+    directory: Path, on_damaged: OnDamaged, rank: int, world_size: int
+) -> ResumePoint:
+    """`resume_point` on every rank of the process group (collective): the ranks share the
+    hashing and agree on the verdicts, one all-gather per folder examined."""
+    if world_size == 1:
+        return resume_point(directory, on_damaged)
+    import torch.distributed as dist
+
+    def agree(why: str | None) -> str | None:
+        found: list[str | None] = [None] * world_size
+        dist.all_gather_object(found, why)
+        return next((w for w in found if w is not None), None)
+
+    return resume_point(directory, on_damaged, share=(rank, world_size), agree=agree)
 
 
 def _describe(directory: Path, damaged: list[tuple[str, str]]) -> str:

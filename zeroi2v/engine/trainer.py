@@ -1,8 +1,9 @@
 """The train / eval loop: DeepSpeed steps, periodic multi-view eval, checkpoints, exact resume.
 
-Read top to bottom: checks that can fail fast run before any process group exists, then the
-model is built, wrapped, optionally restored, trained epoch by epoch, evaluated, checkpointed
-and finally merged and registered (rank 0). Resume is exact: the data loader is a pure
+Read top to bottom: checks that can fail fast run before any process group exists, then a
+resumed checkpoint is verified (the ranks share the hashing), the model is built, wrapped,
+optionally restored, trained epoch by epoch, evaluated, checkpointed and finally merged and
+registered (rank 0). Resume is exact: the data loader is a pure
 function of (seed, epoch, rank, world size) and skips the batches already consumed, the
 scheduler lives in the DeepSpeed checkpoint, and every rank's RNG state is saved beside it.
 """
@@ -144,7 +145,6 @@ def train(
     """
     world_size = parallel.world_size_from_env()
     ds_config = check_before_launch(cfg, world_size)
-    rank_env = int(os.environ.get("RANK", "0"))
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
     source = Path(resume_from) if resume_from is not None else ckpt_dir
@@ -159,33 +159,44 @@ def train(
         "train_batch_size": ds_config["train_batch_size"],
         "position": None,  # within the epoch; None at its start
     }
-    tag = None
-    saved_world = world_size
-    if resume:  # verified (sizes, sha256) before anything in it is loaded
-        point = ckpt_integrity.resume_point(source, cfg.train.on_damaged_checkpoint)
-        if point.note and rank_env == 0:
-            log.warning(point.note)
-        tag = point.tag
-        client.update(train_state.load_client(source / tag))
-        position.check_global_batch(tag, client, ds_config)
-        saved_world, client["world_size"] = client["world_size"], world_size
-    tracker = None
-    if rank_env == 0 and cfg.tracking.enabled:
-        tracker = tracking.Tracker(
-            cfg,
-            world_size=world_size,
-            run_id=client["run_id"],
-            parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
-        )
-        client["run_id"] = tracker.run_id
-    with tracking.run_ends_with(tracker):
-        info = parallel.init_distributed(timeout_s=cfg.train.dist_timeout_s)
-        with liveness.watched(info.rank, info.world_size, cfg.train.dist_timeout_s):
-            resumed = (tag, saved_world) if tag is not None else None
-            result = _train(
+    info = parallel.init_distributed(timeout_s=cfg.train.dist_timeout_s)
+    with liveness.watched(info.rank, info.world_size, cfg.train.dist_timeout_s):
+        resumed = _verified_resume(cfg, info, source, client, ds_config) if resume else None
+        tracker = None
+        if info.rank == 0 and cfg.tracking.enabled:
+            tracker = tracking.Tracker(
+                cfg,
+                world_size=world_size,
+                run_id=client["run_id"],
+                parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
+            )
+            client["run_id"] = tracker.run_id
+        with tracking.run_ends_with(tracker):
+            return _train(
                 cfg, info, ds_config, tracker, client, resumed, source, ckpt_dir, on_epoch
             )
-    return result
+
+
+def _verified_resume(
+    cfg: Config,
+    info: parallel.DistInfo,
+    source: Path,
+    client: dict[str, Any],
+    ds_config: dict[str, Any],
+) -> tuple[str, int]:
+    """The checkpoint to resume from, verified (sizes, sha256) before anything in it is loaded;
+    every rank hashes a share of its files and all agree on the verdict, so each file is read
+    once, not once per rank. Updates `client` from it; returns (its tag, the world size that
+    wrote it)."""
+    point = ckpt_integrity.job_resume_point(
+        source, cfg.train.on_damaged_checkpoint, info.rank, info.world_size
+    )
+    if point.note and info.rank == 0:
+        log.warning(point.note)
+    client.update(train_state.load_client(source / point.tag))
+    position.check_global_batch(point.tag, client, ds_config)
+    saved_world, client["world_size"] = client["world_size"], info.world_size
+    return point.tag, saved_world
 
 
 def _train(
