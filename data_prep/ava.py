@@ -203,7 +203,7 @@ class ClipOptions:
     clip_seconds: float
     video_start: float
     short_side: int | None
-    crf: int
+    encoding: video_io.Encoding
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def keyframe_sample(task: tuple[Keyframe, ClipOptions]) -> Outcome:
         "proposals": [[*row.box, row.value] for row in keyframe.proposals],
     }
     members = {
-        "mp4": video_io.encode_rgb(pixels, movie.fps, crf=options.crf),
+        "mp4": video_io.encode_rgb(pixels, movie.fps, encoding=options.encoding),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
     return Outcome(make_key(f"{video}_{second:04d}"), members)
@@ -265,7 +265,7 @@ def shard_ava(
     clip_seconds: float = 2.2,
     video_start: float = 0.0,
     short_side: int | None = None,
-    crf: int = 18,
+    encoding: video_io.Encoding | None = None,
     shard_size: int = 100,
     workers: int = 1,
     overwrite: bool = False,
@@ -296,7 +296,8 @@ def shard_ava(
                 kind[row.key].append(row)
     keyframes = [Keyframe(k, tuple(gt[k]), tuple(boxes[k])) for k in sorted(set(gt) | set(boxes))]
     _open_movie.clear()
-    options = ClipOptions(Path(root), split, index, clip_seconds, video_start, short_side, crf)
+    encoding = encoding or video_io.Encoding()  # x264 settings of the clips
+    options = ClipOptions(Path(root), split, index, clip_seconds, video_start, short_side, encoding)
     fingerprint = hashlib.sha256(
         json.dumps(
             {

@@ -25,7 +25,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ KILL_HOOK = "DATA_PREP_KILL_AFTER_SAMPLES"  # test hook: SIGKILL self after N sa
 class EncodeOptions:
     short_side: int | None = None
     fps: float | None = None
-    crf: int = 18
+    encoding: video_io.Encoding = video_io.Encoding()
+    reencode: bool = False  # also videos that could be copied (their key frames are the source's)
 
 
 @dataclass
@@ -63,6 +64,7 @@ def prepare(item: Item, options: EncodeOptions) -> Prepared:
     Bytes are copied as they are when decord (the training reader) counts exactly the frames
     that FFmpeg decoded and no resize, frame-rate change, rotation or container change is asked;
     otherwise what decodes is re-encoded, so the frame count stored is always the true one.
+    Copied bytes keep the source's key-frame interval (the json's `keyframe_interval` says it).
     """
     try:
         data = item.path.read_bytes()
@@ -78,13 +80,13 @@ def prepare(item: Item, options: EncodeOptions) -> Prepared:
     except RuntimeError:  # FFmpeg decodes it all but decord cannot: store a re-encoded copy
         honest = False
     try:
-        if not honest or report.rotation or _asks_change(data, report, options):
+        if not honest or report.rotation or options.reencode or _asks_change(data, report, options):
             data = video_io.reencode(
                 data,
                 source_fps=report.fps,
                 short_side=options.short_side,
                 fps=options.fps,
-                crf=options.crf,
+                encoding=options.encoding,
                 rotation=report.rotation,
             )
             meta = video_io.probe(data)  # describe (and check) what is actually stored
@@ -114,6 +116,7 @@ class DeterministicTar:
         self.file = open(path, "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.GNU_FORMAT)
         self.count = 0
+        self.longest_gop = 0  # the longest key-frame interval of the videos written
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         for ext, payload in members.items():
@@ -145,7 +148,7 @@ def _fingerprint(
             "classes": source.classes,
             "seed": seed,
             "shard_size": shard_size,
-            "options": vars(options),
+            "options": asdict(options),
             "items": [[i.key, str(i.path), i.label] for i in order],
         }
     )
@@ -212,6 +215,7 @@ class Outcome:
     key: str | None = None
     members: dict[str, bytes] | None = None
     skipped: list[dict] = field(default_factory=list)
+    keyframe_interval: int = 0  # of the sample's video (the longest run between key frames)
 
 
 def skip_entry(source: str, split: str, reason: str) -> dict:
@@ -258,6 +262,7 @@ def write_resumable(
                 "name": final.name,
                 "count": writer.count,
                 "sha256": sha256_file(final),
+                "keyframe_interval": writer.longest_gop,
                 "position": at,
                 "skipped": len(skipped),
             }
@@ -280,6 +285,7 @@ def write_resumable(
             if writer is None:
                 writer = DeterministicTar(out / f"{split}-{len(progress['shards']):06d}.tar.tmp")
             writer.add(outcome.key, outcome.members)
+            writer.longest_gop = max(writer.longest_gop, outcome.keyframe_interval)
             written += 1
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -304,13 +310,16 @@ def shard_split(
     workers: int = 1,
     short_side: int | None = None,
     fps: float | None = None,
-    crf: int = 18,
+    encoding: video_io.Encoding | None = None,
+    reencode: bool = False,
     seed: int = 0,
     overwrite: bool = False,
     progress_bar: bool = True,
 ) -> dict:
     """Shard `source.items` into `{out}/{split}-{index:06d}.tar` and update `{out}/manifest.json`.
 
+    `encoding` (x264 settings of re-encoded videos) defaults to `video_io.Encoding()`;
+    `reencode` re-encodes videos that could be copied as they are.
     Returns this split's manifest entry plus its `skipped` list. `root` makes the `source`
     field in each sample's json relative (portable shards); defaults to absolute paths.
     """
@@ -319,7 +328,7 @@ def shard_split(
     dup = sorted(k for k, n in Counter(item.key for item in source.items).items() if n > 1)
     if dup:
         raise ValueError(f"{len(dup)} duplicate sample keys in the source, e.g. {dup[:5]}")
-    options = EncodeOptions(short_side, fps, crf)
+    options = EncodeOptions(short_side, fps, encoding or video_io.Encoding(), reencode)
     order = list(source.items)
     random.Random(seed).shuffle(order)
     class_index = {name: i for i, name in enumerate(source.classes)}
@@ -345,7 +354,7 @@ def shard_split(
                     "cls": str(class_index[item.label]).encode(),
                     "json": json.dumps(meta, sort_keys=True).encode(),
                 }
-                yield Outcome(item.key, members)
+                yield Outcome(item.key, members, keyframe_interval=result.meta["keyframe_interval"])
 
     progress = write_resumable(
         Path(out),
@@ -363,6 +372,10 @@ def shard_split(
         "shards": shards,
         "count": sum(s["count"] for s in shards),
         "side_files": source.side_files,
+        # what bounds the loader's decode cost: decord decodes from the key frame before a frame
+        "longest_keyframe_interval": max(
+            (s.get("keyframe_interval", 0) for s in progress["shards"]), default=0
+        ),
     }
     update_manifest(out, source.classes, split, entry, progress["skipped"])
     return {**entry, "skipped": progress["skipped"]}

@@ -23,6 +23,35 @@ MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's demuxer name for the mp4 fami
 # to_size": it copies rows padded to a larger width). Measured for every even width 2..398 at
 # heights 16..48 (the height does not matter); every other even width reads back.
 DECORD_UNREADABLE_WIDTHS = frozenset({2, 4, 6, 8, 12, 16, 24, 48, 72})
+# Re-encoding defaults, chosen for the training reader's speed (README "Data", bench/RESULTS.md):
+# decord seeks to the key frame before each wanted frame and decodes from there, so at K400's
+# length (250 frames, 8 frames every 16) a key frame every 8 frames and x264's fastdecode tune
+# (no CABAC, no deblocking) decode 2.5-3x as many clips per core as x264's defaults (key frame
+# every 250, CABAC) on real footage, for 1.6-2.2x the bytes (bench/encodings.py).
+KEYFRAME_INTERVAL = 8
+FAST_DECODE = True
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """x264 settings for lossy writes: quality, key-frame interval (frames), fastdecode tune."""
+
+    crf: int = 18
+    keyframe_interval: int = KEYFRAME_INTERVAL
+    fast_decode: bool = FAST_DECODE
+    bframes: int | None = None  # None: x264's preset (3); 0 measured within ±10 % (bench)
+
+    def __post_init__(self) -> None:
+        if self.keyframe_interval < 1:
+            raise ValueError(f"--keyframe-interval must be >= 1, got {self.keyframe_interval}")
+
+    def x264_options(self) -> dict[str, str]:
+        options = {"crf": str(self.crf), "preset": "fast", "g": str(self.keyframe_interval)}
+        if self.fast_decode:
+            options["tune"] = "fastdecode"
+        if self.bframes is not None:
+            options["bf"] = str(self.bframes)
+        return options
 
 
 def readable_width(width: int) -> int:
@@ -39,6 +68,7 @@ class VideoMeta:
     width: int
     height: int
     duration: float
+    keyframe_interval: int  # the longest run of frames from a key frame to the next (or the end)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,12 +90,14 @@ def probe(data: bytes) -> VideoMeta:
                 raise RuntimeError("no video frames")
             first_last = reader.get_batch([0, frames - 1]).asnumpy()  # (2, H, W, 3)
             fps = float(reader.get_avg_fps())
+            keys = [int(k) for k in reader.get_key_indices()]
     except (decord.DECORDError, RuntimeError, ValueError) as err:
         raise RuntimeError(f"decord cannot decode it ({decoder_detail(err)})") from err
     if not fps > 0:
         raise RuntimeError(f"invalid frame rate {fps}")
     height, width = first_last.shape[1:3]
-    return VideoMeta(round(fps, 6), frames, int(width), int(height), round(frames / fps, 6))
+    gop = max(b - a for a, b in zip([0, *keys], [*keys, frames], strict=True))
+    return VideoMeta(round(fps, 6), frames, int(width), int(height), round(frames / fps, 6), gop)
 
 
 def container_format(data: bytes) -> str:
@@ -93,11 +125,14 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def encode_rgb(frames: np.ndarray, fps: float, *, lossless: bool = False, crf: int = 18) -> bytes:
+def encode_rgb(
+    frames: np.ndarray, fps: float, *, lossless: bool = False, encoding: Encoding = Encoding()
+) -> bytes:
     """Encode (T, H, W, 3) uint8 RGB frames to an mp4 in memory.
 
-    lossless=True uses libx264rgb with qp 0: decoded frames equal the input exactly (used for
-    synthetic data, where the motion must survive). Otherwise H.264 yuv420p at `crf`.
+    lossless=True uses libx264rgb with qp 0 and x264's own key-frame interval: decoded frames
+    equal the input exactly (synthetic data, where the motion must survive; its 16-frame clips
+    are one key frame whatever the interval). Otherwise H.264 yuv420p with `encoding`.
     One encoder thread: x264 output depends on the thread count, and shards must be
     byte-identical across machines.
     """
@@ -115,15 +150,11 @@ def encode_rgb(frames: np.ndarray, fps: float, *, lossless: bool = False, crf: i
         stream.width, stream.height = width, height
         stream.pix_fmt = "rgb24" if lossless else "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"qp": "0", "preset": "veryfast"} if lossless else _x264_options(crf)
+        stream.options = {"qp": "0", "preset": "veryfast"} if lossless else encoding.x264_options()
         for frame in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         out.mux(stream.encode())
     return buf.getvalue()
-
-
-def _x264_options(crf: int) -> dict[str, str]:
-    return {"crf": str(crf), "preset": "fast"}
 
 
 def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -141,7 +172,7 @@ def reencode(
     source_fps: float,
     short_side: int | None,
     fps: float | None,
-    crf: int = 18,
+    encoding: Encoding = Encoding(),
     rotation: int = 0,
 ) -> bytes:
     """Decode `data` with PyAV and write H.264 mp4, optionally resized and resampled in time.
@@ -163,7 +194,7 @@ def reencode(
         stream = out.add_stream("libx264", rate=_rate(out_fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = _x264_options(crf)
+        stream.options = encoding.x264_options()
         emitted = 0
         for index, frame in enumerate(src.decode(in_stream)):
             if rotation:

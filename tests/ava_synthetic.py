@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.video_io import encode_rgb
+from data_prep.video_io import Encoding, encode_rgb
 
 LABEL_MAP = {1: "stand", 4: "walk", 7: "hold red"}
 START = 900  # movie second of each file's first frame (the official 15-minute cuts start here)
@@ -67,7 +67,9 @@ def write_set(root: Path, videos: int, keyframes: int, seed: int, prefix: str) -
             Person(36 + 6 * rng.random(), 4 + 30 * rng.random(), *map(bool, rng.integers(0, 2, 2))),
         ]
         clip = render(people, frames, rng)
-        (root / "videos" / f"{name}.mp4").write_bytes(encode_rgb(clip, FPS, crf=10))
+        (root / "videos" / f"{name}.mp4").write_bytes(
+            encode_rgb(clip, FPS, encoding=Encoding(crf=10))
+        )
         for k in range(keyframes):
             second = START + 2 + k
             frame = (second - START) * FPS

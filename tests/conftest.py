@@ -87,14 +87,24 @@ def motion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _shard(videos, tmp_path_factory.mktemp("motion_shards"), MOTION_SHARD_SIZE)
 
 
-@pytest.fixture(scope="session")
-def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny_vit backbone weights pre-trained on the single-frame location task (~11 s)."""
+def _pretrain(tmp_path_factory: pytest.TempPathFactory, seed: int) -> Path:
     from zeroi2v.config import load
     from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 
-    out = tmp_path_factory.mktemp("tiny_pretrained") / "tiny_vit_image.pt"
+    out = tmp_path_factory.mktemp("tiny_pretrained") / f"tiny_vit_image.seed{seed}.pt"
     cfg = load(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.json")
-    accuracy = pretrain_tiny_backbone(cfg, out)
+    accuracy = pretrain_tiny_backbone(cfg, out, seed=seed)
     assert accuracy >= 0.9, f"image pre-training did not learn the location task ({accuracy})"
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_vit backbone weights pre-trained on the single-frame location task (~11 s)."""
+    return _pretrain(tmp_path_factory, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_seed1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same pre-training with seed 1: other weights, as another machine's rounding gives."""
+    return _pretrain(tmp_path_factory, seed=1)

@@ -69,6 +69,17 @@ def test_loader_bench_small_measures_every_stage():
     assert [r[4].strip() == "—" for r in rows] == [True] * 5 + [False] * 2  # workers measured
 
 
+def test_encodings_bench_small_times_every_setting():
+    out = _run(sys.executable, "bench/encodings.py",
+               *("--clips", "2", "--intervals", "250", "8", "--size", "96x64"))  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    sources = sorted({r[0].strip() for r in rows})
+    assert "synthetic" in sources and len(rows) == 8 * len(sources)  # 2 intervals × 2 × 2
+    for row in rows[::8]:  # each source's first row is x264's defaults, the ratios' base
+        assert [v.strip() for v in row[1:4]] == ["250", "x264", "no"] and row[5].strip() == "1.00"
+    assert all(float(r[4]) > 0 and float(r[6]) > 0 for r in rows)
+
+
 @pytest.mark.slow
 def test_gpu_sh_cpu_mode_appends_a_dated_section(tmp_path):
     results = tmp_path / "RESULTS.md"
