@@ -39,8 +39,12 @@ else
 fi
 echo "== 2/6 shards (resumes: finished shards are kept)"
 for split in train val; do
-  python -m data_prep shard --source folder --root "$VIDEOS" --out "$SHARDS" \
-    --split "$split" --shard-size 128 --workers 2 --no-progress
+  if ! python -m data_prep shard --source folder --root "$VIDEOS" --out "$SHARDS" \
+    --split "$split" --shard-size 128 --workers 2 --no-progress; then
+    echo "demo: sharding failed. If the error above says the shards come from different inputs" \
+      "or options, $SHARDS was made by an older version: rm -rf $SHARDS and run again." >&2
+    exit 1
+  fi
 done
 echo "== 3/6 image pre-training of the tiny backbone (seed $PRETRAIN_SEED) -> $PRETRAINED"
 if [ -f "$PRETRAINED" ]; then
