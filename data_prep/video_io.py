@@ -99,7 +99,7 @@ def encode_rgb(frames: np.ndarray, fps: float, *, lossless: bool = False, crf: i
     lossless=True uses libx264rgb with qp 0: decoded frames equal the input exactly (used for
     synthetic data, where the motion must survive). Otherwise H.264 yuv420p at `crf`.
     One encoder thread: x264 output depends on the thread count, and shards must be
-    byte-identical across machines.
+    byte-identical across machines (and mbtree off, see `_x264_options`).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -123,7 +123,11 @@ def encode_rgb(frames: np.ndarray, fps: float, *, lossless: bool = False, crf: i
 
 
 def _x264_options(crf: int) -> dict[str, str]:
-    return {"crf": str(crf), "preset": "fast"}
+    """Lossy x264 settings. mbtree (macroblock-tree rate control) is off: with AVX-512, x264
+    (core 165, PyAV 18) gives different bytes for the same frames from one call to the next
+    (it depends on what the heap held before), and with mbtree off, or without AVX-512, it
+    does not."""
+    return {"crf": str(crf), "preset": "fast", "x264-params": "mbtree=0"}
 
 
 def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
