@@ -2,8 +2,8 @@
 
 Order: items are shuffled with `seed`, validated (decord) / re-encoded in worker processes in
 that order, and packed `shard_size` valid samples per shard. Tar headers are fixed (mtime 0,
-uid/gid 0, mode 0444) and x264 runs single-threaded, so the same inputs and options give
-byte-identical shards on every run.
+uid/gid 0, mode 0444) and x264 runs single-threaded without mbtree (`video_io._x264_options`),
+so the same inputs and options give byte-identical shards on every run.
 
 Crash safety: a shard is written to `name.tar.tmp` and `os.replace`d; only then is it recorded
 (name, count, sha256, input position) in `{split}.progress.json`. A re-run with the same inputs
@@ -36,7 +36,7 @@ from data_prep.quiet import decoder_detail
 from data_prep.sources import Item, SourceList
 from zeroi2v.files import sha256_file, write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lossy x264 without mbtree (shards of version 1 differ)
 KILL_HOOK = "DATA_PREP_KILL_AFTER_SAMPLES"  # test hook: SIGKILL self after N samples written
 
 

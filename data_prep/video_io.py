@@ -46,7 +46,15 @@ class Encoding:
             raise ValueError(f"--keyframe-interval must be >= 1, got {self.keyframe_interval}")
 
     def x264_options(self) -> dict[str, str]:
-        options = {"crf": str(self.crf), "preset": "fast", "g": str(self.keyframe_interval)}
+        """mbtree (macroblock-tree rate control) is off: with AVX-512, x264 (core 165, PyAV 18)
+        gives different bytes for the same frames from one call to the next (it depends on
+        what the heap held before); with mbtree off, or without AVX-512, it does not."""
+        options = {
+            "crf": str(self.crf),
+            "preset": "fast",
+            "g": str(self.keyframe_interval),
+            "x264-params": "mbtree=0",
+        }
         if self.fast_decode:
             options["tune"] = "fastdecode"
         if self.bframes is not None:
@@ -134,7 +142,7 @@ def encode_rgb(
     equal the input exactly (synthetic data, where the motion must survive; its 16-frame clips
     are one key frame whatever the interval). Otherwise H.264 yuv420p with `encoding`.
     One encoder thread: x264 output depends on the thread count, and shards must be
-    byte-identical across machines.
+    byte-identical across machines (and mbtree off, see `Encoding.x264_options`).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from zeroi2v import logs
 from zeroi2v.redact import run_cli
-from zeroi2v.use.inference import Prediction, format_predictions, predict
+
+if TYPE_CHECKING:
+    from zeroi2v.use.inference import Prediction
 
 
 def main(argv: list[str] | None = None) -> list[Prediction]:
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
+    from zeroi2v.use.inference import format_predictions, predict  # torch: only once work starts
+
     predictions = predict(
         args.model,
         args.videos,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 from zeroi2v import config, logs
-from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 from zeroi2v.redact import run_cli
 
 
@@ -20,6 +19,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--seed", type=int, default=0)
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
+    from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone  # torch: once work starts
+
     accuracy = pretrain_tiny_backbone(cfg, args.out, steps=args.steps, seed=args.seed)
     print(f"saved {args.out} (location accuracy on the last batch: {accuracy:.2f})")
     return accuracy

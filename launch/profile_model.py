@@ -14,7 +14,6 @@ import json
 
 from zeroi2v import logs
 from zeroi2v.config import load
-from zeroi2v.models.profile import profile
 from zeroi2v.redact import run_cli
 
 
@@ -51,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args, dashed = parser.parse_known_args(argv)  # `--section.key=value` overrides land in `dashed`
     cfg = load(args.config, [*args.overrides, *dashed])
+    from zeroi2v.models.profile import profile  # torch: only once work starts
+
     result = profile(cfg, merged=args.merged)
     print(json.dumps(result))
     if args.latency:

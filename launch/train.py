@@ -14,7 +14,6 @@ import json
 
 from zeroi2v import logs, redact
 from zeroi2v.config import load, to_dict
-from zeroi2v.engine import parallel
 
 
 def main(argv: list[str] | None = None):
@@ -39,6 +38,8 @@ def main(argv: list[str] | None = None):
         return None
     redact.install()  # no credentials in any log line or traceback
     logs.setup()  # INFO on rank 0, WARNING elsewhere ($ZEROI2V_LOG_ALL_RANKS=1: all INFO)
+    from zeroi2v.engine import parallel  # torch: only once work starts
+
     parallel.select_accelerator()  # before anything imports deepspeed
     from zeroi2v.engine.trainer import train
 

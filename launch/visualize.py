@@ -10,11 +10,13 @@ frame, each [CLS]→patch map drawn over the frame its keys come from (see zeroi
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from zeroi2v import logs
 from zeroi2v.redact import run_cli
-from zeroi2v.use.inference import load_model
-from zeroi2v.use.visualize import AttentionMaps, visualize
+
+if TYPE_CHECKING:
+    from zeroi2v.use.visualize import AttentionMaps
 
 
 def main(argv: list[str] | None = None) -> AttentionMaps:
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> AttentionMaps:
     parser.add_argument("--run-id", default=None, help="MLflow run to log the PNG to (attention/)")
     parser.add_argument("--view", type=int, default=0, help="which test view (clip-major) to show")
     args = parser.parse_args(argv)
+    from zeroi2v.use.inference import load_model  # torch: only once work starts
+    from zeroi2v.use.visualize import visualize
+
     model, cfg = load_model(args.model)
     result = visualize(model, cfg, args.video, args.out, run_id=args.run_id, view=args.view)
     print(f"wrote {args.out}: rows {result.groups}, {result.maps.shape[1]} frames")
