@@ -60,7 +60,11 @@ from zeroi2v.data.decode import open_video, read_frames
 from zeroi2v.data.transforms import RANDAUGMENT_BINS
 
 FPS, BATCH = 25, 8
-ENCODINGS = {"data_prep": Encoding(), "x264": Encoding(keyframe_interval=250, fast_decode=False)}
+ENCODINGS = {
+    "data_prep": Encoding(),  # data_prep shard's default: a key frame every 8, fastdecode
+    "x264": Encoding(keyframe_interval=250, fast_decode=False),  # x264's own defaults
+    "intra": Encoding(keyframe_interval=1),  # every frame a key frame (--keyframe-interval 1)
+}
 
 
 def synthetic_frames(rng: np.random.Generator, width: int, height: int, frames: int) -> np.ndarray:
