@@ -2,8 +2,9 @@
 
 Order: items are shuffled with `seed`, validated (decord) / re-encoded in worker processes in
 that order, and packed `shard_size` valid samples per shard. Tar headers are fixed (mtime 0,
-uid/gid 0, mode 0444) and x264 runs single-threaded without mbtree (`video_io.Encoding.x264_options`),
-so the same inputs and options give byte-identical shards on every run.
+uid/gid 0, mode 0444) and x264 runs single-threaded without mbtree
+(`video_io.Encoding.x264_options`), so the same inputs and options give byte-identical shards
+on every run.
 
 Crash safety: a shard is written to `name.tar.tmp` and `os.replace`d; only then is it recorded
 (name, count, sha256, input position) in `{split}.progress.json`. A re-run with the same inputs
