@@ -205,7 +205,7 @@ def _engine_worker(rank: int, port: int, result_file: str) -> None:
         results[f"{stage},{checkpointing},{compiled}"] = {
             "compiled": engine.is_compiled,
             "losses": [
-                trainer.train_step(engine, torch.nn.CrossEntropyLoss(), c, y)
+                trainer.train_step(engine, torch.nn.CrossEntropyLoss(), (c,), y)
                 for c, y in zip(clips, labels, strict=True)
             ],
             "keys": sorted(engine.module.state_dict())[:3],
