@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -61,8 +62,7 @@ def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str
     if rank == 0:
         with open(result_file, "w") as handle:
             json.dump(results, handle)
-    # Leave the gloo group together before exiting: once in ~5 loaded runs a rank that exited
-    # with the group alive died in C++ ("terminate called without an active exception").
+    # Leave the gloo group together before exiting, as PyTorch asks every process to.
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -81,7 +81,18 @@ def test_zero_stages_and_activation_checkpointing_give_the_same_losses(synthetic
         },
     )
     result_file = tmp_path / "losses.json"
-    mp.spawn(_parity_worker, args=(2, free_port(), raw, str(result_file)), nprocs=2)
+    for attempt in (1, 2):
+        try:
+            mp.spawn(_parity_worker, args=(2, free_port(), raw, str(result_file)), nprocs=2)
+            break
+        except mp.ProcessExitedException as error:
+            # Unsolved (2026-11-26 note on issue 11): in ~2 of 30 loaded runs a rank dies a few
+            # seconds in with SIGABRT, "terminate called without an active exception" (a C++
+            # thread destroyed while joinable, in gloo, DeepSpeed or decord). One retry keeps CI
+            # from failing on it; a second abort, or any other failure, still fails the test.
+            if error.signal_name != "SIGABRT" or attempt == 2:
+                raise
+            warnings.warn(f"parity worker aborted, retrying once: {error}", stacklevel=1)
     curves = json.loads(result_file.read_text())
     reference = curves["0,False"]
     assert len(reference) == PARITY_STEPS
