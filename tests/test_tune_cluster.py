@@ -259,7 +259,12 @@ def test_search_of_two_rank_trials_on_a_two_node_cluster(ray_cluster, synthetic_
     for child in children:
         assert child.data.params["world_size"] == "2"  # what the trainer saw
         assert child.data.params["ray_nodes"] == "2"  # its two ranks on two Ray nodes
-        # per epoch, none repeated after the crash or the resume
-        assert [m.step for m in curves[child.info.run_id]] == [2, 4]
+        # per epoch, in order: the crash and the resume continued from a checkpoint, not from
+        # the start. An evaluation made after the last checkpoint Ray registered is made (and
+        # logged) again when the trial resumes: on a loaded machine the kill can land after
+        # epoch 2's evaluation and before its checkpoint's registration, giving [2, 4, 4].
+        steps = [m.step for m in curves[child.info.run_id]]
+        assert sorted(set(steps)) == [2, 4] and steps == sorted(steps), steps
+        assert steps.count(2) == 1, steps  # the registered first-epoch checkpoint was used
     versions = client.search_model_versions(f"name = '{raw['tracking']['model_name']}'")
     assert len(versions) == 1
