@@ -21,7 +21,6 @@ is an error naming its file and line.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from collections import defaultdict
@@ -36,8 +35,8 @@ from data_prep import video_io
 from data_prep.ava_pickle import is_pickle, load_proposal_pickle
 from data_prep.quiet import decoder_detail, quiet_stderr
 from data_prep.shard import (
-    FORMAT_VERSION,
     Outcome,
+    fingerprint,
     in_order,
     skip_entry,
     update_manifest,
@@ -298,23 +297,16 @@ def shard_ava(
     _open_movie.clear()
     encoding = encoding or video_io.Encoding()  # x264 settings of the clips
     options = ClipOptions(Path(root), split, index, clip_seconds, video_start, short_side, encoding)
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "version": FORMAT_VERSION,
-                "source": "ava",
-                "classes": actions,
-                "shard_size": shard_size,
-                "options": {**vars(options), "root": str(root), "index": sorted(index.items())},
-                "keyframes": [[k.key, k.gt, k.proposals] for k in keyframes],
-            },
-            default=vars,
-        ).encode()
-    ).hexdigest()
     progress = write_resumable(
         Path(out),
         split,
-        fingerprint,
+        fingerprint(
+            source="ava",
+            classes=actions,
+            shard_size=shard_size,
+            options={**vars(options), "root": str(root), "index": sorted(index.items())},
+            keyframes=[[k.key, k.gt, k.proposals] for k in keyframes],
+        ),
         len(keyframes),
         lambda start: in_order(keyframe_sample, ((k, options) for k in keyframes[start:]), workers),
         shard_size=shard_size,

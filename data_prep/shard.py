@@ -139,21 +139,24 @@ def _write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
+def fingerprint(**fields: object) -> str:
+    """The resume fingerprint of a run: sha256 of the format version and `fields`, everything
+    that decides the output bytes besides file contents (dataclasses count by their fields).
+    Every source's writer (`write_resumable`) compares it with the recorded one."""
+    blob = json.dumps({"version": FORMAT_VERSION, **fields}, default=vars)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _fingerprint(
     source: SourceList, order: list[Item], shard_size: int, options: EncodeOptions, seed: int
 ) -> str:
-    """Everything that decides the output bytes (besides file contents)."""
-    blob = json.dumps(
-        {
-            "version": FORMAT_VERSION,
-            "classes": source.classes,
-            "seed": seed,
-            "shard_size": shard_size,
-            "options": asdict(options),
-            "items": [[i.key, str(i.path), i.label] for i in order],
-        }
+    return fingerprint(
+        classes=source.classes,
+        seed=seed,
+        shard_size=shard_size,
+        options=asdict(options),
+        items=[[i.key, str(i.path), i.label] for i in order],
     )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _load_progress(out: Path, split: str, fingerprint: str, overwrite: bool) -> dict:
