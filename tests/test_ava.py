@@ -385,7 +385,7 @@ def test_training_learns_the_actions_far_above_shuffled_labels(
     assert registered["mAP"] == pytest.approx(reported[-1], abs=1e-6)
     model, cfg = load_checkpoint_model(tmp_path / "run" / "merged.pt")
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=8)
-    keys, truth, found = collect_detections(model, loader, 3, device=torch.device("cpu"))
+    keys, truth, found = collect_detections(model, loader, 3)
     assert len(keys) == VAL_VIDEOS * KEYFRAMES
     learnt = frame_map(truth, found, range(3)).mean_ap
     assert learnt == pytest.approx(reported[-1], abs=1e-6)  # the merged model is the trained one

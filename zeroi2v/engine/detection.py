@@ -41,27 +41,20 @@ class MultiLabelLoss(nn.Module):
 
 @torch.no_grad()
 def collect_detections(
-    forward: Callable[..., torch.Tensor],
-    loader: Iterable,
-    num_classes: int,
-    *,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = False,
+    forward: Callable[..., torch.Tensor], batches: Iterable, num_classes: int
 ) -> tuple[list[Key], list[GroundTruth], list[Detection]]:
     """(keyframes seen, their ground truth, scored detections of `forward(clips, rois)`) over
-    `loader`, gathered from every rank (each rank reads its own share of the keyframes)."""
+    `batches`, gathered from every rank (each rank reads its own share of the keyframes).
+    `forward` receives the loader's CPU tensors: moving them is its business."""
     keys: list[Key] = []
     truth: list[GroundTruth] = []
     found: list[Detection] = []
     classes = list(range(num_classes))
-    unsized = (batch for batch in loader)  # the eval loader's length depends on the data
-    batches = logs.progress(unsized, desc="eval", disable=not progress, leave=False)
     for clips, targets, _ in batches:
         rois = targets.rois
         scores = torch.zeros(0, num_classes)
         if len(rois):
-            logits = forward(clips[:, 0].to(device, dtype), rois.to(device, dtype))  # (K, C)
+            logits = forward(clips[:, 0], rois)  # (K, C)
             scores = logits.float().sigmoid().cpu()
         for b, frame in enumerate(targets.frames):
             mine = rois[:, 0] == b
@@ -83,12 +76,23 @@ def evaluate_detection(
     *,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    lockstep: bool = False,
     progress: bool = False,
 ) -> MapResult:
-    """Frame-level mAP@0.5 of `forward(clips, rois)` over the keyframes of `loader`."""
-    keys, truth, found = collect_detections(
-        forward, loader, num_classes, device=device, dtype=dtype, progress=progress
-    )
+    """Frame-level mAP@0.5 of `forward(clips, rois)` over the keyframes of `loader`.
+
+    The signature of `metrics.evaluate`, so that `tasks.Task.evaluate` runs either; but
+    `lockstep` cannot be honoured: detection never runs under ZeRO-3 (the config refuses it).
+    """
+    if lockstep:
+        raise ValueError("detection evaluation cannot keep ZeRO-3 ranks in lockstep")
+
+    def on_device(clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return forward(clips.to(device, dtype), rois.to(device, dtype))
+
+    unsized = (batch for batch in loader)  # the eval loader's length depends on the data
+    batches = logs.progress(unsized, desc="eval", disable=not progress, leave=False)
+    keys, truth, found = collect_detections(on_device, batches, num_classes)
     if not keys:
         raise RuntimeError("evaluation saw no keyframes; check data.val_shards")
     result = frame_map(truth, found, range(num_classes))

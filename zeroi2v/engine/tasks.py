@@ -10,8 +10,9 @@ fields its score fills. Each task is one small class holding exactly those, so t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,14 +24,22 @@ from zeroi2v.engine.detection import MultiLabelLoss, evaluate_detection
 Batch = tuple[Any, Any, list[str]]  # (clips, targets, sample keys), as the loaders yield them
 
 
-class Task(Protocol):
-    criterion: nn.Module
+class Task(ABC):
+    """The loop's view of a task. `evaluate` is written once, here: it runs the subclass's
+    `scorer` (`metrics.evaluate` or `detection.evaluate_detection`, one signature) with the
+    task's class count."""
 
+    criterion: nn.Module
+    scorer: Callable[..., Any]
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    @abstractmethod
     def unpack(
         self, batch: Batch, device: torch.device, dtype: torch.dtype
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """A training batch → (the model's forward arguments, the loss's targets), on `device`."""
-        ...
 
     def evaluate(
         self,
@@ -44,41 +53,7 @@ class Task(Protocol):
     ) -> Any:
         """The task's evaluation of `forward` over `loader`: an object with `score`,
         `count` and `as_metrics()` (`metrics.EvalResult` or `ava_map.MapResult`)."""
-        ...
-
-    def log_extras(self, tracker: Any, result: Any, classes: list[str], step: int) -> None:
-        """What an evaluation logs to MLflow beside its metrics."""
-        ...
-
-    def result_fields(self, result: Any) -> dict[str, float | None]:
-        """The `TrainResult` score fields (`val_top1`, `val_top5`, `val_map`) of `result`."""
-        ...
-
-
-class Classification:
-    """One label per clip: cross-entropy, multi-view top-1/top-5 and a confusion matrix."""
-
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
-        self.num_classes = num_classes
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-    def unpack(
-        self, batch: Batch, device: torch.device, dtype: torch.dtype
-    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        clips, labels, _ = batch  # (B, C, T, H, W), (B,)
-        return (clips.to(device, dtype),), labels.to(device)
-
-    def evaluate(
-        self,
-        forward: Callable[..., torch.Tensor],
-        loader: Iterable,
-        *,
-        device: torch.device,
-        dtype: torch.dtype = torch.float32,
-        lockstep: bool = False,
-        progress: bool = False,
-    ) -> metrics.EvalResult:
-        return metrics.evaluate(
+        return self.scorer(
             forward,
             loader,
             self.num_classes,
@@ -87,6 +62,30 @@ class Classification:
             lockstep=lockstep,
             progress=progress,
         )
+
+    @abstractmethod
+    def log_extras(self, tracker: Any, result: Any, classes: list[str], step: int) -> None:
+        """What an evaluation logs to MLflow beside its metrics."""
+
+    @abstractmethod
+    def result_fields(self, result: Any) -> dict[str, float | None]:
+        """The `TrainResult` score fields (`val_top1`, `val_top5`, `val_map`) of `result`."""
+
+
+class Classification(Task):
+    """One label per clip: cross-entropy, multi-view top-1/top-5 and a confusion matrix."""
+
+    scorer = staticmethod(metrics.evaluate)
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+        super().__init__(num_classes)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def unpack(
+        self, batch: Batch, device: torch.device, dtype: torch.dtype
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        clips, labels, _ = batch  # (B, C, T, H, W), (B,)
+        return (clips.to(device, dtype),), labels.to(device)
 
     def log_extras(
         self, tracker: Any, result: metrics.EvalResult, classes: list[str], step: int
@@ -97,12 +96,14 @@ class Classification:
         return {"val_top1": result.top1, "val_top5": result.top5, "val_map": None}
 
 
-class Detection:
+class Detection(Task):
     """Person boxes with multi-hot actions: binary cross-entropy per (box, class) and the
-    frame-level mAP@0.5. Never under ZeRO-3 (the config refuses it), so `lockstep` is unused."""
+    frame-level mAP@0.5. Never under ZeRO-3 (the config refuses it)."""
+
+    scorer = staticmethod(evaluate_detection)
 
     def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.criterion = MultiLabelLoss()
 
     def unpack(
@@ -111,20 +112,6 @@ class Detection:
         clips, targets, _ = batch  # targets: `data.ava.KeyframeTargets` of the micro-batch
         rois = targets.rois.to(device, dtype)  # (K, 5): batch index, x1, y1, x2, y2
         return (clips.to(device, dtype), rois), targets.labels.to(device)  # labels (K, C)
-
-    def evaluate(
-        self,
-        forward: Callable[..., torch.Tensor],
-        loader: Iterable,
-        *,
-        device: torch.device,
-        dtype: torch.dtype = torch.float32,
-        lockstep: bool = False,
-        progress: bool = False,
-    ) -> Any:
-        return evaluate_detection(
-            forward, loader, self.num_classes, device=device, dtype=dtype, progress=progress
-        )
 
     def log_extras(self, tracker: Any, result: Any, classes: list[str], step: int) -> None:
         pass  # the metrics are the whole report
