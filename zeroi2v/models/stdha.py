@@ -51,16 +51,22 @@ HEAD_RELOCATION_OPS = ("stdha", "hr_qkv")  # the operators that read `head_offse
 
 
 class TemporalMixing(nn.Module):
-    """What every video attention shares: per-head Δt, clip length and the temporal operator."""
+    """What every video attention shares: per-head Δt, clip length and the temporal operator.
 
-    def _init_temporal(
+    Built from the attention it replaces (`attn`), whose layers `_adopt` takes over.
+    """
+
+    def __init__(
         self,
-        num_heads: int,
+        attn: nn.Module,
         offsets: Sequence[int] | None,
         num_frames: int,
-        temporal_op: str,
-        shift_ratio: float,
+        temporal_op: str = "stdha",
+        shift_ratio: float = DEFAULT_SHIFT_RATIO,
     ) -> None:
+        super().__init__()
+        self._adopt(attn)
+        num_heads = attn.num_heads
         if temporal_op not in TEMPORAL_OPS:
             raise ValueError(f"unknown temporal_op '{temporal_op}'; choose one of {TEMPORAL_OPS}")
         offsets = [0] * num_heads if offsets is None else [int(dt) for dt in offsets]
@@ -74,6 +80,12 @@ class TemporalMixing(nn.Module):
             )
         self.num_heads, self.offsets, self.num_frames = num_heads, offsets, num_frames
         self.temporal_op, self.shift_ratio = temporal_op, shift_ratio
+        self.train(attn.training)
+
+    def _adopt(self, attn: nn.Module) -> None:
+        """Check that `attn` is the attention this class replaces and take over its layers,
+        under their own names (so that checkpoints load with strict=True)."""
+        raise NotImplementedError
 
     def _mix_input(self, x: torch.Tensor) -> torch.Tensor:
         """Operators that act on the tokens before the QKV projection; x: (B*T, N, C)."""
@@ -139,25 +151,15 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
 
     adapt_params = ("in_proj_weight", "in_proj_bias")
 
-    def __init__(
-        self,
-        mha: nn.MultiheadAttention,
-        offsets: Sequence[int] | None,
-        num_frames: int,
-        temporal_op: str = "stdha",
-        shift_ratio: float = DEFAULT_SHIFT_RATIO,
-    ) -> None:
-        super().__init__()
+    def _adopt(self, mha: nn.Module) -> None:
         if not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None:
             raise ValueError(
                 "expected open_clip's batch_first self-attention nn.MultiheadAttention"
             )
-        self._init_temporal(mha.num_heads, offsets, num_frames, temporal_op, shift_ratio)
         self.in_proj_weight, self.in_proj_bias = mha.in_proj_weight, mha.in_proj_bias
         self.out_proj = mha.out_proj
         self.dropout = mha.dropout
         self.adaptation = None
-        self.train(mha.training)
 
     def forward(
         self,
@@ -193,23 +195,13 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
 class TimmSTDHA(TemporalMixing):
     """Drop-in for timm's `Attention` (ViT); reuses its qkv / q_norm / k_norm / norm / proj."""
 
-    def __init__(
-        self,
-        attn: nn.Module,
-        offsets: Sequence[int] | None,
-        num_frames: int,
-        temporal_op: str = "stdha",
-        shift_ratio: float = DEFAULT_SHIFT_RATIO,
-    ) -> None:
-        super().__init__()
+    def _adopt(self, attn: nn.Module) -> None:
         if getattr(attn, "gate", None) is not None:
             raise ValueError("gated timm attention is not supported by STDHA")
-        self._init_temporal(attn.num_heads, offsets, num_frames, temporal_op, shift_ratio)
         self.head_dim, self.attn_dim = attn.head_dim, attn.num_heads * attn.head_dim
         self.qkv, self.q_norm, self.k_norm = attn.qkv, attn.q_norm, attn.k_norm
         self.attn_drop, self.norm = attn.attn_drop, attn.norm
         self.proj, self.proj_drop = attn.proj, attn.proj_drop
-        self.train(attn.training)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
