@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from data_prep.video_io import FAST_DECODE, KEYFRAME_INTERVAL, Encoding
 
@@ -127,15 +128,10 @@ def _shard(args: argparse.Namespace) -> int:
         args.out,
         args.split,
         root=args.root,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        short_side=args.short_side,
         fps=args.fps,
-        encoding=_encoding(args),
         reencode=args.reencode,
         seed=args.seed,
-        overwrite=args.overwrite,
-        progress_bar=not args.no_progress,
+        **_writing(args),
     )
     return _report(args, result)
 
@@ -159,8 +155,16 @@ def _report(args: argparse.Namespace, result: dict) -> int:
     return EXIT_SKIPPED if skipped else 0
 
 
-def _encoding(args: argparse.Namespace) -> Encoding:
-    return Encoding(args.crf, args.keyframe_interval, args.fast_decode)
+def _writing(args: argparse.Namespace) -> dict[str, Any]:
+    """The shard-writing options that every source (`shard_split`, `shard_ava`) takes."""
+    return {
+        "short_side": args.short_side,
+        "encoding": Encoding(args.crf, args.keyframe_interval, args.fast_decode),
+        "shard_size": args.shard_size,
+        "workers": args.workers,
+        "overwrite": args.overwrite,
+        "progress_bar": not args.no_progress,
+    }
 
 
 def _gop_note(longest: int | None) -> str:
@@ -190,12 +194,7 @@ def _shard_ava(args: argparse.Namespace) -> int:
         proposals=args.proposals,
         clip_seconds=args.clip_seconds,
         video_start=args.video_start,
-        short_side=args.short_side,
-        encoding=_encoding(args),
-        shard_size=args.shard_size,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress_bar=not args.no_progress,
+        **_writing(args),
     )
     return _report(args, result)
 
