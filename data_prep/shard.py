@@ -117,7 +117,6 @@ class DeterministicTar:
         self.file = open(path, "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.GNU_FORMAT)
         self.count = 0
-        self.longest_gop = 0  # the longest key-frame interval of the videos written
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         for ext, payload in members.items():
@@ -251,10 +250,11 @@ def write_resumable(
     position, skipped = progress["position"], progress["skipped"]
     pending: list[dict] = []
     writer: DeterministicTar | None = None
+    longest_gop = 0  # the longest key-frame interval of the videos in `writer`
     kill_after, written = int(os.environ.get(KILL_HOOK, "0")), 0
 
     def finish_shard(at: int) -> None:
-        nonlocal writer
+        nonlocal writer, longest_gop
         assert writer is not None
         writer.close()
         final = writer.path.with_suffix("")  # drop ".tmp"
@@ -266,14 +266,14 @@ def write_resumable(
                 "name": final.name,
                 "count": writer.count,
                 "sha256": sha256_file(final),
-                "keyframe_interval": writer.longest_gop,
+                "keyframe_interval": longest_gop,
                 "position": at,
                 "skipped": len(skipped),
             }
         )
         progress["position"] = at
         _write_json(progress_path, progress)
-        writer = None
+        writer, longest_gop = None, 0
 
     # disable=None: a bar on a terminal only (no carriage-return redraws in log files)
     shown = None if progress_bar else True
@@ -289,7 +289,7 @@ def write_resumable(
             if writer is None:
                 writer = DeterministicTar(out / f"{split}-{len(progress['shards']):06d}.tar.tmp")
             writer.add(outcome.key, outcome.members)
-            writer.longest_gop = max(writer.longest_gop, outcome.keyframe_interval)
+            longest_gop = max(longest_gop, outcome.keyframe_interval)
             written += 1
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
