@@ -14,8 +14,7 @@ import json
 
 from zeroi2v import logs
 from zeroi2v.redact import run_cli
-from zeroi2v.use.export import FORMATS, ONNX_EXPORTERS, export
-from zeroi2v.use.inference import load_model
+from zeroi2v.use.export_formats import FORMATS, ONNX_EXPORTERS
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,6 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rtol", type=float, default=1e-4, help="max relative output error")
     args = parser.parse_args(argv)
+    from zeroi2v.use.export import export  # torch: only once work starts
+    from zeroi2v.use.inference import load_model
+
     model, cfg = load_model(args.model)
     report = export(model, cfg, args.out, args.format, args.onnx_exporter, args.rtol).as_dict()
     print(json.dumps(report, indent=2))

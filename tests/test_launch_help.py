@@ -2,7 +2,6 @@
 
 torch, MLflow, DeepSpeed and Ray take seconds to import; each script imports the modules that
 need them only where its work starts, so asking for help or mistyping a flag is instant.
-`launch/export.py` is not here: its `--format` choices come from `zeroi2v.use.export`.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ HELP = [
     for script in (
         "convert",
         "evaluate",
+        "export",
         "merge",
         "predict",
         "pretrain_tiny",

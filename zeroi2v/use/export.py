@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, from_dict, to_dict
+from zeroi2v.use.export_formats import FORMATS, ONNX_EXPORTERS
 
-FORMATS = ("torchscript", "onnx")
-ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 OPSET = 18
 ADAPTER_NAME = re.compile(r"adapter|adaptation|lora", re.IGNORECASE)
 
