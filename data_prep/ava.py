@@ -34,7 +34,7 @@ import numpy as np
 from data_prep import video_io
 from data_prep.ava_pickle import is_pickle, load_proposal_pickle
 from data_prep.quiet import decoder_detail, quiet_stderr
-from data_prep.shard import (
+from data_prep.shard_writer import (
     Outcome,
     fingerprint,
     in_order,
@@ -271,9 +271,9 @@ def shard_ava(
     progress_bar: bool = True,
 ) -> dict:
     """Write ``{out}/{split}-NNNNNN.tar`` keyframe samples in (video, timestamp) order with
-    `data_prep.shard.write_resumable` (``workers`` processes cut and encode the clips; a re-run
-    with the same inputs keeps the finished shards); returns the split's manifest entry plus
-    ``skipped`` (one entry per input row not in a sample)."""
+    `data_prep.shard_writer.write_resumable` (``workers`` processes cut and encode the clips;
+    a re-run with the same inputs keeps the finished shards); returns the split's manifest
+    entry plus ``skipped`` (one entry per input row not in a sample)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     actions = read_label_map(label_map)

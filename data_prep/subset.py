@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.shard import DeterministicTar, update_manifest
+from data_prep.shard_writer import DeterministicTar, update_manifest
 from zeroi2v.files import sha256_file
 
 Sample = tuple[str, dict[str, bytes]]  # (key, {extension: bytes})

@@ -23,7 +23,7 @@ import torch
 
 from data_prep.__main__ import EXIT_SKIPPED
 from data_prep.__main__ import main as data_prep
-from data_prep.shard import KILL_HOOK
+from data_prep.shard_writer import KILL_HOOK
 from launch.evaluate import main as evaluate
 from tests.ava_synthetic import LABEL_MAP, START, write_set
 from tests.engine_helpers import run_train, tiny_raw, write_config

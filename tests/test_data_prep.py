@@ -19,7 +19,8 @@ import video_variants as variants
 from data_prep import sources
 from data_prep.__main__ import EXIT_SKIPPED, main
 from data_prep.inspect import LABEL_HEIGHT, contact_sheet, count, iter_samples
-from data_prep.shard import KILL_HOOK, shard_split
+from data_prep.shard import shard_split
+from data_prep.shard_writer import KILL_HOOK
 from data_prep.synthetic import (
     CLASSES,
     DIRECTIONS,

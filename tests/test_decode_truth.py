@@ -17,7 +17,7 @@ import video_variants as variants
 
 from data_prep.__main__ import main
 from data_prep.inspect import LABEL_HEIGHT, contact_sheet, frame_indices, iter_samples
-from data_prep.shard import DeterministicTar
+from data_prep.shard_writer import DeterministicTar
 from zeroi2v.config import from_dict, load
 from zeroi2v.data import build_eval_loader, build_train_loader
 
