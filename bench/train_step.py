@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "backward", "optimizer")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 K400_TRAIN_CLIPS = 240_436
+OOM = "OOM"  # a row or memory figure of a configuration that ran out of CUDA memory
 MODELS = {
     "vit_b16": {
         "model.backbone": "clip_vit_b16",
@@ -156,14 +159,21 @@ def breakdown(step: Step, steps: int) -> dict[str, float]:
         for _ in range(steps):
             step()
     total = (time.perf_counter() - start) / steps
-    events = prof.key_averages()
+    # With CUDA activity every record_function range also appears as a GPU annotation of the
+    # same name (device CUDA, CPU time 0): phases are read from the CPU ranges only. Collective
+    # time is the kernels' own device time on CUDA (the CPU op that launched one also reports
+    # it, which would count it twice), the ops' CPU time on the CPU (gloo).
+    collective_device = DeviceType.CUDA if torch.cuda.is_available() else DeviceType.CPU
     ms = {name: 0.0 for name in (*PHASES, "all_reduce")}
-    for event in events:
-        if event.key in PHASES:
+    for event in prof.key_averages():
+        if event.key in PHASES and event.device_type == DeviceType.CPU:
             ms[event.key] = event.cpu_time_total / 1e3 / steps
-        elif any(c in event.key.lower() for c in COLLECTIVES):
-            device_us = getattr(event, "device_time_total", 0) or event.cpu_time_total
-            ms["all_reduce"] += device_us / 1e3 / steps
+        elif event.device_type == collective_device and any(
+            c in event.key.lower() for c in COLLECTIVES
+        ):
+            on_cuda = collective_device == DeviceType.CUDA
+            us = event.device_time_total if on_cuda else event.cpu_time_total
+            ms["all_reduce"] += us / 1e3 / steps
     ms["total"] = total * 1e3
     return ms
 
@@ -213,9 +223,22 @@ def peak_bf16(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def memory_row(path: Path, device: torch.device) -> dict:
-    """Peak memory of one DeepSpeed step of a config, as configured (random weights)."""
+def one_gpu_config(path: Path) -> config.Config:
+    """`path` with random weights and DeepSpeed's batch identity for one GPU: the paper
+    configs set train_batch_size for 8 GPUs, which `parallel.deepspeed_config` rejects for
+    a world of 1; the per-GPU micro-batch (what memory depends on) stays as configured."""
     cfg = config.load(path, {"model.pretrained": None})
+    ds = cfg.deepspeed
+    one_gpu = ds["train_micro_batch_size_per_gpu"] * ds.get("gradient_accumulation_steps", 1)
+    cfg = config.load(path, {"model.pretrained": None, "deepspeed.train_batch_size": one_gpu})
+    parallel.deepspeed_config(cfg, 1)  # the engine's checks, also where no step runs (CPU)
+    return cfg
+
+
+def memory_row(path: Path, device: torch.device) -> dict:
+    """Peak memory of one DeepSpeed step of a config, as configured (random weights); "OOM"
+    when it does not fit, None on the CPU (not measured)."""
+    cfg = one_gpu_config(path)
     row = {
         "config": path.name,
         "batch": cfg.deepspeed["train_micro_batch_size_per_gpu"],
@@ -226,55 +249,92 @@ def memory_row(path: Path, device: torch.device) -> dict:
     }
     if device.type != "cuda":
         return row
-    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.reset_peak_memory_stats(device)
+    step = None
     try:
         step = Step(cfg, "deepspeed", device)
         step()
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        step.close()
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     except torch.OutOfMemoryError:
-        row["peak_gib"] = float("inf")
-    torch.cuda.empty_cache()
+        row["peak_gib"] = OOM
+    finally:
+        if step is not None:
+            step.close()
+        free_memory(device)
     return row
 
 
+def free_memory(device: torch.device) -> None:
+    """Give what a failed configuration left behind back to the CUDA allocator's pool."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure_batch(
+    model: str, batch: int, bf16: bool, stage: dict, steps: int, device: torch.device
+) -> tuple[list[dict], list[str]]:
+    """Rows of every engine at one batch size and precision, and the SDPA kernels run."""
+    flops = step_flops(make_cfg(model, batch, bf16, stage))
+    built: dict[str, Step] = {}
+    try:
+        for name, (kind, extra) in ENGINES.items():
+            built[name] = Step(make_cfg(model, batch, bf16, {**stage, **extra}), kind, device)
+        sdpa = sdpa_kernels(built["plain"])
+        phases = {name: breakdown(step, steps) for name, step in built.items()}
+        medians = interleaved(built, steps)
+    finally:
+        for step in built.values():
+            step.close()
+    peak = peak_bf16(device) if bf16 else None
+    rows = []
+    for name, ms in phases.items():
+        step_s = medians[name] / 1e3
+        rows.append(
+            {
+                "engine": name,
+                "precision": "bf16" if bf16 else "fp32",
+                "batch": batch,
+                **{k: round(v, 2) for k, v in ms.items()},
+                "step": round(medians[name], 2),
+                "clips_per_s": round(batch / step_s, 2),
+                "gflop_per_step": round(flops / 1e9, 3),
+                "mfu": None if peak is None else flops / step_s / peak,
+            }
+        )
+    return rows, sdpa
+
+
 def run(args: argparse.Namespace) -> dict:
+    """The breakdown at every precision and batch size, then the memory table. A batch size
+    that does not fit in memory gets an OOM row and the next one still runs."""
     device = torch.device(args.device)
     model = args.model or ("tiny" if args.small else "vit_b16")
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [] if args.memory_only else [int(b) for b in args.batches.split(",")]
     precisions = [p == "bf16" for p in args.precisions.split(",")]
-    rows, sdpa = [], None
+    rows, sdpa = [], []
     stage = {"deepspeed.zero_optimization.stage": args.stage}
     for bf16 in precisions:
         for batch in batches:
-            flops = step_flops(make_cfg(model, batch, bf16, stage))
-            steps = {
-                name: Step(make_cfg(model, batch, bf16, {**stage, **extra}), kind, device)
-                for name, (kind, extra) in ENGINES.items()
-            }
-            sdpa = sdpa or sdpa_kernels(steps["plain"])
-            phases = {name: breakdown(step, args.steps) for name, step in steps.items()}
-            medians = interleaved(steps, args.steps)
-            for step in steps.values():
-                step.close()
-            peak = peak_bf16(device) if bf16 else None
-            for name, ms in phases.items():
-                step_s = medians[name] / 1e3
-                rows.append(
-                    {
-                        "engine": name,
-                        "precision": "bf16" if bf16 else "fp32",
-                        "batch": batch,
-                        **{k: round(v, 2) for k, v in ms.items()},
-                        "step": round(medians[name], 2),
-                        "clips_per_s": round(batch / step_s, 2),
-                        "gflop_per_step": round(flops / 1e9, 3),
-                        "mfu": None if peak is None else flops / step_s / peak,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
-    best = max(r["clips_per_s"] for r in rows)
-    memory = [memory_row(REPO / p, device) for p in args.memory_configs.split(",") if p]
+            try:
+                measured, kernels = measure_batch(model, batch, bf16, stage, args.steps, device)
+            except torch.OutOfMemoryError:
+                precision = "bf16" if bf16 else "fp32"
+                measured = [
+                    {"engine": name, "precision": precision, "batch": batch, "step": OOM}
+                    for name in ENGINES
+                ]
+                kernels = []
+            free_memory(device)
+            sdpa = sdpa or kernels
+            for row in measured:
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    memory = []
+    for path in [p for p in args.memory_configs.split(",") if p]:
+        memory.append(memory_row(REPO / path, device))
+        print(json.dumps(memory[-1]), flush=True)
+    speeds = [r["clips_per_s"] for r in rows if r["step"] != OOM]
     return {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -284,20 +344,27 @@ def run(args: argparse.Namespace) -> dict:
         "sdpa_kernels": sdpa,
         "rows": rows,
         "memory": memory,
-        "k400_hours_40_epochs": round(K400_TRAIN_CLIPS * 40 / best / 3600, 2),
+        "k400_hours_40_epochs": round(K400_TRAIN_CLIPS * 40 / max(speeds) / 3600, 2)
+        if speeds
+        else None,
     }
 
 
 def markdown(result: dict) -> str:
-    lines = [
-        f"Train step breakdown, {result['model']}, ZeRO {result['stage']}, ms per step (SDPA: "
-        f"{', '.join(result['sdpa_kernels']) or 'none'}):",
-        "",
-        "| engine | precision | batch | data | forward | backward | optimizer | all-reduce | "
-        "total | step (interleaved median) | clips/s | GFLOP/step | MFU |",
-        "|" + "---|" * 13,
-    ]
+    lines = []
+    if result["rows"]:
+        lines += [
+            f"Train step breakdown, {result['model']}, ZeRO {result['stage']}, ms per step "
+            f"(SDPA: {', '.join(result['sdpa_kernels']) or 'none'}):",
+            "",
+            "| engine | precision | batch | data | forward | backward | optimizer | all-reduce | "
+            "total | step (interleaved median) | clips/s | GFLOP/step | MFU |",
+            "|" + "---|" * 13,
+        ]
     for r in result["rows"]:
+        if r["step"] == OOM:
+            lines.append(f"| {r['engine']} | {r['precision']} | {r['batch']} |" + " OOM |" * 10)
+            continue
         mfu = "–" if r["mfu"] is None else f"{r['mfu']:.1%}"
         lines.append(
             f"| {r['engine']} | {r['precision']} | {r['batch']} | {r['data']} | {r['forward']} | "
@@ -305,7 +372,7 @@ def markdown(result: dict) -> str:
             f"{r['step']} | {r['clips_per_s']} | {r['gflop_per_step']} | {mfu} |"
         )
     for kind in ("fp32", "bf16"):
-        rows = [r for r in result["rows"] if r["precision"] == kind]
+        rows = [r for r in result["rows"] if r["precision"] == kind and r["step"] != OOM]
         plain = {r["batch"]: r["step"] for r in rows if r["engine"] == "plain"}
         for engine in [e for e in ENGINES if e != "plain"]:
             ratios = [
@@ -318,20 +385,27 @@ def markdown(result: dict) -> str:
     if result["memory"]:
         lines += [
             "",
+            "Peak memory of one DeepSpeed step per config (CUDA max allocated):",
+            "",
             "| config | batch/GPU | ZeRO | checkpointing (every) | peak GiB |",
             "|---|---|---|---|---|",
         ]
         for m in result["memory"]:
-            peak = "not measured (CPU)" if m["peak_gib"] is None else f"{m['peak_gib']:.1f}"
+            peak = m["peak_gib"]
+            if peak is None:
+                peak = "not measured (CPU)"
+            elif peak != OOM:
+                peak = f"{peak:.1f}"
             lines.append(
                 f"| {m['config']} | {m['batch']} | {m['stage']} | {m['checkpointing']} "
                 f"({m['every']}) | {peak} |"
             )
-    lines.append(
-        f"\nProjected K400 (240k clips) × 40 epochs at the best clips/s, model only: "
-        f"{result['k400_hours_40_epochs']} h"
-    )
-    return "\n".join(lines)
+    if result["k400_hours_40_epochs"] is not None:
+        lines.append(
+            f"\nProjected K400 (240k clips) × 40 epochs at the best clips/s, model only: "
+            f"{result['k400_hours_40_epochs']} h"
+        )
+    return "\n".join(lines).strip("\n")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -349,6 +423,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stage", type=int, default=1, help="ZeRO stage of the DeepSpeed rows")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--memory-configs", default="", help="comma-separated config paths")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="no breakdown: only --memory-configs' table"
+    )
     parser.add_argument("--out", type=Path, help="append the Markdown table here")
     args = parser.parse_args(argv)
     args.batches = args.batches or ("2" if args.small else "16,32,64")

@@ -2,7 +2,7 @@
 
 python launch/profile_model.py --config configs/k400_b16_8f.json --merged [section.key=value ...]
 python launch/profile_model.py --config configs/k400_b16_8f.json --latency [--reps 20]
-    [--max-batch N]
+    [--max-batch N] [--compile] [--no-unmerged]
   (--latency: also time plain / unmerged / merged models in one run, Table 9; see
   zeroi2v/use/efficiency.py; random weights, but real tensors: minutes on CPU for ViT-B)
 """
@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="--latency: torch.compile the three models (CUDA graphs on cuda)",
     )
+    parser.add_argument(
+        "--no-unmerged",
+        action="store_true",
+        help="--latency: leave the unmerged model out (one model less to compile)",
+    )
     args, dashed = parser.parse_known_args(argv)  # `--section.key=value` overrides land in `dashed`
     cfg = load(args.config, [*args.overrides, *dashed])
     from zeroi2v.models.profile import profile  # torch: only once work starts
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result))
     if args.latency:
         from zeroi2v.use.efficiency import (
+            VARIANTS,
+            describe_compilation,
             describe_device,
             efficiency_table,
             format_table,
@@ -68,9 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
             max_batch=args.max_batch,
             device=args.device,
             compile=args.compile,
+            variants=("plain", "merged") if args.no_unmerged else VARIANTS,
         )
         device = describe_device(args.device, compile=args.compile)
         print(format_table(rows, cfg, device))
+        if args.compile:
+            print(describe_compilation())
         result["latency"] = {
             "rows": [row.as_dict() for row in rows],
             "merged_over_plain": latency_ratio(rows),

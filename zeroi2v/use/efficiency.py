@@ -18,6 +18,7 @@ forward runs under bf16 autocast (the paper used PyTorch AMP on a V100).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -57,7 +58,10 @@ def variant_configs(cfg: Config) -> dict[str, Config]:
 
 
 def build_variants(
-    cfg: Config, device: torch.device, compile: bool = False
+    cfg: Config,
+    device: torch.device,
+    compile: bool = False,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, nn.Module]:
     from zeroi2v import build_model, merge
 
@@ -66,7 +70,7 @@ def build_variants(
     unmerged = build_model(configs["zeroi2v"]).eval()
     merged = merge(unmerged).eval()
     models = {"plain": plain, "unmerged": unmerged, "merged": merged}
-    models = {name: model.to(device) for name, model in models.items()}
+    models = {name: models[name].to(device) for name in variants}
     if compile:
         from zeroi2v.models.compilation import compile_for_inference
 
@@ -159,12 +163,14 @@ def efficiency_table(
     device: str | torch.device | None = None,
     throughput_reps: int | None = None,
     compile: bool = False,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> list[EfficiencyRow]:
-    """Plain / unmerged / merged rows for `cfg` (see the module docstring).
+    """Rows of `variants` (plain / unmerged / merged) for `cfg` (see the module docstring).
 
     `compile`: every model compiled (`zeroi2v.models.compilation`, CUDA graphs on CUDA);
     throughput is then measured at `max_batch` directly, as a search would compile every
-    batch size it tries.
+    batch size it tries; if that batch runs out of memory, throughput is NaN (the latency
+    stays). `variants`: fewer models, fewer compilations (the ratio needs plain and merged).
     """
     from zeroi2v.models.profile import count_macs
 
@@ -179,22 +185,27 @@ def efficiency_table(
         )  # (B*V, C, T, H, W)
 
     with torch.device("meta"):  # FLOPs from shapes alone, as zeroi2v.models.profile counts them
-        shapes_only = build_variants(cfg, torch.device("meta"))
+        shapes_only = build_variants(cfg, torch.device("meta"), variants=variants)
     one_view = torch.empty(1, 3, frames, size, size, device="meta")
     gflops = {name: count_macs(m, one_view) * views / 1e9 for name, m in shapes_only.items()}
     torch.manual_seed(0)
-    models = build_variants(cfg, device, compile=compile)
+    models = build_variants(cfg, device, compile=compile, variants=variants)
     runs = {name: _forward(model, device) for name, model in models.items()}
 
     latency = interleaved_median(runs, make_clips(1), reps, desc="latency (batch 1)")
     batch = max_batch if compile else largest_batch(runs, make_clips, max_batch)
-    seconds = interleaved_median(
-        runs,
-        make_clips(batch),
-        throughput_reps or max(3, reps // 4),
-        warmup=1,
-        desc=f"throughput (batch {batch})",
-    )
+    try:
+        seconds = interleaved_median(
+            runs,
+            make_clips(batch),
+            throughput_reps or max(3, reps // 4),
+            warmup=1,
+            desc=f"throughput (batch {batch})",
+        )
+    except torch.OutOfMemoryError:  # only compiled: the eager search stops below this batch
+        seconds = dict.fromkeys(runs, math.nan)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return [
         EfficiencyRow(
             name=name,
@@ -205,6 +216,7 @@ def efficiency_table(
             batch=batch,
         )
         for name in VARIANTS
+        if name in models
     ]
 
 
@@ -229,12 +241,19 @@ def format_table(rows: list[EfficiencyRow], cfg: Config, device: str) -> str:
     )
     lines = [f"device: {device}", header, "-" * len(header)]
     for row in rows:
+        throughput = "OOM" if math.isnan(row.throughput) else f"{row.throughput:.2f}"
         lines.append(
             f"{labels[row.name]:<{width}}  {cfg.model.num_frames}×{views:<4}  "
             f"{row.params_m:>10.3f}  {row.gflops:>9.3f}  {row.latency_ms:>12.2f}  "
-            f"{row.throughput:>16.2f}  {row.batch:>5}"
+            f"{throughput:>16}  {row.batch:>5}"
         )
+    by_name = {row.name: row for row in rows}
     lines.append(f"latency ratio merged / plain: {latency_ratio(rows):.3f} (target ≤ 1.01)")
+    throughput_ratio = by_name["merged"].throughput / by_name["plain"].throughput
+    lines.append(
+        f"throughput ratio merged / plain at batch {by_name['plain'].batch}: "
+        f"{throughput_ratio:.3f} (target ≥ 0.99)"
+    )
     return "\n".join(lines)
 
 
@@ -245,3 +264,14 @@ def describe_device(device: str | torch.device | None = None, compile: bool = Fa
         graphs = ", CUDA graphs" if compile else ""
         return f"{torch.cuda.get_device_name(device)} (bf16 autocast, {mode}{graphs})"
     return f"CPU, {torch.get_num_threads()} threads (float32, {mode})"
+
+
+def describe_compilation() -> str:
+    """What torch.compile did in this process. A CUDA graph skip (a CPU tensor or an input
+    mutation in a graph) means "compiled" timings ran without CUDA graphs, launch-bound again:
+    the reason is in the log with ``TORCH_LOGS=cudagraphs``."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    skips = counters["inductor"]["cudagraph_skips"]
+    return f"compilation: {graphs} graphs compiled, {skips} CUDA graph skips"
