@@ -85,9 +85,12 @@ RUNNING="" CHILD="" BEGAN=0
 
 # The limit of section $1: GPU_BENCH_LIMITS's, else $2 (CUDA) or LONG (CPU).
 limit_of() {
-  local pair
-  for pair in ${GPU_BENCH_LIMITS//,/ }; do
-    [[ "${pair%%=*}" == "$1" ]] && { echo "${pair#*=}"; return; }
+  local pair limits=${GPU_BENCH_LIMITS:-}
+  for pair in ${limits//,/ }; do
+    if [[ "${pair%%=*}" == "$1" && "${pair#*=}" =~ ^[0-9]+$ ]]; then
+      echo "${pair#*=}"
+      return
+    fi
   done
   echo "${LONG:-$2}"
 }
@@ -157,7 +160,7 @@ section() {
   limit=$(limit_of "$name" "$2")
   local left=$((BUDGET - (SECONDS - START)))
   if (( left < MIN_SECTION )); then
-    problem "$name" "skipped: $left s of the $BUDGET s budget left"
+    problem "$name" "skipped: only $left s of the $BUDGET s budget left"
     return 0
   fi
   (( limit > left )) && limit=$left

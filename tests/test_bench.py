@@ -6,10 +6,18 @@ and printed, so `bench/gpu.sh` on a GPU machine does not fail on a broken script
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import re
+import signal
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
+import torch
 from engine_helpers import REPO, clean_env
 
 
@@ -53,6 +61,41 @@ def test_train_step_bench_small_breaks_the_step_down():
     assert "ZeRO 1" in out and "Projected K400" in out
 
 
+def test_train_step_out_of_memory_batch_gets_oom_rows_and_the_next_batch_runs(monkeypatch):
+    """A batch size that runs out of CUDA memory gets OOM rows; the smaller one after it is
+    still measured, and the ratios and the K400 projection come from the measured rows."""
+    spec = importlib.util.spec_from_file_location("train_step", REPO / "bench/train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tried = []
+
+    def measure_batch(model, batch, bf16, stage, steps, device):  # the engines' step times
+        tried.append(batch)
+        if batch == 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        ms = {"plain": 100.0, "deepspeed": 110.0, "deepspeed-defaults": 150.0}
+        phases = dict.fromkeys(("data", "forward", "backward", "optimizer", "all_reduce"), 1.0)
+        rows = [
+            {"engine": name, "precision": "bf16", "batch": batch, **phases, "total": step,
+             "step": step, "clips_per_s": batch / step * 1e3, "gflop_per_step": 1.0, "mfu": 0.1}
+            for name, step in ms.items()
+        ]  # fmt: skip
+        return rows, ["aten::_scaled_dot_product_flash_attention"]
+
+    monkeypatch.setattr(bench, "measure_batch", measure_batch)
+    args = argparse.Namespace(device="cpu", model=None, small=True, memory_only=False,
+                              batches="64,32", precisions="bf16", stage=1, steps=1,
+                              memory_configs="")  # fmt: skip
+    result = bench.run(args)
+    assert tried == [64, 32]
+    assert [(r["batch"], r["step"]) for r in result["rows"]][:3] == [(64, "OOM")] * 3
+    text = bench.markdown(result)
+    assert "| deepspeed | bf16 | 64 |" + " OOM |" * 10 in text
+    assert "\ndeepspeed ÷ plain step, bf16: batch 32: 1.10\n" in text
+    assert result["sdpa_kernels"] == ["aten::_scaled_dot_product_flash_attention"]
+    assert result["k400_hours_40_epochs"] == round(240_436 * 40 / 320 / 3600, 2)
+
+
 def test_loader_bench_small_measures_every_stage():
     out = _run(
         sys.executable,
@@ -80,8 +123,96 @@ def test_encodings_bench_small_times_every_setting():
     assert all(float(r[4]) > 0 and float(r[6]) > 0 for r in rows)
 
 
+def _processes_with(token: str) -> list[int]:
+    """Pids of live processes whose environment holds GPU_BENCH_TEST_TOKEN=token."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"GPU_BENCH_TEST_TOKEN={token}".encode() in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return pids
+
+
+def test_gpu_sh_records_each_failure_and_keeps_what_ran(tmp_path):
+    """One `bench/gpu.sh --cpu` run over five sections: stdha fails (forced), eager runs,
+    compiled times out (1 s), memory-l14 still runs after two failures, and SIGTERM arrives
+    while step-fp32 runs. The results file keeps every finished section's output, one line per
+    failure, and a summary; the exit status says the run was terminated; no process is left."""
+    results, stderr, token = tmp_path / "RESULTS.md", tmp_path / "stderr", uuid.uuid4().hex
+    env = clean_env(
+        OUT=str(results),
+        PYTHON=sys.executable,
+        GPU_BENCH_SECTIONS="stdha,eager,compiled,memory-l14,step-fp32",
+        GPU_BENCH_FAIL="stdha",
+        GPU_BENCH_LIMITS="compiled=1",
+        GPU_BENCH_TEST_TOKEN=token,
+    )
+    with stderr.open("w") as err:
+        run = subprocess.Popen(
+            ["bash", "bench/gpu.sh", "--cpu"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while "step-fp32: started" not in stderr.read_text():
+                assert run.poll() is None, stderr.read_text()[-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert _processes_with(token) == []  # the section's python went with it
+    text = results.read_text()
+    expected = [
+        "bench/gpu.sh --cpu (budget 1800 s)",
+        "torch 2.",  # the versions line
+        "section stdha: exit status 1: RuntimeError: forced failure of section stdha",
+        "### eager (",
+        "latency ratio merged / plain",
+        "section compiled: timed out after 1 s",
+        "### memory-l14 (",
+        "| k400_l14_32f.json | 8 | 1 | True (1) | not measured (CPU) |",
+        "section step-fp32: interrupted by SIGTERM after ",
+        "gpu.sh: 3 of 6 sections done in ",
+    ]
+    positions = [text.find(line) for line in expected]
+    assert -1 not in positions and positions == sorted(positions), (positions, text)
+    summary = text.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"gpu.sh: 3 of 6 sections done in \d+ s; not done: stdha \(exit status 1: "
+        r"RuntimeError: forced failure of section stdha \(GPU_BENCH_FAIL\)\); "
+        r"compiled \(timed out after 1 s\); step-fp32 \(interrupted by SIGTERM after \d+ s\)",
+        summary,
+    ), summary
+
+
+def test_gpu_sh_skips_sections_the_budget_has_no_time_for(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    env = clean_env(OUT=str(results), GPU_BENCH_BUDGET="10", GPU_BENCH_SECTIONS="stdha")
+    done = subprocess.run(
+        ["bash", "bench/gpu.sh", "--cpu"], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 1
+    lines = [line for line in results.read_text().splitlines() if line]
+    skipped = r"skipped: only \d+ s of the 10 s budget left"
+    assert len(lines) == 4 and lines[0].endswith("bench/gpu.sh --cpu (budget 10 s)")
+    assert re.fullmatch(f"section versions: {skipped}", lines[1])
+    assert re.fullmatch(f"section stdha: {skipped}", lines[2])
+    assert re.fullmatch(
+        rf"gpu.sh: 0 of 2 sections done in \d+ s; not done: versions \({skipped}\); "
+        rf"stdha \({skipped}\)",
+        lines[3],
+    )
+
+
 @pytest.mark.slow
 def test_gpu_sh_cpu_mode_appends_a_dated_section(tmp_path):
+    """Every section of `bench/gpu.sh` with the CPU's small shapes: each one completes."""
     results = tmp_path / "RESULTS.md"
     subprocess.run(
         ["bash", "bench/gpu.sh", "--cpu"],
@@ -94,10 +225,26 @@ def test_gpu_sh_cpu_mode_appends_a_dated_section(tmp_path):
     for expected in (
         "bench/gpu.sh --cpu",
         "torch ",
+        "### stdha (",
         "STDHA/plain",
-        "Table 9, compiled:",
+        "### eager (",
+        "### compiled (",
         "latency ratio merged / plain",
-        "Train step breakdown",
-        "k400_l14_32f.json",
+        "throughput ratio merged / plain at batch 1",
+        "CUDA graph skips",
+        "### step-bf16 (",
+        "bf16 | 2 |",
+        "### memory-l14 (",
+        "| k400_l14_32f.json | 8 | 1 |",
+        "### memory-swinb (",
+        "| ssv2_swinb_32f.json | 8 | 1 |",
+        "### loader (",
+        "### compiled-b64 (",
+        "throughput ratio merged / plain at batch 2",
+        "### step-fp32 (",
+        "deepspeed ÷ plain step, fp32: batch 2:",
+        "Projected K400",
+        "gpu.sh: 10 of 10 sections done in ",
     ):
         assert expected in text, expected
+    assert "not done" not in text

@@ -61,7 +61,13 @@ def test_table_lists_views_and_ratio():
     rows = [
         EfficiencyRow("plain", 86.0, 422.0, 28.72, 40.0, 16),
         EfficiencyRow("unmerged", 100.0, 450.0, 35.0, 30.0, 16),
-        EfficiencyRow("merged", 86.0, 422.0, 28.89, 40.0, 16),
+        EfficiencyRow("merged", 86.0, 422.0, 28.89, 39.6, 16),
     ]
     text = format_table(rows, cfg, "V100")
     assert "8×3" in text and "1.006" in text
+    assert "throughput ratio merged / plain at batch 16: 0.990" in text
+    # a compiled batch that ran out of memory (throughput NaN) reads OOM, the latency stays
+    rows = [EfficiencyRow(r.name, r.params_m, r.gflops, r.latency_ms, math.nan, 64) for r in rows]
+    lines = format_table(rows, cfg, "H100").splitlines()
+    assert [line.split()[-2:] for line in lines[3:6]] == [["OOM", "64"]] * 3
+    assert "28.89" in lines[5] and "nan" not in "\n".join(lines[:6])
