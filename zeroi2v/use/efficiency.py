@@ -83,8 +83,13 @@ def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _forward(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def _forward(
+    model: nn.Module, device: torch.device, compiled: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(clips: torch.Tensor) -> torch.Tensor:
+        if compiled:  # each call is a new step for CUDA graph trees: the models are timed in
+            # turn, and no output of a replay is read after the next one overwrites it
+            torch.compiler.cudagraph_mark_step_begin()
         with (
             torch.inference_mode(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
@@ -190,7 +195,7 @@ def efficiency_table(
     gflops = {name: count_macs(m, one_view) * views / 1e9 for name, m in shapes_only.items()}
     torch.manual_seed(0)
     models = build_variants(cfg, device, compile=compile, variants=variants)
-    runs = {name: _forward(model, device) for name, model in models.items()}
+    runs = {name: _forward(model, device, compile) for name, model in models.items()}
 
     latency = interleaved_median(runs, make_clips(1), reps, desc="latency (batch 1)")
     batch = max_batch if compile else largest_batch(runs, make_clips, max_batch)
