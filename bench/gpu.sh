@@ -34,7 +34,7 @@
 #   GPU_BENCH_LIMITS=a=S,b=S  other time limits for these sections
 #   GPU_BENCH_FAIL=a,b        these sections run a command that raises instead (checks the
 #                             failure path: tests/test_bench.py)
-#   PYTHON=...                the interpreter (default python)
+#   PYTHON=...                the interpreter (default python, else python3)
 # A section that fails, runs out of time or finds the budget spent is recorded in the results
 # ("section X: timed out after N s", its error's last line, "skipped") and the next one runs.
 # The run ends with a summary line naming what did not complete, and exits 1 if anything did
@@ -42,7 +42,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1  # a killed run keeps its lines
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || echo python3)}
 MODE=${1:-}
 OUT=${OUT:-bench/RESULTS.md}
 if [[ -d "$OUT" ]]; then
@@ -148,6 +148,14 @@ finish() {
   fi
 }
 
+# Keep the end of a section's logs only (progress bars can write megabytes).
+trim() {
+  local file
+  for file in "$LOG/$1.out" "$LOG/$1.err"; do
+    tail -c 200000 "$file" >"$file.tail" && mv "$file.tail" "$file"
+  done
+}
+
 # section NAME CUDA_LIMIT FORMAT COMMAND...: run COMMAND as section NAME. FORMAT: text
 # (fenced, JSON lines left out), md (Markdown from the script's table on), line (as is).
 section() {
@@ -176,6 +184,7 @@ section() {
   rc=$?
   CHILD=""
   finish "$name" "$format" "$rc" "$limit"
+  trim "$name"
   RUNNING=""
   return "$rc"
 }
