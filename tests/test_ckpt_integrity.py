@@ -81,29 +81,34 @@ def _worker(rank: int, world: int, port: int, root: Path, raws: dict[str, dict])
 
     from zeroi2v.engine import parallel, trainer
 
-    trainer.train(config.from_dict(raws["full"]))
-    real_save = parallel.save_checkpoint
-    parallel.save_checkpoint = _crash_after_writing("step6")
-    with pytest.raises(_SimulatedCrash):
-        trainer.train(config.from_dict(raws["crash"]))
-    parallel.save_checkpoint = real_save
-    full = root / "full" / "checkpoints"
-    if rank == 0:
-        for kind, damage in DAMAGE.items():
-            ckpts = root / kind / "checkpoints"
-            for tag in ("step3", "step6"):
-                shutil.copytree(full / tag, ckpts / tag)
-            (ckpts / "latest").write_text("step6")
-            damage(ckpts / "step6")
-    dist.barrier()
-    notes = {}
-    for name in ["crash", *DAMAGE]:
-        ckpts = root / name / "checkpoints"
-        notes[name] = {"latest": (ckpts / "latest").read_text(), "note": resume_point(ckpts).note}
-        dist.barrier()  # rank 0 reads the state before any rank resumes
-        trainer.train(config.from_dict(raws[name]), resume=True)
-    if rank == 0:
-        (root / "notes.json").write_text(json.dumps(notes))
+    # The runs share this group: `train` leaves a group only if it made it.
+    with parallel.process_group():
+        trainer.train(config.from_dict(raws["full"]))
+        real_save = parallel.save_checkpoint
+        parallel.save_checkpoint = _crash_after_writing("step6")
+        with pytest.raises(_SimulatedCrash):
+            trainer.train(config.from_dict(raws["crash"]))
+        parallel.save_checkpoint = real_save
+        full = root / "full" / "checkpoints"
+        if rank == 0:
+            for kind, damage in DAMAGE.items():
+                ckpts = root / kind / "checkpoints"
+                for tag in ("step3", "step6"):
+                    shutil.copytree(full / tag, ckpts / tag)
+                (ckpts / "latest").write_text("step6")
+                damage(ckpts / "step6")
+        dist.barrier()
+        notes = {}
+        for name in ["crash", *DAMAGE]:
+            ckpts = root / name / "checkpoints"
+            notes[name] = {
+                "latest": (ckpts / "latest").read_text(),
+                "note": resume_point(ckpts).note,
+            }
+            dist.barrier()  # rank 0 reads the state before any rank resumes
+            trainer.train(config.from_dict(raws[name]), resume=True)
+        if rank == 0:
+            (root / "notes.json").write_text(json.dumps(notes))
 
 
 def _run_damage_kinds(shards: Path, root: Path, world: int, ds: dict) -> None:

@@ -98,16 +98,17 @@ def _two_process_worker(rank: int, port: int, raw_full: dict, raw_resumed: dict)
     become_rank(rank, 2, port)
     import torch.distributed as dist
 
-    from zeroi2v.engine import trainer
+    from zeroi2v.engine import parallel, trainer
 
-    trainer.train(config.from_dict(raw_full))
-    full = Path(raw_full["train"]["output_dir"]) / "checkpoints"
-    resumed = Path(raw_resumed["train"]["output_dir"]) / "checkpoints"
-    if rank == 0:  # the state a run killed between step 3 and step 6 leaves behind
-        shutil.copytree(full / "step3", resumed / "step3")
-        (resumed / "latest").write_text("step3")
-    dist.barrier()
-    trainer.train(config.from_dict(raw_resumed), resume=True)
+    with parallel.process_group():  # shared by both runs: `train` leaves only a group it made
+        trainer.train(config.from_dict(raw_full))
+        full = Path(raw_full["train"]["output_dir"]) / "checkpoints"
+        resumed = Path(raw_resumed["train"]["output_dir"]) / "checkpoints"
+        if rank == 0:  # the state a run killed between step 3 and step 6 leaves behind
+            shutil.copytree(full / "step3", resumed / "step3")
+            (resumed / "latest").write_text("step3")
+        dist.barrier()
+        trainer.train(config.from_dict(raw_resumed), resume=True)
 
 
 def test_two_process_zero3_resume_matches_uninterrupted_run(synthetic_shards, tmp_path):
@@ -153,10 +154,11 @@ def test_fetching_batches_leaves_the_training_rng_alone(synthetic_shards, tmp_pa
 
 def _train_all(rank: int, port: int, raws: list[dict]) -> None:
     become_rank(rank, 2, port)
-    from zeroi2v.engine import trainer
+    from zeroi2v.engine import parallel, trainer
 
-    for raw in raws:
-        trainer.train(config.from_dict(raw))
+    with parallel.process_group():  # shared by the runs: `train` leaves only a group it made
+        for raw in raws:
+            trainer.train(config.from_dict(raw))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ runs that must fail fast with one clear sentence."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 
@@ -99,6 +100,50 @@ def test_zero_stages_and_activation_checkpointing_give_the_same_losses(synthetic
     assert reference[0] != reference[-1]  # the weights moved: later losses test the optimizer
     for name, curve in curves.items():
         assert curve == pytest.approx(reference, rel=1e-5, abs=1e-6), name
+
+
+class _HookFailed(Exception):
+    pass
+
+
+def _failing_hook(epoch: int, metrics: dict, checkpoint) -> None:
+    raise _HookFailed(epoch)
+
+
+def _group_worker(rank: int, ports: tuple[int, int], raws: list[dict]) -> None:
+    become_rank(rank, 2, ports[0])
+    import torch.distributed as dist
+
+    from zeroi2v.engine import parallel, trainer
+
+    made, failing, kept = (config.from_dict(raw) for raw in raws)
+    trainer.train(made)
+    assert not dist.is_initialized(), "a successful run leaves the group it made"
+    # A fresh rendezvous: the old store may live on in rank 0 until its own destroy returns.
+    os.environ["MASTER_PORT"] = str(ports[1])
+    with parallel.process_group():
+        with pytest.raises(_HookFailed):
+            trainer.train(failing, on_epoch=_failing_hook)
+        assert dist.is_initialized(), "an error leaves the group alone"
+        trainer.train(kept)
+        assert dist.is_initialized(), "a group the caller made is the caller's to leave"
+    assert not dist.is_initialized()
+
+
+def test_train_leaves_only_the_process_group_it_made_and_only_after_success(
+    synthetic_shards, tmp_path
+):
+    """2 gloo processes: `train` destroys the group it made once every rank is past the final
+    barrier; it keeps the group after an error (another rank may still be in a collective)
+    and never destroys a group its caller made. Each run is 1 epoch of 2 steps."""
+    raws = [
+        tiny_raw(synthetic_shards, tmp_path / name, train={"epochs": 1, "steps_per_epoch": 2})
+        for name in ("made", "failing", "kept")
+    ]
+    mp.spawn(_group_worker, args=((free_port(), free_port()), raws), nprocs=2)
+    for name in ("made", "kept"):
+        assert (tmp_path / name / "merged.pt").is_file()
+    assert not (tmp_path / "failing" / "merged.pt").exists()
 
 
 MOTION_SEEDS = (0, 1, 2)

@@ -9,12 +9,13 @@ engine here wraps it (ZeRO stage, precision, clipping, accumulation come from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -93,6 +94,33 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         local_ranks = int(os.environ.get("LOCAL_SIZE", dist.get_world_size()))  # deepspeed sets it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+@contextlib.contextmanager
+def process_group(timeout_s: float = 1800.0) -> Iterator[DistInfo]:
+    """`init_distributed` for the block; at its clean end, a group made here is left again.
+
+    Why leave it: a process that exits with its group alive leaks it (PyTorch's NCCL backend
+    warns so at exit), and gloo's threads may still run while the interpreter shuts down. Why
+    only at a clean end,
+    after a barrier: the group may go only once no rank can still be in a collective with this
+    one. Every rank reaches the barrier of a successful run; after an error some rank may never
+    get there, and destroying the group while another rank is blocked on it can block too
+    (torch shuts groups down in order because NCCL's abort was collective in some versions).
+    So an exception leaves the group alone: the process exits and its connections close, which
+    fails (not hangs) the other ranks' collectives. A group that already existed (Ray Train's,
+    a test's that trains several times in one process) is its maker's to leave.
+    """
+    import torch.distributed as dist
+
+    made_here = not dist.is_initialized()
+    info = init_distributed(timeout_s)
+    yield info  # an exception in the block is re-raised here: nothing below runs
+    if made_here:
+        from deepspeed import comm
+
+        dist.barrier()  # every rank is past its last collective
+        comm.destroy_process_group()  # torch's, and forgets DeepSpeed's cached groups of it
 
 
 def describe_rank(info: DistInfo) -> dict[str, Any]:

@@ -39,6 +39,17 @@ def resume(position: dict[str, Any], layout: Layout) -> dict[str, Any]:
     return {**new_epoch(layout, 0), "segments": segments}
 
 
+def start(
+    saved: dict[str, Any] | None, played: int, layout: Layout, epoch_size: int
+) -> dict[str, Any]:
+    """Where an epoch of `epoch_size` samples starts playing on `layout`: at the `saved` position
+    (a resume mid-epoch), else with `played` micro-batches skipped (0 at a new epoch; more for a
+    checkpoint from before positions were saved, which had this same layout)."""
+    if played and saved:
+        return resume(saved, layout)
+    return {**new_epoch(layout, epoch_size), "batches": played}
+
+
 def check_global_batch(tag: str, saved: dict[str, Any], ds_config: dict[str, Any]) -> None:
     """A step must mean the same samples after a resume: the LR schedule, the epoch length and
     the data position count steps of one global batch."""

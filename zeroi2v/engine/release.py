@@ -62,6 +62,25 @@ def save_merged(merged: nn.Module, cfg: Config, path: Path) -> Path:
     return path
 
 
+def release_trained(engine: Any, cfg: Config, tracker: Any, score: float) -> str | None:
+    """The end of `trainer.train`, on every rank: the trained weights gathered (collective),
+    then on rank 0 the model rebuilt in fp32, merged, the merge checked, saved as
+    ``merged.pt`` and registered; the registered model's URI, or None (other ranks, no tracker)."""
+    from zeroi2v.data.shards import read_manifest
+
+    state = parallel.full_state_dict(engine)  # collective (ZeRO-3 gathers); None off rank 0
+    if state is None:
+        return None
+    model = unmerged_from_state_dict(cfg, state)
+    example = example_clips(cfg)
+    merged = merge_checked(model, example)
+    saved = save_merged(merged, cfg, Path(cfg.train.output_dir) / "merged.pt")
+    if tracker is None:
+        return None
+    classes = read_manifest(cfg.data.train_shards)["classes"]
+    return tracker.log_model(merged, example[:1], score, classes, saved=saved)
+
+
 def _checkpoint_config(path: Path) -> Path | None:
     for folder in (path, path.parent, path.parent.parent):
         if (folder / "config.json").is_file():

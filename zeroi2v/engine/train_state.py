@@ -1,18 +1,171 @@
-"""The trainer's client state beside DeepSpeed's files in a checkpoint, as JSON (no pickle);
-each rank's RNG state is `zeroi2v.engine.rng`'s tensor file."""
+"""A run's state in its checkpoints: what a save writes, and how a launch continues from it.
+
+A save writes, in `ckpt_integrity`'s commit order, the trainer's client state (epoch, step,
+position in the epoch, MLflow run id, ...) as JSON, so that reading it runs no pickled code;
+every rank's RNG state (`rng`); DeepSpeed's module, optimizer and scheduler files; then rank 0
+commits the manifest and ``latest``. A resume reads them back in the opposite order of need:
+the verified folder's client state first (where the loop continues, and which world size
+wrote it), then DeepSpeed's files, then the RNG. Kept out of `trainer` so that the loop there
+reads as a loop, and so that what a save writes and what a resume reads sit side by side.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from zeroi2v.config import Config
+from zeroi2v.engine import ckpt_integrity, parallel, position, rng, run_log
+from zeroi2v.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 CLIENT_FILE = "client.json"
 
 
-def save_client(folder: Path, client: dict[str, Any]) -> None:
-    (Path(folder) / CLIENT_FILE).write_text(json.dumps(client, indent=1))
+def checkpoint_dir(cfg: Config) -> Path:
+    return Path(cfg.train.output_dir) / "checkpoints"
 
 
-def load_client(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / CLIENT_FILE).read_text())
+def new_client(world_size: int, train_batch_size: int) -> dict[str, Any]:
+    """A fresh run's client state; a resume replaces it with the checkpoint's."""
+    return {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "best_top1": None,
+        "run_id": None,
+        "world_size": world_size,
+        "train_batch_size": train_batch_size,
+        "position": None,  # within the epoch; None at its start
+    }
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A verified checkpoint `source/tag` that `saved_world_size` ranks wrote; DeepSpeed loads
+    it from `load_dir/load_tag`, its universal form when `universal`."""
+
+    source: Path
+    tag: str
+    saved_world_size: int
+    load_dir: Path
+    load_tag: str
+    universal: bool
+
+    def engine_config(self, ds_config: dict[str, Any]) -> dict[str, Any]:
+        return parallel.universal_config(ds_config) if self.universal else ds_config
+
+
+def resume_point(
+    cfg: Config,
+    info: parallel.DistInfo,
+    source: Path,
+    client: dict[str, Any],
+    ds_config: dict[str, Any],
+) -> Resume:
+    """The checkpoint in `source` to resume from, verified (sizes, sha256) before anything in
+    it is loaded; every rank hashes a share of its files and all agree on the verdict, so each
+    file is read once, not once per rank. Updates `client` from it.
+
+    Under ZeRO, the optimizer partitions (and ZeRO-3's weight partitions) belong to the world
+    size that wrote them: on another one DeepSpeed loads its universal form, converted here
+    once (collective). Stage 0 keeps the whole optimizer state in the model-states file, which
+    loads as is.
+    """
+    point = ckpt_integrity.job_resume_point(
+        source, cfg.train.on_damaged_checkpoint, info.rank, info.world_size
+    )
+    if point.note and info.rank == 0:
+        log.warning(point.note)
+    client.update(json.loads((source / point.tag / CLIENT_FILE).read_text()))
+    position.check_global_batch(point.tag, client, ds_config)
+    saved_world, client["world_size"] = client["world_size"], info.world_size
+    universal = (
+        saved_world != info.world_size
+        and ds_config.get("zero_optimization", {}).get("stage", 0) > 0
+    )
+    load_dir, load_tag = source, point.tag
+    if universal:
+        load_dir, load_tag = parallel.to_universal(source, point.tag, info.rank == 0)
+    return Resume(source, point.tag, saved_world, load_dir, load_tag, universal)
+
+
+def restore(
+    engine: Any, resumed: Resume, seed: int, client: dict[str, Any], info: parallel.DistInfo
+) -> None:
+    """Load module, optimizer and scheduler into `engine`, then this rank's RNG state."""
+    parallel.load_checkpoint(engine, resumed.load_dir, resumed.load_tag)
+    if resumed.saved_world_size != info.world_size:
+        # no RNG state of this rank was saved; dropout masks change from here on
+        torch.manual_seed(seed + 1000 * client["global_step"] + info.rank)
+    else:
+        rng.load(resumed.source / resumed.tag / rng.file_name(info.rank))
+    if info.rank == 0:
+        log.info(
+            "Resumed from %s/%s at epoch %d, step %d (written by %d processes, now %d)",
+            resumed.source,
+            resumed.tag,
+            client["epoch"],
+            client["global_step"],
+            resumed.saved_world_size,
+            info.world_size,
+        )
+
+
+class Checkpoints:
+    """Saves of one run into `checkpoint_dir(cfg)`; remembers the newest good one, which the
+    errors that stop a run name."""
+
+    def __init__(
+        self, engine: Any, cfg: Config, client: dict[str, Any], rank: int, resumed: Resume | None
+    ) -> None:
+        """`client`: the run's client state, saved as it stands at each save."""
+        self.engine, self.cfg, self.client, self.rank = engine, cfg, client, rank
+        self.directory = checkpoint_dir(cfg)
+        self.last = resumed.tag if resumed is not None else None
+
+    def last_good(self) -> str:
+        return f"the last good checkpoint is {self.last or 'none'} in {self.directory}"
+
+    def save(self, step: int) -> Path:
+        """Every rank: refuse non-finite weights, then write and commit ``stepN``; its folder."""
+        if not _all_finite(parallel.local_params(self.engine), parallel.device()):
+            raise NonFiniteLossError(
+                f"weights became non-finite at step {step}; not saving them, {self.last_good()}"
+            )
+        name = ckpt_integrity.tag_for(step)
+        if self.rank == 0:
+            ckpt_integrity.prepare_folder(self.directory, step)
+            # a resume cuts metrics.jsonl back to what was logged up to here
+            self.client["metrics_bytes"] = run_log.metrics_path(self.cfg).stat().st_size
+            (self.directory / name / CLIENT_FILE).write_text(json.dumps(self.client, indent=1))
+        dist.barrier()
+        rng.save(self.directory / name / rng.file_name(self.rank))
+        parallel.save_checkpoint(
+            self.engine, self.directory, name, self.client
+        )  # ends in a barrier
+        if self.rank == 0:  # every rank's files exist: manifest, then `latest`, then pruning
+            ckpt_integrity.commit(self.directory, step, self.cfg.train.keep_checkpoints)
+        self.last = name
+        return self.directory / name
+
+    def ensure(self, step: int) -> Path:
+        """The folder of a checkpoint at `step`, saved now unless the last save was at `step`."""
+        if self.last != ckpt_integrity.tag_for(step):
+            return self.save(step)
+        return self.directory / self.last
+
+
+def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
+    """True on every rank iff every rank's tensors are finite (one all_reduce)."""
+    bad = sum(int(not torch.isfinite(t).all()) for t in tensors if t.numel())
+    flag = torch.tensor([float(bad)], device=device)
+    dist.all_reduce(flag)
+    return flag.item() == 0

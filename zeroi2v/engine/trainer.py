@@ -1,26 +1,26 @@
 """The train / eval loop: DeepSpeed steps, periodic multi-view eval, checkpoints, exact resume.
 
-Read top to bottom: checks that can fail fast run before any process group exists, then a
-resumed checkpoint is verified (the ranks share the hashing), the model is built, wrapped,
-optionally restored, trained epoch by epoch, evaluated, checkpointed and finally merged and
-registered (rank 0). Resume is exact: the data loader is a pure
-function of (seed, epoch, rank, world size) and skips the batches already consumed, the
-scheduler lives in the DeepSpeed checkpoint, and every rank's RNG state is saved beside it.
+Read top to bottom: checks that can fail fast run before any process group exists; `train`
+joins the group, verifies a resumed checkpoint (the ranks share the hashing) and opens the
+MLflow run; `_train` builds, wraps and optionally restores the model, trains epoch by epoch
+(`_train_epoch`), evaluates (`_evaluate`), checkpoints, and finally merges and registers the
+model (rank 0, `release`). What a checkpoint holds and how a run continues from it is
+`train_state`; the run's own JSONL records are `run_log`. Resume is exact: the data loader
+is a pure function of (seed, epoch, rank, world size) and skips the batches already consumed,
+the scheduler lives in the DeepSpeed checkpoint, and every rank's RNG state is saved beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import os
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -29,20 +29,15 @@ from zeroi2v import config as config_lib
 from zeroi2v import logs
 from zeroi2v.config import Config
 from zeroi2v.data.order import Layout
-from zeroi2v.data.pipeline import (
-    build_eval_loader,
-    build_train_loader,
-    count_samples,
-    read_manifest,
-)
-from zeroi2v.data.shards import expand_shards
+from zeroi2v.data.pipeline import build_eval_loader, build_train_loader, count_samples
+from zeroi2v.data.shards import expand_shards, read_manifest
 from zeroi2v.engine import (
-    ckpt_integrity,
     liveness,
     parallel,
     position,
     release,
     rng,
+    run_log,
     tasks,
     tracking,
     train_state,
@@ -74,20 +69,6 @@ def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
     return steps
 
 
-def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
-    """True on every rank iff every rank's tensors are finite (one all_reduce)."""
-    bad = sum(int(not torch.isfinite(t).all()) for t in tensors if t.numel())
-    flag = torch.tensor([float(bad)], device=device)
-    dist.all_reduce(flag)
-    return flag.item() == 0
-
-
 def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
     from zeroi2v import build_model
 
@@ -114,10 +95,8 @@ def check_before_launch(cfg: Config, world_size: int) -> dict[str, Any]:
         expand_shards(pattern, field=f"data.{field}")  # names the field when nothing matches
         count_samples(pattern)  # needs manifest.json beside the shards
     steps_per_epoch(cfg, ds_config["train_batch_size"])
-    if cfg.tracking.enabled:
-        from zeroi2v.engine.tracking import artifact_location, tracking_uri
-
-        artifact_location(cfg, tracking_uri(cfg))  # a local folder with a server: ConfigError
+    if cfg.tracking.enabled:  # a local artifact folder with a server: ConfigError
+        tracking.artifact_location(cfg, tracking.tracking_uri(cfg))
     return ds_config
 
 
@@ -145,23 +124,15 @@ def train(
     """
     world_size = parallel.world_size_from_env()
     ds_config = check_before_launch(cfg, world_size)
-    out = Path(cfg.train.output_dir)
-    ckpt_dir = out / "checkpoints"
-    source = Path(resume_from) if resume_from is not None else ckpt_dir
+    source = Path(resume_from) if resume_from is not None else train_state.checkpoint_dir(cfg)
     resume = resume or resume_from is not None
-    client: dict[str, Any] = {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "global_step": 0,
-        "best_top1": None,
-        "run_id": None,
-        "world_size": world_size,
-        "train_batch_size": ds_config["train_batch_size"],
-        "position": None,  # within the epoch; None at its start
-    }
-    info = parallel.init_distributed(timeout_s=cfg.train.dist_timeout_s)
-    with liveness.watched(info.rank, info.world_size, cfg.train.dist_timeout_s):
-        resumed = _verified_resume(cfg, info, source, client, ds_config) if resume else None
+    client = train_state.new_client(world_size, ds_config["train_batch_size"])
+    timeout_s = cfg.train.dist_timeout_s
+    with (
+        parallel.process_group(timeout_s) as info,  # left after a successful run only
+        liveness.watched(info.rank, info.world_size, timeout_s),
+    ):
+        resumed = train_state.resume_point(cfg, info, source, client, ds_config) if resume else None
         tracker = None
         if info.rank == 0 and cfg.tracking.enabled:
             tracker = tracking.Tracker(
@@ -172,31 +143,24 @@ def train(
             )
             client["run_id"] = tracker.run_id
         with tracking.run_ends_with(tracker):
-            return _train(
-                cfg, info, ds_config, tracker, client, resumed, source, ckpt_dir, on_epoch
-            )
+            return _train(cfg, info, ds_config, tracker, client, resumed, on_epoch)
 
 
-def _verified_resume(
-    cfg: Config,
-    info: parallel.DistInfo,
-    source: Path,
-    client: dict[str, Any],
-    ds_config: dict[str, Any],
-) -> tuple[str, int]:
-    """The checkpoint to resume from, verified (sizes, sha256) before anything in it is loaded;
-    every rank hashes a share of its files and all agree on the verdict, so each file is read
-    once, not once per rank. Updates `client` from it; returns (its tag, the world size that
-    wrote it)."""
-    point = ckpt_integrity.job_resume_point(
-        source, cfg.train.on_damaged_checkpoint, info.rank, info.world_size
-    )
-    if point.note and info.rank == 0:
-        log.warning(point.note)
-    client.update(train_state.load_client(source / point.tag))
-    position.check_global_batch(point.tag, client, ds_config)
-    saved_world, client["world_size"] = client["world_size"], info.world_size
-    return point.tag, saved_world
+@dataclass
+class _Run:
+    """What the parts of the loop share, built once by `_train`."""
+
+    cfg: Config
+    info: parallel.DistInfo
+    ds_config: dict[str, Any]
+    steps_per_epoch: int
+    engine: Any
+    task: tasks.Task
+    tracker: Any
+    client: dict[str, Any]  # where the run stands; saved with every checkpoint
+    records: run_log.RunLog
+    ckpts: train_state.Checkpoints
+    device: torch.device
 
 
 def _train(
@@ -205,209 +169,184 @@ def _train(
     ds_config: dict[str, Any],
     tracker: Any,
     client: dict[str, Any],
-    resumed: tuple[str, int] | None,
-    source: Path,
-    ckpt_dir: Path,
-    on_epoch: EpochHook | None = None,
+    resumed: train_state.Resume | None,
+    on_epoch: EpochHook | None,
 ) -> TrainResult:
-    """`resumed`: (checkpoint tag, world size that wrote it), or None for a fresh run."""
-    rank0, device = info.rank == 0, parallel.device()
-    dtype = parallel.input_dtype(ds_config)
-    micro, accum = (
-        ds_config["train_micro_batch_size_per_gpu"],
-        ds_config["gradient_accumulation_steps"],
-    )
-    batch = ds_config["train_batch_size"]
-    per_epoch = steps_per_epoch(cfg, batch)
-    total_steps = per_epoch * cfg.train.epochs
-    out = Path(cfg.train.output_dir)
-    if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
-        log.info(
-            "%d processes on %s; %d steps/epoch × %d epochs, batch %d = %d × %d × %d",
-            info.world_size,
-            device,
-            per_epoch,
-            cfg.train.epochs,
-            batch,
-            micro,
-            accum,
-            info.world_size,
+    """Epochs from where `client` stands, each followed by an evaluation every
+    `train.eval_every_epochs` (and after the last); then the final checkpoint and the merge."""
+    per_epoch = steps_per_epoch(cfg, ds_config["train_batch_size"])
+    if info.rank == 0:
+        _record_start(cfg, info, ds_config, per_epoch)
+    engine = _engine(cfg, info, ds_config, tracker, client, resumed, per_epoch)
+    ckpts = train_state.Checkpoints(engine, cfg, client, info.rank, resumed)
+    task = tasks.task_for(cfg)  # classification or detection: loss, batches, evaluation
+    with contextlib.closing(run_log.RunLog(cfg, info, client.get("metrics_bytes"))) as records:
+        device = parallel.device()
+        run = _Run(
+            cfg, info, ds_config, per_epoch, engine, task, tracker, client, records, ckpts, device
         )
+        result = None
+        bar = logs.progress(
+            total=per_epoch * cfg.train.epochs,
+            initial=client["global_step"],
+            disable=info.rank != 0,
+            desc="train",
+            logger=log,
+        )
+        engine.train()
+        for epoch in range(client["epoch"], cfg.train.epochs):
+            _train_epoch(run, epoch, bar)
+            if (epoch + 1) % cfg.train.eval_every_epochs == 0 or epoch + 1 == cfg.train.epochs:
+                result = _evaluate(run)
+                if client["best_top1"] is None or result.score > client["best_top1"]:
+                    client["best_top1"] = result.score  # mAP for detection
+                if on_epoch is not None:
+                    saved = ckpts.ensure(client["global_step"])
+                    on_epoch(epoch + 1, result.as_metrics(), saved)
+        bar.close()
+        ckpts.ensure(client["global_step"])
+        if result is None:  # resumed after the final eval was already done
+            result = _evaluate(run)
+    model_uri = release.release_trained(engine, cfg, tracker, result.score)
+    out = Path(cfg.train.output_dir)
+    return TrainResult(
+        client["global_step"], model_uri=model_uri, output_dir=out, **task.result_fields(result)
+    )
 
+
+def _record_start(
+    cfg: Config, info: parallel.DistInfo, ds_config: dict[str, Any], per_epoch: int
+) -> None:
+    """Rank 0: the resolved config beside the run's outputs, and the shape of the job."""
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
+    ds = ds_config
+    log.info(
+        "%d processes on %s; %d steps/epoch × %d epochs, batch %d = %d × %d × %d",
+        *(info.world_size, parallel.device(), per_epoch, cfg.train.epochs, ds["train_batch_size"]),
+        *(ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], info.world_size),
+    )
+
+
+def _engine(
+    cfg: Config,
+    info: parallel.DistInfo,
+    ds_config: dict[str, Any],
+    tracker: Any,
+    client: dict[str, Any],
+    resumed: train_state.Resume | None,
+    per_epoch: int,
+) -> Any:
+    """The DeepSpeed engine of the model built from `cfg` (from `model.init_from`'s parent,
+    if any), restored from `resumed` (weights, optimizer, schedule, this rank's RNG)."""
     from zeroi2v.engine.transfer import load_parent
 
     parent = load_parent(cfg)
     if parent is not None and tracker is not None:
         tracker.set_lineage(parent.lineage)
     torch.manual_seed(cfg.train.seed)
-    tag = resumed[0] if resumed is not None else None
-    resharded = resumed is not None and resumed[1] != info.world_size
-    load_dir, load_tag = source, tag
-    if resharded and ds_config.get("zero_optimization", {}).get("stage", 0) > 0:
-        # ZeRO partitions belong to the old world size: load DeepSpeed's universal form instead
-        # (stage 0 keeps the whole optimizer state in the model-states file: it loads as is)
-        ds_config = parallel.universal_config(ds_config)
-        load_dir, load_tag = parallel.to_universal(source, tag, info.rank == 0)
     model = _build_model(cfg, parent)
-    del parent
-    engine = parallel.build_engine(model, cfg, ds_config, total_steps, per_epoch)
-    if tag is not None:
-        parallel.load_checkpoint(engine, load_dir, load_tag)
-        if resharded:  # no RNG state of this rank was saved; dropout masks change from here on
-            torch.manual_seed(cfg.train.seed + 1000 * client["global_step"] + info.rank)
-        else:
-            rng.load(source / tag / rng.file_name(info.rank))
-        if rank0:
-            log.info(
-                "Resumed from %s/%s at epoch %d, step %d (written by %d processes, now %d)",
-                source,
-                tag,
-                client["epoch"],
-                client["global_step"],
-                resumed[1],
-                info.world_size,
-            )
-    keys_log = _sample_key_log(cfg, info) if cfg.train.log_sample_keys else None
-    task = tasks.task_for(cfg)  # classification or detection: loss, batches, evaluation
-    classes = read_manifest(cfg.data.train_shards)["classes"]
-    log_file = _open_metrics_log(out / "metrics.jsonl", client.get("metrics_bytes"), rank0)
-    last_saved = tag
+    del parent  # its weights are in the model: not held twice while the engine is built
+    if resumed is not None:
+        ds_config = resumed.engine_config(ds_config)
+    engine = parallel.build_engine(model, cfg, ds_config, per_epoch * cfg.train.epochs, per_epoch)
+    if resumed is not None:
+        train_state.restore(engine, resumed, cfg.train.seed, client, info)
+    return engine
 
-    def save(step: int) -> None:
-        nonlocal last_saved
-        if not _all_finite(parallel.local_params(engine), device):
-            raise NonFiniteLossError(
-                f"weights became non-finite at step {step}; not saving them, the last good "
-                f"checkpoint is {last_saved or 'none'} in {ckpt_dir}"
-            )
-        name = ckpt_integrity.tag_for(step)
-        if rank0:
-            ckpt_integrity.prepare_folder(ckpt_dir, step)
-            # a resume cuts metrics.jsonl back to what was logged up to here
-            client["metrics_bytes"] = (out / "metrics.jsonl").stat().st_size
-            train_state.save_client(ckpt_dir / name, client)
-        dist.barrier()
-        rng.save(ckpt_dir / name / rng.file_name(info.rank))
-        parallel.save_checkpoint(engine, ckpt_dir, name, client)  # ends with a barrier
-        if rank0:  # every rank's files exist: manifest, then `latest`, then pruning
-            ckpt_integrity.commit(ckpt_dir, step, cfg.train.keep_checkpoints)
-        last_saved = name
 
-    @torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
-    def run_eval(step: int) -> Any:
-        engine.eval()
-        loader = build_eval_loader(
-            cfg, rank=info.rank, world_size=info.world_size, batch_size=cfg.data.eval_batch_size
-        )
-        if keys_log is not None:
-            loader = _logging_keys(loader, keys_log, {"eval_at_step": step})
-        res = task.evaluate(
-            engine,
-            loader,
-            device=device,
-            dtype=dtype,
-            lockstep=parallel.zero_stage(engine) == 3,
-            progress=rank0,
-        )
-        engine.train()
-        if rank0:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in res.as_metrics().items())
-            log.info("step %d: %s (%d clips)", step, shown, res.count)
-            _write(log_file, {"step": step, **res.as_metrics()})
-            if tracker is not None:
-                tracker.log_metrics(res.as_metrics(), step)
-                task.log_extras(tracker, res, classes, step)
-        return res
-
-    step = client["global_step"]
-    result = None
-    bar = logs.progress(
-        total=total_steps, initial=step, disable=not rank0, desc="train", logger=log
+def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
+    """`epoch` from where `run.client` stands (mid-epoch after a resume), a checkpoint every
+    `train.checkpoint_every_steps`; every optimizer step moves the client state along."""
+    cfg, client, engine, task = run.cfg, run.client, run.engine, run.task
+    micro = run.ds_config["train_micro_batch_size_per_gpu"]
+    accum = run.ds_config["gradient_accumulation_steps"]
+    layout = Layout(run.info.world_size, max(cfg.data.num_workers, 1), micro)
+    first = client["step_in_epoch"] * accum  # micro-batches already played; 0 at a new epoch
+    samples = run.steps_per_epoch * run.ds_config["train_batch_size"]
+    at = position.start(client["position"], first, layout, samples)
+    loader = build_train_loader(
+        cfg,
+        rank=run.info.rank,
+        world_size=run.info.world_size,
+        epoch=epoch,
+        micro_batch_size=micro,
+        num_batches=layout.batches(at["segments"]),
+        skip_batches=at["batches"],
+        segments=at["segments"],
+        device=run.device,
     )
-    engine.train()
-    layout = Layout(info.world_size, max(cfg.data.num_workers, 1), micro)
-    for epoch in range(client["epoch"], cfg.train.epochs):
-        first = client["step_in_epoch"] * accum if epoch == client["epoch"] else 0
-        if first and client["position"]:
-            at = position.resume(client["position"], layout)
-        else:  # a new epoch (or a checkpoint from before positions were saved: same layout)
-            at = {**position.new_epoch(layout, per_epoch * batch), "batches": first}
-        loader = build_train_loader(
-            cfg,
-            rank=info.rank,
-            world_size=info.world_size,
-            epoch=epoch,
-            micro_batch_size=micro,
-            num_batches=layout.batches(at["segments"]),
-            skip_batches=at["batches"],
-            segments=at["segments"],
-            device=device,
-        )
-        losses, tick, clips_seen = [], time.perf_counter(), 0
-        batches = rng.outside_training_rng(loader)
-        for micro_index, micro_batch in enumerate(batches, start=first):
-            if keys_log is not None:
-                _write(keys_log, {"epoch": epoch, "step": step + 1, "keys": micro_batch[2]})
-            lr = engine.get_lr()[0]
-            inputs, targets = task.unpack(micro_batch, device, dtype)
-            loss = train_step(engine, task.criterion, inputs, targets)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step + 1} (epoch {epoch}); stopping, the last "
-                    f"good checkpoint is {last_saved or 'none'} in {ckpt_dir}"
-                )
-            losses.append(loss)
-            clips_seen += len(inputs[0]) * info.world_size
-            if (micro_index + 1) % accum:
-                continue
-            step += 1
-            played = at["batches"] + micro_index + 1 - first
-            client.update(
-                epoch=epoch,
-                step_in_epoch=(micro_index + 1) // accum,
-                global_step=step,
-                position={**at, "batches": played},
+    dtype, step = parallel.input_dtype(run.ds_config), client["global_step"]
+    losses, speed = [], run_log.Throughput(run.device)
+    for micro_index, micro_batch in enumerate(rng.outside_training_rng(loader), start=first):
+        run.records.sample_keys({"epoch": epoch, "step": step + 1, "keys": micro_batch[2]})
+        lr = engine.get_lr()[0]
+        inputs, targets = task.unpack(micro_batch, run.device, dtype)
+        loss = train_step(engine, task.criterion, inputs, targets)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {step + 1} (epoch {epoch}); stopping, "
+                f"{run.ckpts.last_good()}"
             )
-            bar.update()
-            record = {"step": step, "epoch": epoch, "loss": sum(losses[-accum:]) / accum, "lr": lr}
-            if step % cfg.train.log_every_steps == 0:
-                elapsed = time.perf_counter() - tick
-                record.update(
-                    {"clips_per_s": clips_seen / elapsed, "memory_mb": _memory_mb(device)}
+        losses.append(loss)
+        speed.add(len(inputs[0]) * run.info.world_size)
+        if (micro_index + 1) % accum:
+            continue
+        step += 1
+        played = at["batches"] + micro_index + 1 - first
+        client.update(
+            epoch=epoch,
+            step_in_epoch=(micro_index + 1) // accum,
+            global_step=step,
+            position={**at, "batches": played},
+        )
+        bar.update()
+        record = {"step": step, "epoch": epoch, "loss": sum(losses[-accum:]) / accum, "lr": lr}
+        if step % cfg.train.log_every_steps == 0:
+            record.update(speed.measure())
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            if run.tracker is not None:
+                run.tracker.log_metrics(
+                    {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
+                    step,
                 )
-                tick, clips_seen = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-                if tracker is not None:
-                    tracker.log_metrics(
-                        {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
-                        step,
-                    )
-            if rank0:
-                _write(log_file, record)  # with clips/s and memory every log_every_steps
-            if step % cfg.train.checkpoint_every_steps == 0:
-                save(step)
-        client.update(epoch=epoch + 1, step_in_epoch=0, position=None)
-        last = epoch + 1 == cfg.train.epochs
-        if (epoch + 1) % cfg.train.eval_every_epochs == 0 or last:
-            result = run_eval(step)
-            if client["best_top1"] is None or result.score > client["best_top1"]:
-                client["best_top1"] = result.score  # mAP for detection
-            if on_epoch is not None:
-                if last_saved != f"step{step}":
-                    save(step)
-                on_epoch(epoch + 1, result.as_metrics(), ckpt_dir / last_saved)
-    bar.close()
-    if last_saved != f"step{step}":
-        save(step)
-    if result is None:  # resumed after the final eval was already done
-        result = run_eval(step)
-    model_uri = _finish(engine, cfg, tracker, result, info.rank, device)
-    for handle in (log_file, keys_log):
-        if handle is not None:
-            handle.close()
-    return TrainResult(step, model_uri=model_uri, output_dir=out, **task.result_fields(result))
+        run.records.metric(record)  # with clips/s and memory every log_every_steps
+        if step % cfg.train.checkpoint_every_steps == 0:
+            run.ckpts.save(step)
+    client.update(epoch=epoch + 1, step_in_epoch=0, position=None)
+
+
+@torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
+def _evaluate(run: _Run) -> Any:
+    """Every rank scores its share of `data.val_shards`; rank 0 logs the metrics."""
+    step, rank0 = run.client["global_step"], run.info.rank == 0
+    run.engine.eval()
+    loader = build_eval_loader(
+        run.cfg,
+        rank=run.info.rank,
+        world_size=run.info.world_size,
+        batch_size=run.cfg.data.eval_batch_size,
+    )
+    result = run.task.evaluate(
+        run.engine,
+        run.records.logging_keys(loader, {"eval_at_step": step}),
+        device=run.device,
+        dtype=parallel.input_dtype(run.ds_config),
+        lockstep=parallel.zero_stage(run.engine) == 3,
+        progress=rank0,
+    )
+    run.engine.train()
+    if rank0:
+        metrics = result.as_metrics()
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        log.info("step %d: %s (%d clips)", step, shown, result.count)
+        run.records.metric({"step": step, **metrics})
+        if run.tracker is not None:
+            run.tracker.log_metrics(metrics, step)
+            classes = read_manifest(run.cfg.data.train_shards)["classes"]
+            run.task.log_extras(run.tracker, result, classes, step)
+    return result
 
 
 def train_step(
@@ -424,56 +363,3 @@ def train_step(
         engine.backward(loss)
         engine.step()
     return reduced
-
-
-def _sample_key_log(cfg: Config, info: parallel.DistInfo) -> Any:
-    """`train.log_sample_keys`: which rank (of which node) played which samples, one file per
-    rank, appended across resumes; a header line per launch says who this rank is."""
-    folder = Path(cfg.train.output_dir) / "sample_keys"
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = (folder / f"rank{info.rank}.jsonl").open("a")
-    _write(handle, {"launch": parallel.describe_rank(info)})
-    return handle
-
-
-def _logging_keys(loader: Iterable[Any], handle: Any, record: dict[str, Any]) -> Iterator[Any]:
-    for batch in loader:
-        _write(handle, {**record, "keys": list(batch[2])})
-        yield batch
-
-
-def _open_metrics_log(path: Path, committed_bytes: int | None, rank0: bool) -> Any:
-    """Rank 0: metrics.jsonl for appending; on resume first cut back to what the checkpoint had
-    logged, so the steps between that checkpoint and a crash are not recorded twice."""
-    if not rank0:
-        return None
-    if committed_bytes is not None and path.is_file() and path.stat().st_size > committed_bytes:
-        os.truncate(path, committed_bytes)
-    return path.open("a")
-
-
-def _write(handle: Any, record: dict[str, Any]) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-
-
-def _finish(
-    engine: Any,
-    cfg: Config,
-    tracker: Any,
-    result: Any,
-    rank: int,
-    device: torch.device,
-) -> str | None:
-    """Rank 0: rebuild the trained model in fp32, merge it, check the merge, register it."""
-    state = parallel.full_state_dict(engine)  # collective (ZeRO-3 gathers)
-    if rank != 0:
-        return None
-    model = release.unmerged_from_state_dict(cfg, state)
-    example = release.example_clips(cfg)
-    merged = release.merge_checked(model, example)
-    saved = release.save_merged(merged, cfg, Path(cfg.train.output_dir) / "merged.pt")
-    if tracker is None:
-        return None
-    classes = read_manifest(cfg.data.train_shards)["classes"]
-    return tracker.log_model(merged, example[:1], result.score, classes, saved=saved)
