@@ -177,7 +177,9 @@ def _train(
     per_epoch = steps_per_epoch(cfg, ds_config["train_batch_size"])
     if info.rank == 0:
         _record_start(cfg, info, ds_config, per_epoch)
-    engine = _engine(cfg, info, ds_config, tracker, client, resumed, per_epoch)
+    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker)
+    if resumed is not None:  # weights, optimizer, schedule, this rank's RNG
+        train_state.restore(engine, resumed, cfg.train.seed, client, info)
     ckpts = train_state.Checkpoints(engine, cfg, client, info.rank, resumed)
     task = tasks.task_for(cfg)  # classification or detection: loss, batches, evaluation
     with contextlib.closing(run_log.RunLog(cfg, info, client.get("metrics_bytes"))) as records:
@@ -214,14 +216,11 @@ def _train(
     )
 
 
-def _record_start(
-    cfg: Config, info: parallel.DistInfo, ds_config: dict[str, Any], per_epoch: int
-) -> None:
+def _record_start(cfg: Config, info: parallel.DistInfo, ds: dict[str, Any], per_epoch: int) -> None:
     """Rank 0: the resolved config beside the run's outputs, and the shape of the job."""
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
-    ds = ds_config
     log.info(
         "%d processes on %s; %d steps/epoch × %d epochs, batch %d = %d × %d × %d",
         *(info.world_size, parallel.device(), per_epoch, cfg.train.epochs, ds["train_batch_size"]),
@@ -231,15 +230,13 @@ def _record_start(
 
 def _engine(
     cfg: Config,
-    info: parallel.DistInfo,
     ds_config: dict[str, Any],
-    tracker: Any,
-    client: dict[str, Any],
-    resumed: train_state.Resume | None,
     per_epoch: int,
+    resumed: train_state.Resume | None,
+    tracker: Any,
 ) -> Any:
-    """The DeepSpeed engine of the model built from `cfg` (from `model.init_from`'s parent,
-    if any), restored from `resumed` (weights, optimizer, schedule, this rank's RNG)."""
+    """The DeepSpeed engine of the model built from `cfg`, from `model.init_from`'s parent
+    if any; configured to load `resumed` (which `train_state.restore` then does)."""
     from zeroi2v.engine.transfer import load_parent
 
     parent = load_parent(cfg)
@@ -250,10 +247,7 @@ def _engine(
     del parent  # its weights are in the model: not held twice while the engine is built
     if resumed is not None:
         ds_config = resumed.engine_config(ds_config)
-    engine = parallel.build_engine(model, cfg, ds_config, per_epoch * cfg.train.epochs, per_epoch)
-    if resumed is not None:
-        train_state.restore(engine, resumed, cfg.train.seed, client, info)
-    return engine
+    return parallel.build_engine(model, cfg, ds_config, per_epoch * cfg.train.epochs, per_epoch)
 
 
 def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
