@@ -98,18 +98,21 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
 
 @contextlib.contextmanager
 def process_group(timeout_s: float = 1800.0) -> Iterator[DistInfo]:
-    """`init_distributed` for the block; at its clean end, a group made here is left again.
+    """`init_distributed` for the block; a group made here is left when the block ends cleanly.
 
     Why leave it: a process that exits with its group alive leaks it (PyTorch's NCCL backend
-    warns so at exit), and gloo's threads may still run while the interpreter shuts down. Why
-    only at a clean end,
-    after a barrier: the group may go only once no rank can still be in a collective with this
-    one. Every rank reaches the barrier of a successful run; after an error some rank may never
-    get there, and destroying the group while another rank is blocked on it can block too
-    (torch shuts groups down in order because NCCL's abort was collective in some versions).
-    So an exception leaves the group alone: the process exits and its connections close, which
-    fails (not hangs) the other ranks' collectives. A group that already existed (Ray Train's,
-    a test's that trains several times in one process) is its maker's to leave.
+    warns so at exit), and gloo's threads may still be running while the interpreter shuts down.
+
+    Why only at a clean end, after a barrier: a group may go only once no rank can still be in
+    a collective on it, and every rank reaches the barrier of a successful run. After an error
+    some rank may never get there (a barrier would wait for it until `timeout_s`), and
+    destroying the group under a rank still blocked on it can block too (torch shuts groups
+    down in order because NCCL's abort was collective in some versions). So an exception leaves
+    the group alone: the process exits, its connections close, and the other ranks'
+    collectives fail or time out (`liveness` names the lost rank).
+
+    A group that already existed (Ray Train's; a test's that trains several times in one
+    process) is left to whoever made it.
     """
     import torch.distributed as dist
 
