@@ -1,4 +1,4 @@
-"""Convert a released ZeroI2V checkpoint (MCG-NJU/ZeroI2V, "before reparam"): map, merge, evaluate.
+r"""Convert a released ZeroI2V checkpoint (MCG-NJU/ZeroI2V, "before reparam"): map, merge, evaluate.
 
     python launch/convert.py --checkpoint k400_b16_8f.pth --config configs/k400_b16_8f.json \
         --out runs/official/k400_b16_8f_merged.pt [--evaluate] [--register]

@@ -1,4 +1,4 @@
-"""Few-shot protocol: N seeds × K shots, each a training on a K-shot subset; mean ± std top-1.
+r"""Few-shot protocol: N seeds × K shots, each a training on a K-shot subset; mean ± std top-1.
 
     python launch/few_shot.py --config configs/tiny_cpu.json --shots 2 4 8 --seeds 0 1 2 \
         [--workdir runs/few_shot] [--launcher "deepspeed --num_gpus 8"] [section.key=value ...]

@@ -1,4 +1,4 @@
-"""Merge a DeepSpeed checkpoint into the plain backbone: verified, saved as a state dict `.pt`.
+r"""Merge a DeepSpeed checkpoint into the plain backbone: verified, saved as a state dict `.pt`.
 
     python launch/merge.py --config configs/tiny_cpu.json --checkpoint runs/tiny_cpu/checkpoints \
         [--out merged.pt] [--register]

@@ -6,6 +6,7 @@ need them only where its work starts, so asking for help or mistyping a flag is 
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,13 @@ def test_help_and_argument_errors_do_not_import_torch(script, args, status, says
     assert says in proc.stdout + proc.stderr
     (imported,) = [x for x in proc.stderr.splitlines() if x.startswith("IMPORTED:")]
     assert not HEAVY & set(imported.removeprefix("IMPORTED:").split(","))
+
+
+def test_usage_examples_keep_their_line_continuations():
+    """A `\\` ending a docstring line is swallowed unless the docstring is raw (r\"\"\"), which
+    would glue a two-line example into one with a run of spaces in `--help`."""
+    for script in sorted((REPO / "launch").glob("*.py")):
+        source = script.read_text()
+        doc = ast.get_docstring(ast.parse(source), clean=False) or ""
+        head = source[: source.find('"""', source.find('"""') + 3)]
+        assert head.count("\\\n") == doc.count("\\\n"), f'{script.name}: make its docstring r"""'
