@@ -57,6 +57,26 @@ def test_registered_model_equals_trained_unmerged_model(tracked_run):
     assert not any("adapter" in k for k in loaded.state_dict())
 
 
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("models:/no_such_model@champion", "Registered Model with name=no_such_model not found"),
+        ("models:/tiny_test@no_such_alias", "alias no_such_alias not found"),
+        ("models:/tiny_test/99", "version=99) not found"),
+    ],
+)
+def test_a_model_missing_from_the_registry_is_one_sentence(tracked_run, uri, says):
+    """launch/evaluate.py, predict.py, export.py and `model.init_from` report it as
+    `error: <sentence>` (FileNotFoundError is a user error), naming the URI and the store."""
+    cfg, _ = tracked_run
+    from zeroi2v.engine.release import load_model
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_model(uri, cfg)
+    assert str(error.value).startswith(f"cannot load {uri} from {cfg.tracking.tracking_uri}: ")
+    assert says in str(error.value)
+
+
 def test_run_records_config_params_environment_metrics_and_confusion(tracked_run):
     cfg, _ = tracked_run
     client = _client(cfg)

@@ -20,6 +20,8 @@ from zeroi2v.engine.model_format import CONFIG_KEY
 from zeroi2v.engine.tasks import task_for
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
+# MLflow's codes for a model name, version or run that is not there (an alias: invalid value)
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def example_clips(cfg: Config, batch: int = 2) -> torch.Tensor:
@@ -125,9 +127,16 @@ def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, C
     text = str(uri)
     if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
         import mlflow
+        from mlflow.exceptions import MlflowException
 
-        mlflow.set_tracking_uri(tracking.tracking_uri(cfg or config_lib.from_dict({})))
-        model = mlflow.pytorch.load_model(text, map_location="cpu")
+        store = tracking.tracking_uri(cfg or config_lib.from_dict({}))
+        mlflow.set_tracking_uri(store)
+        try:
+            model = mlflow.pytorch.load_model(text, map_location="cpu")
+        except MlflowException as error:  # a missing name, version, alias or run: not a bug
+            if error.error_code not in _NOT_FOUND:
+                raise
+            raise FileNotFoundError(f"cannot load {text} from {store}: {error.message}") from None
         raw = mlflow.models.get_model_info(text).metadata or {}
         if CONFIG_KEY not in raw:
             raise ValueError(f"{text} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
