@@ -1,0 +1,51 @@
+"""README.md's configuration tables say what `zeroi2v/config.py` does: every key, its default."""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from zeroi2v import config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = ("model", "adapt", "data", "optim", "train", "tracking", "tune")
+_ROW = re.compile(r"^\| `([a-z_]+\.[a-z_0-9]+)` \| ([^|]+) \|", re.M)
+
+
+def _documented() -> list[tuple[str, str]]:
+    """(key, default cell) of every row of every `| key | default | meaning |` table."""
+    rows = []
+    for table in README.read_text().split("| key | default | meaning |")[1:]:
+        body = table.split("\n\n")[0]
+        rows += [(key, cell.strip()) for key, cell in _ROW.findall(body)]
+    return rows
+
+
+def _defaults() -> dict[str, object]:
+    cfg = config.Config(tune=config.TuneConfig())
+    return {
+        f"{section}.{key}": value
+        for section in SECTIONS
+        for key, value in getattr(cfg, section).model_dump(mode="json").items()
+    }
+
+
+def _value(cell: str) -> object:
+    text = cell.strip("`")
+    if re.fullmatch(r"\d+/\d+", text):
+        return float(Fraction(text))
+    return json.loads(text)
+
+
+def test_every_config_key_is_documented_with_its_default():
+    documented, defaults = _documented(), _defaults()
+    assert sorted({key for key, _ in documented} ^ set(defaults)) == []
+    for key, cell in documented:
+        expected = defaults[key]
+        if isinstance(expected, float):
+            expected = pytest.approx(expected)
+        assert _value(cell) == expected, f"README says {key} defaults to {cell}"
