@@ -49,3 +49,12 @@ def test_every_config_key_is_documented_with_its_default():
         if isinstance(expected, float):
             expected = pytest.approx(expected)
         assert _value(cell) == expected, f"README says {key} defaults to {cell}"
+
+
+def test_the_layer_table_names_every_module():
+    """README's "The package reads bottom-up" table is where a reader looks a module up."""
+    table = README.read_text().split("| layer | modules | job |")[1].split("\n\n")[0]
+    named = set(re.findall(r"([a-z_0-9]+\.py)`", table))
+    package = README.parent / "zeroi2v"
+    modules = {p.name for p in package.rglob("*.py") if p.name != "__init__.py"}
+    assert sorted(modules - named) == []
