@@ -60,6 +60,19 @@ HELP = [
             1,
             "no manifest.json in none",
         ),
+        (  # an override right after an option of several values (as the README writes it)
+            "few_shot",
+            ["--config", "configs/tiny_cpu.json", "--shots", "2", "--seeds", "0", "1"]
+            + ["data.train_shards=none/x.tar"],
+            1,
+            "no manifest.json in none",
+        ),
+        (
+            "evaluate",
+            ["--config", "configs/tiny_cpu.json", "configs/tiny_cpu.json", "optim.lrr=1"],
+            1,
+            "optim.lrr: unknown key",
+        ),
     ],
 )
 def test_help_and_argument_errors_do_not_import_torch(script, args, status, says):

@@ -9,6 +9,7 @@ list the valid ones: a misspelled key must never be silently ignored.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -289,6 +290,17 @@ def _override_pairs(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[
             raise ConfigError(f"override '{item}': write it as section.key=value")
         pairs.append((key, _parse_value(value)))
     return pairs
+
+
+_OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.\w+)+=")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the dotted overrides), in their order. A launch script takes the
+    overrides out before argparse sees the line, so that one may follow an option with several
+    values (`--seeds 0 1 2 train.epochs=1`), which argparse would give the option instead."""
+    rest = [item for item in argv if not _OVERRIDE.match(item)]
+    return rest, [item for item in argv if _OVERRIDE.match(item)]
 
 
 def apply_overrides(
