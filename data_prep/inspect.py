@@ -45,12 +45,31 @@ def iter_samples(shard: Path) -> Iterator[dict]:
         yield sample
 
 
+def labels_of(meta: dict, classes: Sequence[str]) -> list[str]:
+    """A clip's class; for an AVA keyframe, its actions: one per annotated person and action
+    (`labels` holds indices into the manifest's classes, one list per box)."""
+    if "label" in meta:
+        return [meta["label"]]
+    return [classes[i] if i < len(classes) else str(i) for box in meta["labels"] for i in box]
+
+
+def manifest_classes(shard: Path) -> list[str]:
+    """The class names of the manifest beside a shard ([] when there is none)."""
+    manifest = Path(shard).parent / "manifest.json"
+    return json.loads(manifest.read_text())["classes"] if manifest.is_file() else []
+
+
 def count(shards: Sequence[Path]) -> dict[str, Counter]:
-    """{shard name: Counter(label → samples)}."""
-    return {
-        Path(s).name: Counter(json.loads(x["json"])["label"] for x in iter_samples(Path(s)))
-        for s in shards
-    }
+    """{shard name: Counter(label → samples)}; AVA: label → annotated person-actions."""
+    counts = {}
+    for shard in map(Path, shards):
+        classes = manifest_classes(shard)
+        counts[shard.name] = Counter(
+            label
+            for x in iter_samples(shard)
+            for label in labels_of(json.loads(x["json"]), classes)
+        )
+    return counts
 
 
 def format_table(counts: dict[str, Counter]) -> str:
@@ -87,6 +106,7 @@ def contact_sheet(
     """
     rows = []
     for shard in shards:
+        classes = manifest_classes(Path(shard))
         for sample in iter_samples(Path(shard)):
             meta = json.loads(sample["json"])
             stored = meta.get("frames")  # what decoded at shard time caps decord's count
@@ -100,7 +120,8 @@ def contact_sheet(
                 if skipped is not None:
                     skipped.append((sample["__key__"], str(err)))
                 continue
-            rows.append((meta["label"], sample["__key__"], frames))
+            caption = ", ".join(dict.fromkeys(labels_of(meta, classes)))  # AVA: its actions
+            rows.append((caption, sample["__key__"], frames))
             if len(rows) == clips:
                 break
         if len(rows) == clips:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -23,6 +24,7 @@ import torch
 
 from data_prep.__main__ import EXIT_SKIPPED
 from data_prep.__main__ import main as data_prep
+from data_prep.inspect import LABEL_HEIGHT, contact_sheet, count
 from data_prep.shard_writer import KILL_HOOK
 from launch.evaluate import main as evaluate
 from tests.ava_synthetic import LABEL_MAP, START, write_set
@@ -105,6 +107,12 @@ def test_every_input_row_is_kept_or_skipped_with_its_reason(tmp_path):
     # (scored at test time: the official evaluation counts its detections as false positives)
     assert split["count"] == 6
     assert manifest["classes"] == list(LABEL_MAP.values())
+    # `data_prep inspect` counts one per annotated person and action: each kept annotation row
+    shards = sorted(out.glob("val-*.tar"))
+    counts = sum(count(shards).values(), Counter())
+    assert set(counts) <= set(LABEL_MAP.values())
+    assert sum(counts.values()) == split["rows_kept"]["annotations"]
+    assert contact_sheet(shards, clips=2, columns=2).size[1] == 2 * (64 * 2 + LABEL_HEIGHT)
 
 
 def test_frames_that_do_not_decode_skip_their_rows_instead_of_stopping_the_run(
