@@ -61,8 +61,12 @@ def test_batch_identity_with_world_size():
         "gradient_accumulation_steps": 2,
     }
     config.check_batch_sizes(ds, world_size=4)
-    with pytest.raises(ConfigError, match=r"× world size \(2\)"):
+    with pytest.raises(ConfigError, match=r"× world size \(2\); to keep the global batch, "):
         config.check_batch_sizes(ds, world_size=2)
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=8$"):  # the override
+        config.check_batch_sizes(ds, world_size=1)
+    with pytest.raises(ConfigError, match=r"× world size \(3\)$"):  # 32 is no multiple of 4 × 3
+        config.check_batch_sizes(ds, world_size=3)
 
 
 def test_paper_notation_equals_json_pairs():

@@ -266,9 +266,14 @@ def check_batch_sizes(ds: Mapping[str, Any], world_size: int | None = None) -> N
                 f"train_micro_batch_size_per_gpu × gradient_accumulation_steps ({micro} × {accum})"
             )
     elif total != per_rank * world_size:
+        fits, rest = divmod(total, micro * world_size)
+        hint = ""
+        if fits and not rest:
+            hint = "; to keep the global batch, override deepspeed.gradient_accumulation_steps="
+            hint += str(fits)
         raise ConfigError(
             f"deepspeed.train_batch_size ({total}) != train_micro_batch_size_per_gpu ({micro}) × "
-            f"gradient_accumulation_steps ({accum}) × world size ({world_size})"
+            f"gradient_accumulation_steps ({accum}) × world size ({world_size}){hint}"
         )
 
 
