@@ -58,3 +58,23 @@ def test_the_layer_table_names_every_module():
     package = README.parent / "zeroi2v"
     modules = {p.name for p in package.rglob("*.py") if p.name != "__init__.py"}
     assert sorted(modules - named) == []
+
+
+def _expand(pattern: str) -> list[str]:
+    """Shell brace expansion: `a_{1,2}.json` → a_1.json, a_2.json."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [x for part in match.group(1).split(",") for x in _expand(head + part.strip() + tail)]
+
+
+def test_every_file_the_readme_names_exists():
+    """Paths in the repository (modules, tests, configs, scripts), except those of the section
+    on what moved; `$k`-style shell variables and `stepN`-style placeholders are left out."""
+    text = README.read_text().split("## Changes to the command line")[0]
+    roots = "zeroi2v|tests|bench|launch|configs|scripts|data_prep|docs"
+    named = re.findall(rf"(?<![\w/.$-])((?:{roots})/[\w./{{}},-]+)(?![\w$])", text)
+    files = {path for name in named for path in _expand(name.rstrip(".,"))}
+    root = README.parent
+    assert sorted(f for f in files if not (root / f).exists()) == []
