@@ -121,8 +121,10 @@ def test_scores_average_softmax_over_views(registered, synthetic_videos):
 
 
 def test_missing_video_is_a_clear_error(registered, tmp_path):
+    from zeroi2v.errors import USER_ERRORS
     from zeroi2v.use.inference import VideoPredictor
 
     _, cfg, merged, classes = registered
-    with pytest.raises(ValueError, match="video file not found"):
+    with pytest.raises(FileNotFoundError, match="video file not found") as error:
         VideoPredictor(merged, cfg, classes).predict([tmp_path / "nope.mp4"])
+    assert isinstance(error.value, USER_ERRORS)  # launch/predict.py: `error: ...`, no traceback

@@ -84,7 +84,7 @@ def read_video(video: VideoInput) -> tuple[bytes, str]:
         return bytes(video), f"<{len(video)} bytes>"
     path = Path(video)
     if not path.is_file():
-        raise ValueError(f"video file not found: {path}")
+        raise FileNotFoundError(f"video file not found: {path}")  # a user error: one sentence
     return path.read_bytes(), str(path)
 
 
