@@ -7,6 +7,9 @@ description, at small sizes; a random state dict in that layout is the "checkpoi
 
 from __future__ import annotations
 
+import datetime
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,7 +171,8 @@ def test_convert_cli_saves_a_merged_model_that_loads_back(tmp_path):
     from zeroi2v.engine.release import load_checkpoint_model
 
     state = _official_state(seed=3)
-    torch.save({"state_dict": state, "meta": {"epoch": 1}}, tmp_path / "official.pth")
+    meta = {"epoch": 1, "hook_msgs": {"best_score": np.float64(0.73), "last": np.arange(2)}}
+    torch.save({"state_dict": state, "meta": meta}, tmp_path / "official.pth")  # mmaction's meta
     config = tmp_path / "ours.json"
     config.write_text(json.dumps({"model": _cfg().model.model_dump(mode="json")}))
     out = tmp_path / "merged.pt"
@@ -183,3 +187,14 @@ def test_convert_cli_saves_a_merged_model_that_loads_back(tmp_path):
     clip = torch.randn(1, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         assert (model(clip) - _official_logits(state, clip)).abs().max() < 1e-5
+
+
+def test_a_file_that_is_no_official_checkpoint_is_one_sentence(tmp_path):
+    from zeroi2v.models.convert import read_official
+
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="notes.pth cannot be read: it is not a file torch.save"):
+        read_official(tmp_path / "notes.pth")
+    torch.save({"state_dict": {}, "meta": {"when": datetime.date(2024, 1, 1)}}, tmp_path / "d.pth")
+    with pytest.raises(ConfigError, match="it holds datetime.date, which torch.load"):
+        read_official(tmp_path / "d.pth")

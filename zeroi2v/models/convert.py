@@ -23,8 +23,11 @@ runs with our `model.head_offsets`; the attention computes the same function.
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -166,12 +169,34 @@ def convert_state_dict(
     return state
 
 
+def _numpy_globals() -> list[Any]:
+    """numpy arrays, scalars and dtypes, which mmaction's `meta` may hold beside the tensors
+    (e.g. a best score): they rebuild values from bytes and call no other code."""
+    import numpy as np
+
+    dtypes = [getattr(np.dtypes, name) for name in np.dtypes.__all__]
+    multiarray = np._core.multiarray
+    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an mmaction checkpoint file (``{"state_dict": …, "meta": …}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint {path} does not exist")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = (
+            f"it holds {refused.group(1)}, which torch.load(weights_only=True) does not unpickle"
+            if refused
+            else "it is not a file torch.save wrote"
+        )
+        raise ConfigError(f"official checkpoint {path} cannot be read: {reason}") from None
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"official checkpoint {path} holds a {type(saved).__name__}, not a dict")
     return saved.get("state_dict", saved)
 
 
