@@ -65,10 +65,10 @@ def test_maps_grid_one_row_per_head_group(tmp_path):
     # spatial and temporal heads look at different places of a moving clip
     assert not np.allclose(result.maps[0], result.maps[2], atol=1e-3)
 
-    fig = plot_attention(result, tmp_path / "attn.png")
+    fig = plot_attention(result, tmp_path / "new" / "attn.png")  # its folder is made
     geometry = {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes}
     assert geometry == {(3, 8)} and len(fig.axes) == 24
-    assert (tmp_path / "attn.png").stat().st_size > 0
+    assert (tmp_path / "new" / "attn.png").stat().st_size > 0
 
 
 def test_temporal_row_is_the_spatial_computation_on_the_shifted_frame():

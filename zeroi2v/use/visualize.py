@@ -160,6 +160,7 @@ def plot_attention(result: AttentionMaps, path: str | Path | None = None, title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as export does with its --out
         fig.savefig(path, dpi=100)
     return fig
 
