@@ -70,6 +70,8 @@ def _children(raw: dict, parent: str) -> list:
 def test_search_logs_nested_runs_retries_a_crash_and_writes_a_runnable_best_config(
     ray_local, synthetic_shards, tmp_path
 ):
+    import mlflow
+
     raw = _raw(synthetic_shards, tmp_path, name="three")
     ray_local.write_text("crash once")  # the first trial to report an epoch raises once
     result = run_search(raw)
@@ -98,6 +100,11 @@ def test_search_logs_nested_runs_retries_a_crash_and_writes_a_runnable_best_conf
         parent_files
     )
     assert result.model_uri and result.model_uri.startswith("models:/zeroi2v_tiny_cpu/")
+    # registered with its class names, as a training registers (serving labels are names)
+    mlflow.set_tracking_uri(raw["tracking"]["tracking_uri"])
+    metadata = mlflow.models.get_model_info(result.model_uri).metadata
+    manifest = json.loads((synthetic_shards / "manifest.json").read_text())
+    assert metadata["zeroi2v_classes"] == manifest["classes"]
 
     best = config_lib.load(result.best_config_path)  # exactly what launch/train.py does
     assert best.tune is None

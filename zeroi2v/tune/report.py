@@ -149,6 +149,7 @@ def register_best(
     import torch
 
     from zeroi2v import merge
+    from zeroi2v.data.shards import read_manifest
     from zeroi2v.engine.release import load_checkpoint_model
     from zeroi2v.engine.tracking import Tracker
 
@@ -159,6 +160,7 @@ def register_best(
     example = torch.randn(1, 3, m.num_frames, m.image_size, m.image_size)
     tracker = Tracker(trial_cfg, run_id=best["mlflow_run_id"] or None)
     try:
-        return tracker.log_model(merged, example, best[metric])
+        classes = read_manifest(trial_cfg.data.train_shards)["classes"]  # as training registers
+        return tracker.log_model(merged, example, best[metric], classes)
     finally:
         tracker.finish()
