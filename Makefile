@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The venv first on PATH: `deepspeed`, `mlflow` and the ninja that builds DeepSpeed's CPU op.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: setup sysdeps demo demo-seeds test test-slow lint bench
+.PHONY: setup sysdeps demo demo-seeds test test-slow lint
 
 # Debian packages the code shells out to: curl streams http(s) shards (zeroi2v/data/shards.py).
 sysdeps:

@@ -37,7 +37,6 @@ import argparse
 import importlib.util
 import json
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,8 +48,6 @@ import torch
 import webdataset as wds
 from torchvision.transforms import v2
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from data_prep.video_io import Encoding, encode_rgb
 from zeroi2v.config import Config, from_dict

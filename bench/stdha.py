@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +25,10 @@ from pathlib import Path
 import torch
 from timm.layers import Attention
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from zeroi2v import build_model, merge  # noqa: E402
-from zeroi2v.config import load  # noqa: E402
-from zeroi2v.models.offsets import expand  # noqa: E402
-from zeroi2v.models.stdha import TimmSTDHA  # noqa: E402
+from zeroi2v import build_model, merge
+from zeroi2v.config import load
+from zeroi2v.models.offsets import expand
+from zeroi2v.models.stdha import TimmSTDHA
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "k400_b16_8f.json"
 OFFSETS = expand([(1, 1), (-1, 1), (0, 10)])
