@@ -57,9 +57,23 @@ def _assert_resumed_equals_full(full_dir: Path, resumed_dir: Path, resumed_from:
         assert torch.equal(a[key], b[key]), key
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
 def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_shards, tmp_path):
-    """1 process, ZeRO-1: kill -9 after the first checkpoint, --resume, compare bit for bit."""
+    """1 process, ZeRO-1: kill -9 after the first checkpoint, --resume, compare bit for bit.
+
+    The killed run starts in a folder that holds no committed checkpoint (a config.json, an
+    older attempt's unfinished save): it starts. Launched again without --resume, it refuses
+    in one sentence and leaves every file as it was; --resume then continues as if never
+    interrupted."""
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    (killed_dir / "checkpoints" / "step9").mkdir(parents=True)
+    (killed_dir / "checkpoints" / "step9" / "client.json").write_text("{}")  # no manifest
+    (killed_dir / "config.json").write_text("{}")
     full_cfg = write_config(
         tmp_path / "full.json",
         tiny_raw(synthetic_shards, full_dir, deepspeed=ONE_PROCESS_DS, **SECTIONS),
@@ -86,6 +100,18 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_shards, tmp_path
     # usually step3; on a busy machine the run may get a checkpoint further before the kill
     assert killed_at in {"step3", "step6", "step9"}, killed_at
     assert not (killed_dir / "merged.pt").exists()  # it really died mid-way
+
+    before = _files(killed_dir)
+    again = run_train(killed_cfg)  # no --resume
+    assert again.returncode == 1
+    said = again.stderr.strip().splitlines()[-1]
+    assert said == (
+        f"error: train.output_dir {killed_dir} already holds a run (its last committed "
+        f"checkpoint is {killed_at} in {killed_dir / 'checkpoints'}); not touching it: pass "
+        f"--resume to continue that run, or set another train.output_dir=... (or remove "
+        f"{killed_dir}) to start a new one"
+    ), again.stderr[-3000:]
+    assert _files(killed_dir) == before  # metrics.jsonl, checkpoints, config.json: as they were
 
     resumed = run_train(killed_cfg, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -110,11 +110,15 @@ def _failing_hook(epoch: int, metrics: dict, checkpoint) -> None:
     raise _HookFailed(epoch)
 
 
+def _denied(directory) -> None:
+    raise PermissionError(f"denied: {directory}")
+
+
 def _group_worker(rank: int, ports: tuple[int, int], raws: list[dict]) -> None:
     become_rank(rank, 2, ports[0])
     import torch.distributed as dist
 
-    from zeroi2v.engine import parallel, trainer
+    from zeroi2v.engine import ckpt_integrity, parallel, trainer
 
     made, failing, kept = (config.from_dict(raw) for raw in raws)
     trainer.train(made)
@@ -122,6 +126,15 @@ def _group_worker(rank: int, ports: tuple[int, int], raws: list[dict]) -> None:
     # A fresh rendezvous: the old store may live on in rank 0 until its own destroy returns.
     os.environ["MASTER_PORT"] = str(ports[1])
     with parallel.process_group():
+        # `made` holds a finished run: without resume, every rank refuses it before writing
+        with pytest.raises(ConfigError, match=r"already holds a run \(its last committed ch"):
+            trainer.train(made)
+        real = ckpt_integrity.last_committed
+        if rank == 0:  # rank 0 cannot look: it fails, and tells the others, who fail too
+            ckpt_integrity.last_committed = _denied
+        with pytest.raises(OSError, match="denied"):
+            trainer.train(made)
+        ckpt_integrity.last_committed = real
         with pytest.raises(_HookFailed):
             trainer.train(failing, on_epoch=_failing_hook)
         assert dist.is_initialized(), "an error leaves the group alone"
@@ -135,7 +148,9 @@ def test_train_leaves_only_the_process_group_it_made_and_only_after_success(
 ):
     """2 gloo processes: `train` destroys the group it made once every rank is past the final
     barrier; it keeps the group after an error (another rank may still be in a collective)
-    and never destroys a group its caller made. Each run is 1 epoch of 2 steps."""
+    and never destroys a group its caller made. Each run is 1 epoch of 2 steps. A fresh run
+    into the finished run's folder stops both ranks (also when only rank 0's look fails),
+    and the group goes on working: no rank is left in a collective."""
     raws = [
         tiny_raw(synthetic_shards, tmp_path / name, train={"epochs": 1, "steps_per_epoch": 2})
         for name in ("made", "failing", "kept")

@@ -196,6 +196,41 @@ def job_resume_point(
     return resume_point(directory, on_damaged, share=(rank, world_size), agree=agree)
 
 
+def last_committed(directory: Path) -> str | None:
+    """The newest committed checkpoint in `directory` (a ``stepN``, at or before ``latest``,
+    with its manifest: what `--resume` would consider), or None: only such a folder holds a
+    run that a fresh start must not overwrite; an uncommitted save's leftovers do not."""
+    directory = Path(directory)
+    tags = _tags_newest_first(directory)
+    return next((t for t in tags if (directory / t / MANIFEST).is_file()), None)
+
+
+def job_last_committed(directory: Path, rank: int, world_size: int) -> str | None:
+    """`last_committed` as rank 0 sees it, on every rank of the process group (collective).
+
+    Rank 0 alone looks: it writes the manifest and ``latest``, so on nodes without a shared
+    disk only it sees them. Its error, if it has one, is broadcast too, so that the other
+    ranks fail with it instead of waiting in the broadcast for a rank that left.
+    """
+    if world_size == 1:
+        return last_committed(directory)
+    import torch.distributed as dist
+
+    found, error = None, None
+    if rank == 0:
+        try:
+            found = last_committed(directory)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others hear of it
+            error = exc
+    shared = [found, None if error is None else f"{type(error).__name__}: {error}"]
+    dist.broadcast_object_list(shared, src=0)
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        raise OSError(f"rank 0 could not look for checkpoints in {directory} ({shared[1]})")
+    return shared[0]
+
+
 def _describe(directory: Path, damaged: list[tuple[str, str]]) -> str:
     parts = [f"{tag} ({why})" for tag, why in damaged]
     noun = "checkpoint" if len(parts) == 1 else "checkpoints"

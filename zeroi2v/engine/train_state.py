@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from zeroi2v.config import Config
 from zeroi2v.engine import ckpt_integrity, parallel, position, rng, run_log
-from zeroi2v.errors import NonFiniteLossError
+from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,21 @@ class Resume:
 
     def engine_config(self, ds_config: dict[str, Any]) -> dict[str, Any]:
         return parallel.universal_config(ds_config) if self.universal else ds_config
+
+
+def refuse_overwrite(cfg: Config, info: parallel.DistInfo) -> None:
+    """Every rank, before a fresh (not resumed) run writes anything: stop, all ranks alike,
+    when `train.output_dir` holds a committed checkpoint, since the new run's checkpoints,
+    metrics and registered model would bury that run's; the sentence names the ways out."""
+    directory = checkpoint_dir(cfg)
+    tag = ckpt_integrity.job_last_committed(directory, info.rank, info.world_size)
+    if tag is not None:
+        out = cfg.train.output_dir
+        raise ConfigError(
+            f"train.output_dir {out} already holds a run (its last committed checkpoint is "
+            f"{tag} in {directory}); not touching it: pass --resume to continue that run, or "
+            f"set another train.output_dir=... (or remove {out}) to start a new one"
+        )
 
 
 def resume_point(

@@ -1,13 +1,14 @@
 """The train / eval loop: DeepSpeed steps, periodic multi-view eval, checkpoints, exact resume.
 
 Read top to bottom: checks that can fail fast run before any process group exists; `train`
-joins the group, verifies a resumed checkpoint (the ranks share the hashing) and opens the
-MLflow run; `_train` builds, wraps and optionally restores the model, trains epoch by epoch
-(`_train_epoch`), evaluates (`_evaluate`), checkpoints, and finally merges and registers the
-model (rank 0, `release`). What a checkpoint holds and how a run continues from it is
-`train_state`; the run's own JSONL records are `run_log`. Resume is exact: the data loader
-is a pure function of (seed, epoch, rank, world size) and skips the batches already consumed,
-the scheduler lives in the DeepSpeed checkpoint, and every rank's RNG state is saved beside it.
+joins the group, verifies a resumed checkpoint (the ranks share the hashing) or refuses a
+fresh run into a `train.output_dir` that holds one, and opens the MLflow run; `_train` builds,
+wraps and optionally restores the model, trains epoch by epoch (`_train_epoch`), evaluates
+(`_evaluate`), checkpoints, and finally merges and registers the model (rank 0, `release`).
+What a checkpoint holds and how a run continues from it is `train_state`; the run's own JSONL
+records are `run_log`. Resume is exact: the data loader is a pure function of (seed, epoch,
+rank, world size) and skips the batches already consumed, the scheduler lives in the DeepSpeed
+checkpoint, and every rank's RNG state is saved beside it.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ def train(
 ) -> TrainResult:
     """Train `cfg` on this process's rank; returns the final metrics (same on every rank).
 
+    Without `resume` (or `resume_from`), a `train.output_dir` that holds a committed
+    checkpoint stops every rank with a `ConfigError` before anything is written.
+
     `resume_from` resumes from that checkpoint folder (a Ray Train checkpoint that every rank
     reads in place) instead of `train.output_dir/checkpoints`, where new checkpoints still go.
     `on_epoch(epoch, val_metrics, checkpoint)` runs on every rank after every evaluation,
@@ -132,7 +136,11 @@ def train(
         parallel.process_group(timeout_s) as info,  # left after a successful run only
         liveness.watched(info.rank, info.world_size, timeout_s),
     ):
-        resumed = train_state.resume_point(cfg, info, source, client, ds_config) if resume else None
+        resumed = None
+        if resume:
+            resumed = train_state.resume_point(cfg, info, source, client, ds_config)
+        else:  # a fresh run into a folder that holds one: every rank stops, nothing written
+            train_state.refuse_overwrite(cfg, info)
         tracker = None
         if info.rank == 0 and cfg.tracking.enabled:
             tracker = tracking.Tracker(

@@ -86,7 +86,8 @@ def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run
     import torch
     from ray import tune
 
-    from zeroi2v.engine.parallel import latest_tag, select_accelerator
+    from zeroi2v.engine.ckpt_integrity import last_committed
+    from zeroi2v.engine.parallel import select_accelerator
     from zeroi2v.engine.trainer import train
 
     logs.quiet_third_party()  # a trial runs in a Ray worker, not under a launch script
@@ -103,7 +104,7 @@ def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run
             shutil.rmtree(checkpoints, ignore_errors=True)
             shutil.copytree(Path(directory) / CKPT, checkpoints)
     # Without a Ray checkpoint, a retry still resumes from the trainer's own (same MLflow run).
-    resume = latest_tag(checkpoints) is not None
+    resume = last_committed(checkpoints) is not None
 
     def on_epoch(epoch: int, metrics: dict[str, float], saved: Path) -> None:
         run_id = tag_run(context.get_trial_name(), context.get_trial_id(), {"world_size": 1})
@@ -239,6 +240,11 @@ def worker_loop(config: dict[str, Any]) -> None:
     parent = config["parent_run_id"]
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        # A first attempt, or a retry that failed before Ray got a checkpoint: it starts over.
+        # An earlier attempt's saves in the trial's own folder are dropped, which a fresh run
+        # would otherwise refuse to overwrite; without a shared disk they are not whole anyway.
+        if rank == 0:
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
         train(cfg, on_epoch=on_epoch, mlflow_parent_run_id=parent)
         return
     with checkpoint.as_directory() as directory:  # a retry: every rank reads Ray's copy
