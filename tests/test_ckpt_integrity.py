@@ -246,6 +246,19 @@ def test_keep_checkpoints_bounds_the_folders_on_disk(tmp_path):
     assert resume_point(tmp_path).tag == folder.name == "step5"
 
 
+def test_only_a_committed_checkpoint_is_a_run_to_keep(tmp_path):
+    """What a fresh run refuses to overwrite: a ``stepN`` with its manifest, at or before
+    ``latest`` (what --resume would load); not a missing folder or a save that never finished."""
+    assert ckpt_integrity.last_committed(tmp_path / "nothing") is None
+    ckpt_integrity.prepare_folder(tmp_path, 3)  # a crash in the first save
+    assert ckpt_integrity.last_committed(tmp_path) is None
+    _fake_checkpoint(tmp_path, 3)
+    ckpt_integrity.prepare_folder(tmp_path, 6)  # the next save, unfinished
+    assert ckpt_integrity.last_committed(tmp_path) == "step3"
+    (tmp_path / "latest").unlink()  # a crash between the first manifest and `latest`
+    assert ckpt_integrity.last_committed(tmp_path) == resume_point(tmp_path).tag == "step3"
+
+
 def test_resume_stop_is_one_sentence_from_the_cli(synthetic_shards, tmp_path):
     out = tmp_path / "run"
     _fake_checkpoint(out / "checkpoints", 3)
