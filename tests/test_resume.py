@@ -68,8 +68,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_shards, tmp_path
 
     The killed run starts in a folder that holds no committed checkpoint (a config.json, an
     older attempt's unfinished save): it starts. Launched again without --resume, it refuses
-    in one sentence and leaves every file as it was; --resume then continues as if never
-    interrupted."""
+    in one sentence, opens no MLflow run and leaves every file as it was; --resume then
+    continues as if never interrupted."""
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     (killed_dir / "checkpoints" / "step9").mkdir(parents=True)
     (killed_dir / "checkpoints" / "step9" / "client.json").write_text("{}")  # no manifest
@@ -102,8 +102,9 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_shards, tmp_path
     assert not (killed_dir / "merged.pt").exists()  # it really died mid-way
 
     before = _files(killed_dir)
-    again = run_train(killed_cfg)  # no --resume
+    again = run_train(killed_cfg, "tracking.enabled=true")  # no --resume
     assert again.returncode == 1
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run either
     said = again.stderr.strip().splitlines()[-1]
     assert said == (
         f"error: train.output_dir {killed_dir} already holds a run (its last committed "
