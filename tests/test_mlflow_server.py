@@ -127,7 +127,7 @@ def test_team_training_over_the_server_from_http_shards(server, synthetic_shards
             timeout=600,
         )
         assert train.returncode == 0, train.stderr[-3000:]
-        assert "(64 clips)" in train.stderr  # eval over 2 ranks saw each val clip once
+        assert "(64 videos)" in train.stderr  # eval over 2 ranks saw each val video once
         evaluate = subprocess.run(
             [sys.executable, str(REPO / "launch" / "evaluate.py"), "--model"]
             + ["models:/team_tiny@champion", "--config", str(path), "--out", "m.json"],

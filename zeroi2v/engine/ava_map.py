@@ -32,6 +32,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ class MapResult:
     mean_ap: float
     per_class: dict[int, float]  # class id → AP (NaN: no ground truth of that class)
     count: int = 0  # keyframes evaluated
+    counted: ClassVar[str] = "keyframes"  # what `count` counts, for the log line
 
     @property
     def score(self) -> float:

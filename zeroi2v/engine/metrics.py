@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ class EvalResult:
     top5: float
     count: int
     confusion: torch.Tensor  # (K, K) counts, rows = true class, columns = predicted
+    counted: ClassVar[str] = "videos"  # what `count` counts, for the log line
 
     @property
     def score(self) -> float:

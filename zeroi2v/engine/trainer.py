@@ -342,7 +342,7 @@ def _evaluate(run: _Run) -> Any:
     if rank0:
         metrics = result.as_metrics()
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        log.info("step %d: %s (%d clips)", step, shown, result.count)
+        log.info("step %d: %s (%d %s)", step, shown, result.count, result.counted)
         run.records.metric({"step": step, **metrics})
         if run.tracker is not None:
             run.tracker.log_metrics(metrics, step)
