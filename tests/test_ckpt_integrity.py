@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from engine_helpers import (
     become_rank,
+    end_rank,
     free_port,
     losses,
     run_train,
@@ -109,6 +110,7 @@ def _worker(rank: int, world: int, port: int, root: Path, raws: dict[str, dict])
             trainer.train(config.from_dict(raws[name]), resume=True)
         if rank == 0:
             (root / "notes.json").write_text(json.dumps(notes))
+    end_rank()
 
 
 def _run_damage_kinds(shards: Path, root: Path, world: int, ds: dict) -> None:

@@ -18,7 +18,7 @@ import re
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import TINY_ENGINE_OVERRIDES, clean_env, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, clean_env, end_rank, free_port
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from zeroi2v import build_model, merge
@@ -214,6 +214,7 @@ def _engine_worker(rank: int, port: int, result_file: str) -> None:
         torch._dynamo.reset()
     with open(result_file, "w") as handle:
         json.dump(results, handle)
+    end_rank()
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from engine_helpers import (
     assert_continues,
     become_rank,
     clean_env,
+    end_rank,
     free_port,
     losses,
     run_train,
@@ -136,6 +137,7 @@ def _two_process_worker(rank: int, port: int, raw_full: dict, raw_resumed: dict)
             (resumed / "latest").write_text("step3")
         dist.barrier()
         trainer.train(config.from_dict(raw_resumed), resume=True)
+    end_rank()
 
 
 def test_two_process_zero3_resume_matches_uninterrupted_run(synthetic_shards, tmp_path):
@@ -186,6 +188,7 @@ def _train_all(rank: int, port: int, raws: list[dict]) -> None:
     with parallel.process_group():  # shared by the runs: `train` leaves only a group it made
         for raw in raws:
             trainer.train(config.from_dict(raw))
+    end_rank()
 
 
 @pytest.mark.slow

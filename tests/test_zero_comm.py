@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, end_rank, free_port
 
 from zeroi2v.engine import zero_comm
 
@@ -104,6 +104,7 @@ def _rank(rank: int, port: int, out: str) -> None:
         engine.destroy()
     with open(f"{out}.{rank}", "w") as handle:
         json.dump(result, handle)
+    end_rank()
 
 
 def test_two_rank_zero1_bf16_holds_only_trainable_state_and_keeps_the_losses(tmp_path):
