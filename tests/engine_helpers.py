@@ -123,8 +123,9 @@ def end_rank() -> NoReturn:
     that thread with pthread_exit, whose unwinding meets a noexcept destructor: SIGABRT,
     "terminate called without an active exception" (core: ProcessGroupGloo::runLoop →
     ~AsyncAllreduceWork → TensorImpl::decref_pyobject → gil_scoped_acquire → take_gil →
-    PyThread_exit_thread → std::terminate). A rare race on a loaded machine; multiprocessing
-    ends its fork children with os._exit for such reasons, these spawn children do it here.
+    PyThread_exit_thread → std::terminate; pytorch/pytorch#117762, fixed by Python 3.14's
+    python/cpython#105805). A rare race on a loaded machine; multiprocessing ends its fork
+    children with os._exit, these spawn children do it here.
     """
     import torch.distributed as dist
 
