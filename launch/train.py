@@ -73,4 +73,6 @@ if __name__ == "__main__":
     try:
         redact.run_cli(main)
     except SystemExit as end:
+        if "torch" not in sys.modules:  # --help, a config error: no thread to race with
+            raise
         _exit_without_teardown(end.code)
