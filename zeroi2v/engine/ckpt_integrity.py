@@ -82,7 +82,7 @@ def prune(directory: Path, keep: int) -> list[str]:
     """Keep the `keep` newest committed checkpoints (at or before ``latest``); delete every
     checkpoint folder older than the oldest kept one. Returns the deleted tags."""
     tags = _tags_newest_first(Path(directory))
-    committed = [t for t in tags if (Path(directory) / t / MANIFEST).is_file()]
+    committed = _committed(Path(directory), tags)
     if len(committed) <= keep:
         return []
     oldest_kept = _step(committed[keep - 1])
@@ -100,6 +100,11 @@ def _tags_newest_first(directory: Path) -> list[str]:
         _step(p.name) for p in directory.glob("step*") if p.is_dir() and _step(p.name) is not None
     ]
     return [tag_for(s) for s in sorted(steps, reverse=True) if limit is None or s <= limit]
+
+
+def _committed(directory: Path, tags: list[str]) -> list[str]:
+    """The `tags` whose save finished (its manifest is written), in their order."""
+    return [t for t in tags if (directory / t / MANIFEST).is_file()]
 
 
 def problem(folder: Path, share: tuple[int, int] = (0, 1)) -> str | None:
@@ -201,8 +206,7 @@ def last_committed(directory: Path) -> str | None:
     with its manifest: what `--resume` would consider), or None: only such a folder holds a
     run that a fresh start must not overwrite; an uncommitted save's leftovers do not."""
     directory = Path(directory)
-    tags = _tags_newest_first(directory)
-    return next((t for t in tags if (directory / t / MANIFEST).is_file()), None)
+    return next(iter(_committed(directory, _tags_newest_first(directory))), None)
 
 
 def job_last_committed(directory: Path, rank: int, world_size: int) -> str | None:
