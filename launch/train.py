@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from typing import NoReturn
 
 from zeroi2v import logs, redact
 from zeroi2v.config import load, to_dict
@@ -50,29 +47,12 @@ def main(argv: list[str] | None = None):
     return train(cfg, resume=args.resume)
 
 
-def _exit_without_teardown(status: int | str | None) -> NoReturn:
-    """Exit as `sys.exit(status)` would, but without Python's interpreter teardown.
-
-    Why: gloo's worker threads outlive the process group (DeepSpeed's engines and parameters
-    keep references to it). One that drops a finished collective's tensor takes the GIL; if
-    the interpreter is finalizing by then, Python 3.11 kills that thread with pthread_exit and
-    the unwinding hits a noexcept destructor: SIGABRT after a run that succeeded
-    (pytorch/pytorch#117762; reproduced and explained in tests/engine_helpers.end_rank). The
-    run's own state is already safe here: checkpoints committed, the MLflow run ended, so only
-    the streams need flushing.
-    """
-    if isinstance(status, str):  # run_cli's one-sentence error
-        print(status, file=sys.stderr)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1 if isinstance(status, str) else status or 0)
-
-
 if __name__ == "__main__":
     try:
         redact.run_cli(main)
     except SystemExit as end:
         if "torch" not in sys.modules:  # --help, a config error: no thread to race with
             raise
-        _exit_without_teardown(end.code)
+        from zeroi2v.engine.process_exit import exit_without_teardown
+
+        exit_without_teardown(end.code)  # gloo's threads vs. finalization: see that module

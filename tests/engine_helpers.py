@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import pytest
 
 from zeroi2v import config
+from zeroi2v.engine.process_exit import exit_without_teardown
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "launch" / "train.py"
@@ -113,27 +114,13 @@ def become_rank(rank: int, world: int, port: int) -> None:
 
 
 def end_rank() -> NoReturn:
-    """An mp.spawn rank's last call: wait for every rank, then exit without Python's teardown.
-
-    Why: gloo's worker threads outlive `destroy_process_group` (torch's, or DeepSpeed's that
-    `parallel.process_group` calls) while anything still holds a group: the parity test's
-    ranks keep 4 after it, held by ZeRO-3 engines and their parameters'
-    `ds_process_group`. A worker thread that drops a finished collective's reference to a
-    Python tensor takes the GIL; if the interpreter began finalizing meanwhile, Python 3.11 ends
-    that thread with pthread_exit, whose unwinding meets a noexcept destructor: SIGABRT,
-    "terminate called without an active exception" (core: ProcessGroupGloo::runLoop →
-    ~AsyncAllreduceWork → TensorImpl::decref_pyobject → gil_scoped_acquire → take_gil →
-    PyThread_exit_thread → std::terminate; pytorch/pytorch#117762, fixed by Python 3.14's
-    python/cpython#105805). A rare race on a loaded machine; multiprocessing ends its fork
-    children with os._exit, these spawn children do it here.
-    """
+    """An mp.spawn rank's last call: wait for every rank, then exit without Python's teardown
+    (`zeroi2v.engine.process_exit` says why: a rare SIGABRT at exit otherwise)."""
     import torch.distributed as dist
 
     if dist.is_initialized():  # `parallel.process_group()` has had its barrier already
         dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown(0)
 
 
 def train_cmd(config_path: Path, *args: str, processes: int = 1) -> list[str]:
