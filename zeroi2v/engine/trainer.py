@@ -120,8 +120,10 @@ def train(
     `resume_from` resumes from that checkpoint folder (a Ray Train checkpoint that every rank
     reads in place) instead of `train.output_dir/checkpoints`, where new checkpoints still go.
     `on_epoch(epoch, val_metrics, checkpoint)` runs on every rank after every evaluation,
-    once a checkpoint of that point is saved; `checkpoint` is that save's tag folder
-    (`checkpoints/stepN`), named here because another rank's `latest` file may not be
+    once a checkpoint of that point is saved; the last epoch's only after the merge (on rank 0,
+    once ``merged.pt`` is written): Ray Tune stops a trial as soon as it reports its last
+    epoch, ending its processes, so nothing may be left to do then. `checkpoint` is that save's
+    tag folder (`checkpoints/stepN`), named here because another rank's `latest` file may not be
     written yet, or not be on this node's disk at all (Ray Tune and Ray Train report and
     checkpoint through it; Ray Train needs every worker to report); `mlflow_parent_run_id`
     nests this run under a search's run.
@@ -210,14 +212,17 @@ def _train(
                 result = _evaluate(run)
                 if client["best_top1"] is None or result.score > client["best_top1"]:
                     client["best_top1"] = result.score  # mAP for detection
-                if on_epoch is not None:
+                if on_epoch is not None and epoch + 1 < cfg.train.epochs:
                     saved = ckpts.ensure(client["global_step"])
                     on_epoch(epoch + 1, result.as_metrics(), saved)
         bar.close()
-        ckpts.ensure(client["global_step"])
+        saved = ckpts.ensure(client["global_step"])
+        report_last = on_epoch is not None and result is not None  # this call ran the last epoch
         if result is None:  # resumed after the final eval was already done
             result = _evaluate(run)
     model_uri = release.release_trained(engine, cfg, tracker, result.score)
+    if report_last:  # after the merge: Tune ends a trial at its last report, killing the merge
+        on_epoch(cfg.train.epochs, result.as_metrics(), saved)
     out = Path(cfg.train.output_dir)
     return TrainResult(
         client["global_step"], model_uri=model_uri, output_dir=out, **task.result_fields(result)
