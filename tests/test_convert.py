@@ -8,6 +8,9 @@ description, at small sizes; a random state dict in that layout is the "checkpoi
 from __future__ import annotations
 
 import datetime
+import pickle
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -198,3 +201,79 @@ def test_a_file_that_is_no_official_checkpoint_is_one_sentence(tmp_path):
     torch.save({"state_dict": {}, "meta": {"when": datetime.date(2024, 1, 1)}}, tmp_path / "d.pth")
     with pytest.raises(ConfigError, match="it holds datetime.date, which torch.load"):
         read_official(tmp_path / "d.pth")
+
+
+class _NumpyOnePickler(pickle._Pickler):
+    """Names numpy's functions as numpy 1 did (``numpy.core.multiarray``), as the released
+    checkpoints, written before numpy 2, do."""
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "")
+        if not module.startswith("numpy._core"):
+            return super().save_global(obj, name)
+        old = module.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{old}\n{obj.__name__}\n".encode())
+        self.memoize(obj)
+
+
+def _save_mmengine_training_checkpoint(path, state, monkeypatch) -> None:
+    """What mmengine's CheckpointHook saves, as numpy 1 wrote it: the state dict, `meta`, an
+    optimizer and the `message_hub`, whose logged scalars are `HistoryBuffer`s of numpy arrays.
+    mmengine is not installed: a stand-in module is there while the file is written only."""
+
+    class HistoryBuffer:
+        def __init__(self, values):
+            self._log_history = np.array(values)
+            self._count_history = np.ones(len(values), dtype=np.int64)
+            self.max_length = 1000000
+
+    module = "mmengine.logging.history_buffer"
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = module, "HistoryBuffer"
+    checkpoint = {
+        "meta": {"epoch": 30, "iter": 1234, "seed": 0, "mmengine_version": "0.10.3"},
+        "state_dict": state,
+        "message_hub": {
+            "log_scalars": {"train/loss": HistoryBuffer([0.9, 0.8])},
+            "runtime_info": {"epoch": 30, "best_score": np.float64(0.73)},
+        },
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
+    }
+    with monkeypatch.context() as patch:
+        for name in ("mmengine", "mmengine.logging", module):
+            patch.setitem(sys.modules, name, types.ModuleType(name))
+        patch.setattr(sys.modules[module], "HistoryBuffer", HistoryBuffer, raising=False)
+        numpy_1 = types.ModuleType("numpy_1_pickle")
+        numpy_1.Pickler = _NumpyOnePickler
+        torch.save(checkpoint, path, pickle_module=numpy_1)
+
+
+def test_an_mmengine_training_checkpoint_from_numpy_1_is_read(tmp_path, monkeypatch, caplog):
+    """The released files are mmengine training checkpoints written under numpy 1: the
+    mmengine objects are read as inert stand-ins (mmengine is neither imported nor needed),
+    the numpy ones under their old names, and the state dict comes back exactly."""
+    from zeroi2v.models.convert import read_official
+
+    state = _official_state(seed=4)
+    path = tmp_path / "best_acc_top1_epoch_30.pth"
+    _save_mmengine_training_checkpoint(path, state, monkeypatch)
+    raw = path.read_bytes()
+    assert b"numpy.core.multiarray\n_reconstruct" in raw and b"mmengine.logging" in raw
+    assert "mmengine" not in sys.modules
+    with caplog.at_level("INFO", logger="zeroi2v.models.convert"):
+        read = read_official(path)
+    assert "mmengine" not in sys.modules
+    assert "holds mmengine.logging.history_buffer.HistoryBuffer, read as inert" in caplog.text
+    assert read.keys() == state.keys()
+    assert all(torch.equal(read[key], value) for key, value in state.items())
+
+
+def test_an_official_state_dict_entry_that_is_no_tensor_is_refused(tmp_path):
+    """Anything but a tensor where a weight should be (a stand-in, a string) is one sentence
+    naming the entry."""
+    from zeroi2v.models.convert import read_official
+
+    torch.save(
+        {"state_dict": {"backbone.x": torch.zeros(1), "backbone.y": "text"}}, tmp_path / "s.pth"
+    )
+    with pytest.raises(ConfigError, match=r"entries that are not tensors: \['backbone.y'\]"):
+        read_official(tmp_path / "s.pth")

@@ -23,6 +23,7 @@ runs with our `model.head_offsets`; the attention computes the same function.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,8 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
 
 # Our config for an official checkpoint: its recipe where it differs from ours.
 OFFICIAL_RECIPE = {
@@ -169,23 +172,60 @@ def convert_state_dict(
     return state
 
 
+# Packages whose objects an mmaction training checkpoint keeps beside the weights: mmengine's
+# CheckpointHook saves the `message_hub`, whose logged scalars are mmengine `HistoryBuffer`s.
+OPENMMLAB_PACKAGES = ("mmengine.", "mmcv.", "mmaction.")
+
+
+class OpenMMLabStandIn:
+    """What an object of an OpenMMLab class in a checkpoint's bookkeeping (``meta``,
+    ``message_hub``) is read as: only the state dict is used, and unpickling the real class
+    would mean importing, and trusting, that package. It keeps what it is given and runs
+    nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
 def _numpy_globals() -> list[Any]:
     """numpy arrays, scalars and dtypes, which mmaction's `meta` may hold beside the tensors
-    (e.g. a best score): they rebuild values from bytes and call no other code."""
+    (e.g. a best score): they rebuild values from bytes and call no other code. Files written
+    under numpy 1 (the released ones) name two of them ``numpy.core.multiarray.*``."""
     import numpy as np
 
     dtypes = [getattr(np.dtypes, name) for name in np.dtypes.__all__]
     multiarray = np._core.multiarray
-    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+    numpy_1 = [
+        (f, f"numpy.core.multiarray.{f.__name__}")
+        for f in (multiarray.scalar, multiarray._reconstruct)
+    ]
+    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes, *numpy_1]
+
+
+def _openmmlab_stand_ins(path: Path) -> list[tuple[type, str]]:
+    """`OpenMMLabStandIn` under the name of every OpenMMLab class the file names; none where
+    the file is no `torch.save` zip (the load then says what it is)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError):
+        return []
+    names = sorted(n for n in set(names) if n.startswith(OPENMMLAB_PACKAGES))
+    if names:
+        log.info("%s: its bookkeeping holds %s, read as inert stand-ins", path, ", ".join(names))
+    return [(OpenMMLabStandIn, name) for name in names]
 
 
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of an mmaction checkpoint file (``{"state_dict": …, "meta": …}``)."""
+    """The state dict of an mmaction checkpoint file (``{"state_dict": …, "meta": …}``, and
+    what mmengine's training saved beside them: optimizer, schedulers, ``message_hub``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_numpy_globals() + _openmmlab_stand_ins(path)):
             saved = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
@@ -197,7 +237,14 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"official checkpoint {path} cannot be read: {reason}") from None
     if not isinstance(saved, Mapping):
         raise ConfigError(f"official checkpoint {path} holds a {type(saved).__name__}, not a dict")
-    return saved.get("state_dict", saved)
+    state = saved.get("state_dict", saved)
+    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise ConfigError(
+            f"official checkpoint {path}: its state dict holds entries that are not tensors: "
+            f"{not_tensors[:5]}"
+        )
+    return state
 
 
 def load_official(
