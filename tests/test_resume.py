@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -224,3 +225,31 @@ def test_two_process_checkpoints_resume_on_one_process_for_zero_0_and_3(syntheti
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (one / "checkpoints" / "universal").exists() == (stage > 0)
         assert_continues(two, one, range(4, 9))
+
+
+def test_metrics_jsonl_holds_one_run_and_an_attempt_without_checkpoint_is_kept(tmp_path, caplog):
+    """A fresh run sets aside the lines of an earlier attempt (one that crashed before its
+    first checkpoint, the only kind a fresh run may start over) as metrics.attemptN.jsonl,
+    saying so; a resume cuts the file back to the size its checkpoint recorded."""
+    from zeroi2v.engine import parallel, run_log
+
+    cfg = config.from_dict({"train": {"output_dir": str(tmp_path)}})
+    rank0 = parallel.DistInfo(rank=0, world_size=1, local_rank=0)
+    path = tmp_path / "metrics.jsonl"
+
+    def write(committed_bytes: int | None, record: dict) -> None:
+        with contextlib.closing(run_log.RunLog(cfg, rank0, committed_bytes)) as records:
+            records.metric(record)
+
+    for attempt in (1, 2):
+        path.write_text(json.dumps({"attempt": attempt}) + "\n")
+        with caplog.at_level("WARNING", logger="zeroi2v.engine.run_log"):
+            write(None, {"step": 0})
+        assert path.read_text() == '{"step": 0}\n'
+        kept = tmp_path / f"metrics.attempt{attempt}.jsonl"
+        assert kept.read_text() == json.dumps({"attempt": attempt}) + "\n"
+        assert f"kept as {kept.name}" in caplog.text
+    committed = path.stat().st_size  # a checkpoint here, then a step logged before a crash
+    write(committed, {"step": 1})
+    write(committed, {"step": 1, "again": True})  # the resume
+    assert path.read_text() == '{"step": 0}\n{"step": 1, "again": true}\n'

@@ -4,14 +4,17 @@ which samples each rank played (``sample_keys/rank{R}.jsonl``).
 Every line is flushed as it is written, so a crash loses at most the line in progress. The two
 files differ on resume, for their readers' sake: metrics.jsonl is cut back to the size the
 checkpoint recorded (``metrics_bytes``), so that the steps between that checkpoint and the
-crash are not recorded twice; the sample-key files are appended across launches, each launch
-first writing who this rank is, because they are read to prove which samples were seen,
-replays included.
+crash are not recorded twice, and a fresh run sets aside the lines of an earlier attempt that
+crashed before its first checkpoint (``metrics.attemptN.jsonl``), so that metrics.jsonl is one
+run's from step 0 and nothing is lost; the sample-key files are appended across launches,
+each launch first writing who this rank is, because they are read to prove which samples were
+seen, replays included.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -26,6 +29,8 @@ from zeroi2v.engine import parallel
 
 METRICS_FILE = "metrics.jsonl"
 
+log = logging.getLogger(__name__)
+
 
 def metrics_path(cfg: Config) -> Path:
     return Path(cfg.train.output_dir) / METRICS_FILE
@@ -35,7 +40,8 @@ class RunLog:
     """This rank's open record files; writing to one this rank does not keep does nothing."""
 
     def __init__(self, cfg: Config, info: parallel.DistInfo, committed_bytes: int | None) -> None:
-        """`committed_bytes`: metrics.jsonl's size when the resumed checkpoint was saved."""
+        """`committed_bytes`: metrics.jsonl's size when the resumed checkpoint was saved;
+        None for a fresh run."""
         self._metrics = (
             _open_metrics(metrics_path(cfg), committed_bytes) if info.rank == 0 else None
         )
@@ -81,9 +87,25 @@ class Throughput:
 
 
 def _open_metrics(path: Path, committed_bytes: int | None) -> IO[str]:
-    if committed_bytes is not None and path.is_file() and path.stat().st_size > committed_bytes:
+    if committed_bytes is None and path.is_file():  # only an attempt without a checkpoint
+        kept = _set_aside(path)
+        log.warning(
+            "%s holds an earlier attempt's records (it saved no checkpoint); kept as %s, "
+            "this run starts a new %s",
+            *(path, kept.name, path.name),
+        )
+    elif committed_bytes is not None and path.is_file() and path.stat().st_size > committed_bytes:
         os.truncate(path, committed_bytes)
     return path.open("a")
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename `path` (``metrics.jsonl``) to the first free ``metrics.attemptN.jsonl``."""
+    attempt = 1
+    while (kept := path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")).exists():
+        attempt += 1
+    path.rename(kept)
+    return kept
 
 
 def _open_sample_keys(cfg: Config, info: parallel.DistInfo) -> IO[str]:
