@@ -30,6 +30,13 @@ SWIN_OFFSETS = [[[1, 1], [0, 1]], [[1, 1], [-1, 1], [0, 2]]]  # per stage (2 and
 SWIN_SPATIAL = [[[0, 2]], [[0, 4]]]
 
 
+@pytest.fixture(autouse=True)
+def _no_cache_warning(recwarn):
+    """Compiling our models gives no dynamo warning about tracing through an lru_cache."""
+    yield
+    assert not [w for w in recwarn if "lru_cache" in str(w.message)]
+
+
 def _cfg(backbone: str, temporal_op: str = "stdha", strategy: str = "zeroi2v", offsets=None):
     model = {"backbone": backbone, "image_size": 32, "num_frames": 4, "num_classes": 5}
     model.update(temporal_op=temporal_op)

@@ -174,7 +174,9 @@ def shift_kv(
     offsets = tuple(int(dt) for dt in offsets)
     if len(offsets) != num_heads:
         raise ValueError(f"got {len(offsets)} head offsets for a tensor with {num_heads} heads")
-    runs = tuple(run for run in _head_runs(offsets) if abs(run[2]) < num_frames)
+    # Compiling, dynamo traces through the cache anyway, and warns of it unless called plainly.
+    head_runs = _head_runs.__wrapped__ if torch.compiler.is_compiling() else _head_runs
+    runs = tuple(run for run in head_runs(offsets) if abs(run[2]) < num_frames)
     if not runs:  # all spatial, one frame, or every Δt out of range (own frame everywhere)
         return x
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
