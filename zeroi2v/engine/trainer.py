@@ -156,7 +156,7 @@ def train(
             return _train(cfg, info, ds_config, tracker, client, resumed, on_epoch)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Run:
     """What the parts of the loop share, built once by `_train`."""
 
@@ -193,9 +193,18 @@ def _train(
     ckpts = train_state.Checkpoints(engine, cfg, client, info.rank, resumed)
     task = tasks.task_for(cfg)  # classification or detection: loss, batches, evaluation
     with contextlib.closing(run_log.RunLog(cfg, info, client.get("metrics_bytes"))) as records:
-        device = parallel.device()
         run = _Run(
-            cfg, info, ds_config, per_epoch, engine, task, tracker, client, records, ckpts, device
+            cfg=cfg,
+            info=info,
+            ds_config=ds_config,
+            steps_per_epoch=per_epoch,
+            engine=engine,
+            task=task,
+            tracker=tracker,
+            client=client,
+            records=records,
+            ckpts=ckpts,
+            device=parallel.device(),
         )
         result = None
         bar = logs.progress(
