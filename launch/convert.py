@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from zeroi2v import logs
-from zeroi2v.config import ConfigError, apply_overrides, from_dict
+from zeroi2v.config import ConfigError, apply_overrides, from_dict, parse_args_with_overrides
 from zeroi2v.redact import run_cli
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--evaluate", action="store_true", help="top-1/top-5 on data.val_shards")
     parser.add_argument("--register", action="store_true", help="log + register in MLflow")
     parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
-    args, dashed = parser.parse_known_args(argv)
+    args, overrides = parse_args_with_overrides(parser, argv)
     if not args.config.is_file():
         raise ConfigError(f"config file not found: {args.config}")
     import torch
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     raw = json.loads(args.config.read_text())
     raw = apply_overrides(raw, {**OFFICIAL_RECIPE, "adapt.adapter_scale": args.adapter_scale})
-    cfg = from_dict(raw, [*args.overrides, *dashed])
+    cfg = from_dict(raw, overrides)
     official = read_official(args.checkpoint)
     width = official["backbone.class_embedding"].numel()
     heads = BACKBONES[cfg.model.backbone].heads[0]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from zeroi2v import logs
@@ -25,7 +24,7 @@ from zeroi2v.config import (
     apply_overrides,
     from_dict,
     load,
-    split_overrides,
+    parse_args_with_overrides,
     to_dict,
 )
 from zeroi2v.redact import run_cli
@@ -81,9 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("overrides", nargs="*", help="section.key=value (applied last)")
-    argv, dotted = split_overrides(sys.argv[1:] if argv is None else argv)
-    args, dashed = parser.parse_known_args(argv)
-    overrides = [*dotted, *args.overrides, *dashed]
+    args, overrides = parse_args_with_overrides(parser, argv)
     locals_ = [load(path, overrides) for path in args.config] or [None]
     models = args.model or [f"models:/{c.tracking.model_name}@champion" for c in locals_ if c]
     if not models:

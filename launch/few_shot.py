@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from zeroi2v import logs
-from zeroi2v.config import ConfigError, load, split_overrides
+from zeroi2v.config import ConfigError, load, parse_args_with_overrides
 from zeroi2v.redact import run_cli
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     parser.add_argument("--workdir", type=Path, default=Path("runs/few_shot"))
     parser.add_argument("--launcher", default="", help='e.g. "deepspeed --num_gpus 8"')
     parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
-    argv, dotted = split_overrides(sys.argv[1:] if argv is None else argv)
-    args, dashed = parser.parse_known_args(argv)
-    overrides = [*dotted, *args.overrides, *dashed]
+    args, overrides = parse_args_with_overrides(parser, argv)
     cfg = load(args.config, overrides)
     source = args.source or Path(cfg.data.train_shards).parent
     if not (source / "manifest.json").is_file():

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from zeroi2v import logs
-from zeroi2v.config import load
+from zeroi2v.config import load, parse_args_with_overrides
 from zeroi2v.redact import run_cli
 
 
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--register", action="store_true", help="log the merged model to MLflow and register it"
     )
     parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
-    args, dashed = parser.parse_known_args(argv)
-    cfg = load(args.config, [*args.overrides, *dashed])
+    args, overrides = parse_args_with_overrides(parser, argv)
+    cfg = load(args.config, overrides)
     from zeroi2v.engine.parallel import select_accelerator
 
     select_accelerator()

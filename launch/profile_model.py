@@ -13,7 +13,7 @@ import argparse
 import json
 
 from zeroi2v import logs
-from zeroi2v.config import load
+from zeroi2v.config import load, parse_args_with_overrides
 from zeroi2v.redact import run_cli
 
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="--latency: leave the unmerged model out (one model less to compile)",
     )
-    args, dashed = parser.parse_known_args(argv)  # `--section.key=value` overrides land in `dashed`
-    cfg = load(args.config, [*args.overrides, *dashed])
+    args, overrides = parse_args_with_overrides(parser, argv)
+    cfg = load(args.config, overrides)
     from zeroi2v.models.profile import profile  # torch: only once work starts
 
     result = profile(cfg, merged=args.merged)

@@ -14,7 +14,7 @@ import json
 import sys
 
 from zeroi2v import logs, redact
-from zeroi2v.config import load, to_dict
+from zeroi2v.config import load, parse_args_with_overrides, to_dict
 
 
 def main(argv: list[str] | None = None):
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None):
     )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
-    args, dashed = parser.parse_known_args(argv)
-    cfg = load(args.config, [*args.overrides, *dashed])
+    args, overrides = parse_args_with_overrides(parser, argv)
+    cfg = load(args.config, overrides)
     if args.print_config:
         print(json.dumps(redact.mask_config(to_dict(cfg)), indent=2))
         return None

@@ -115,3 +115,19 @@ def test_offsets_per_block_list_must_match_depth():
     assert per_block == [[1, 0, 0, 0], [-1, -1, 0, 0]]
     with pytest.raises(ConfigError, match="one per block \\(2\\) or one per stage \\(1\\)"):
         offsets.offsets_per_block([[[0, 4]]] * 3, tiny, frames=4)
+
+
+def test_overrides_come_from_anywhere_on_the_line_in_their_order():
+    """Every launch script parses its line so: the dotted overrides, in line order (a later one
+    wins), also right after an option of several values; then what argparse leaves over."""
+    import argparse
+
+    from zeroi2v.config import parse_args_with_overrides
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("overrides", nargs="*")
+    line = ["typo=1", "--seeds", "0", "1", "--optim.lr=1", "train.epochs=2", "--unknown"]
+    args, overrides = parse_args_with_overrides(parser, [*line, "optim.lr=2"])
+    assert args.seeds == [0, 1]
+    assert overrides == ["--optim.lr=1", "train.epochs=2", "optim.lr=2", "typo=1", "--unknown"]

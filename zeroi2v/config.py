@@ -8,8 +8,10 @@ list the valid ones: a misspelled key must never be silently ignored.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -300,12 +302,21 @@ def _override_pairs(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[
 _OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.\w+)+=")
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the other arguments, the dotted overrides), in their order. A launch script takes the
-    overrides out before argparse sees the line, so that one may follow an option with several
-    values (`--seeds 0 1 2 train.epochs=1`), which argparse would give the option instead."""
-    rest = [item for item in argv if not _OVERRIDE.match(item)]
-    return rest, [item for item in argv if _OVERRIDE.match(item)]
+def parse_args_with_overrides(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> tuple[argparse.Namespace, list[str]]:
+    """A launch script's arguments, and its overrides (`section.key=value`,
+    `--section.key=value`) from anywhere on the line, in their order.
+
+    The overrides are taken out before argparse sees the line, so that one may follow an option
+    with several values (`--seeds 0 1 2 train.epochs=1`), which argparse would give the option
+    instead. What argparse leaves over (the parser's `overrides` positional, unknown options)
+    follows them, for `load` to name in its error.
+    """
+    line = sys.argv[1:] if argv is None else argv
+    dotted = [item for item in line if _OVERRIDE.match(item)]
+    args, unknown = parser.parse_known_args([item for item in line if not _OVERRIDE.match(item)])
+    return args, [*dotted, *args.overrides, *unknown]
 
 
 def apply_overrides(
