@@ -14,6 +14,9 @@
 #                 (bench/stdha.py)
 #   eager         Table 9 eager: latency of one video, throughput at the largest  150 (~60)
 #                 batch ≤ 64 (launch/profile_model.py --latency)
+#   at-size       the paper configs at full size, one GPU, bf16, the config's   300 (~200)
+#                 micro-batch, ZeRO 1: steps, kill + resume, merge, register,
+#                 GPU peak memory (bench/at_size.py; CUDA only: on CPU run it alone)
 #   compiled      Table 9 compiled (CUDA graphs), batch 1, plain and merged       240 (~150)
 #   step-bf16     train step plain vs DeepSpeed (ZeRO 1 as configured and with    180 (~100)
 #                 DeepSpeed's own bucket/overlap/overflow defaults), bf16, batch
@@ -231,6 +234,10 @@ if (( $? != 0 )) && [[ "$DEVICE" == cuda ]]; then
 fi
 section stdha 120 text "$PY" bench/stdha.py --device "$DEVICE" "${STDHA_ARGS[@]}"
 section eager 150 text "$PY" "${TABLE9[@]}" --max-batch "$BATCH_MAX"
+if [[ "$DEVICE" == cuda ]]; then  # ViT-B/16 first; the rows of the configs that finish
+  section at-size 300 text "$PY" bench/at_size.py --procs 1 --bf16 --micro-batch 8 --zero 1 \
+    --no-serve --configs k400_b16_8f,k400_l14_32f,ssv2_swinb_32f,ava_b16_8f
+fi
 section compiled 240 text "$PY" "${TABLE9[@]}" --compile --no-unmerged --max-batch 1
 section step-bf16 180 md "$PY" "${STEP[@]}" --precisions bf16 --batches "$BATCHES_BF16"
 section memory-l14 120 md "$PY" "${STEP[@]}" --memory-only \

@@ -1,6 +1,6 @@
 """AVA action detection: `data_prep shard --source ava`, the RoI-head detector and its training.
 
-The data is a tiny AVA-like set made here (`tests/ava_synthetic.py`) in the official formats.
+The data is a tiny AVA-like set made here (`data_prep/synthetic_ava.py`) in the official formats.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from data_prep.__main__ import EXIT_SKIPPED
 from data_prep.__main__ import main as data_prep
 from data_prep.inspect import LABEL_HEIGHT, contact_sheet, count
 from data_prep.shard_writer import KILL_HOOK
+from data_prep.synthetic_ava import LABEL_MAP, START, shard_args, write_set
 from launch.evaluate import main as evaluate
-from tests.ava_synthetic import LABEL_MAP, START, write_set
 from tests.engine_helpers import run_train, tiny_raw, write_config
 from zeroi2v import build_model, merge
 from zeroi2v.config import from_dict
@@ -36,25 +36,8 @@ from zeroi2v.engine.ava_map import GroundTruth, frame_map
 TRAIN_VIDEOS, VAL_VIDEOS, KEYFRAMES = 16, 6, 3
 
 
-def _shard_args(paths: dict[str, Path], out: Path, split: str) -> list[str]:
-    return [
-        "shard",
-        "--source=ava",
-        f"--root={paths['annotations'].parent / 'videos'}",
-        f"--annotations={paths['annotations']}",
-        f"--label-map={paths['label_map']}",
-        f"--proposals={paths['proposals']}",
-        f"--excluded={paths['excluded']}",
-        f"--video-start={START}",
-        "--clip-seconds=1.0",
-        f"--out={out}",
-        f"--split={split}",
-        "--shard-size=10",
-    ]
-
-
 def _shard(paths: dict[str, Path], out: Path, split: str, *extra: str) -> int:
-    return data_prep([*_shard_args(paths, out, split), *extra])
+    return data_prep([*shard_args(paths, out, split), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +206,7 @@ def test_two_processes_shard_the_same_inputs_to_the_same_bytes(tmp_path):
     paths = write_set(tmp_path, 4, 3, seed=7, prefix="d")
     for run, hash_seed, perturb in (("a", "1", "0"), ("b", "2", "165")):
         env = {"PYTHONHASHSEED": hash_seed, "MALLOC_PERTURB_": perturb}
-        done = _shard_process(_shard_args(paths, tmp_path / run, "val"), env)
+        done = _shard_process(shard_args(paths, tmp_path / run, "val"), env)
         assert done.returncode == 0, done.stderr
     tars = sorted(p.name for p in (tmp_path / "a").glob("val-*.tar"))
     assert tars == ["val-000000.tar", "val-000001.tar"]

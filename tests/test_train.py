@@ -251,6 +251,18 @@ def test_broken_batch_identity_names_the_fields(synthetic_shards, tmp_path, monk
         _main(["--config", str(path)])
 
 
+def test_a_head_that_does_not_fit_the_classes_fails_before_training(synthetic_shards, tmp_path):
+    """4 classes in the shards: 3 logits can't score them; 5 can, but the registered model
+    would name 5 classes (the registration failed at the end of the run, after training)."""
+    path = write_config(tmp_path / "c.json", tiny_raw(synthetic_shards, tmp_path / "run"))
+    register = ["tracking.enabled=true", "tracking.register_model=true"]
+    with pytest.raises(ConfigError, match=r"model.num_classes is 3, but .* lists 4 classes"):
+        _main(["--config", str(path), "model.num_classes=3", "tracking.enabled=false"])
+    with pytest.raises(ConfigError, match=r"set model.num_classes=4 \(or tracking.register"):
+        _main(["--config", str(path), "model.num_classes=5", *register])
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_shards_fail_before_training(synthetic_shards, tmp_path):
     raw = tiny_raw(synthetic_shards, tmp_path / "run")
     raw["data"]["train_shards"] = str(tmp_path / "nowhere" / "train-*.tar")

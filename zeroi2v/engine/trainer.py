@@ -96,9 +96,25 @@ def check_before_launch(cfg: Config, world_size: int) -> dict[str, Any]:
         expand_shards(pattern, field=f"data.{field}")  # names the field when nothing matches
         count_samples(pattern)  # needs manifest.json beside the shards
     steps_per_epoch(cfg, ds_config["train_batch_size"])
+    _check_classes(cfg)
     if cfg.tracking.enabled:  # a local artifact folder with a server: ConfigError
         tracking.artifact_location(cfg, tracking.tracking_uri(cfg))
     return ds_config
+
+
+def _check_classes(cfg: Config) -> None:
+    """The head must have a logit for every class of the shards, and, when the run registers
+    its model (which names every class), exactly one: found at the end, after hours of
+    training, the registration itself failed on it."""
+    classes = read_manifest(cfg.data.train_shards).get("classes") or []
+    heads, registers = cfg.model.num_classes, cfg.tracking.enabled and cfg.tracking.register_model
+    if len(classes) > heads or (registers and classes and len(classes) != heads):
+        shown = ", ".join(classes[:3]) + (", …" if len(classes) > 3 else "")
+        unless = "" if len(classes) > heads else " (or tracking.register_model=false)"
+        raise ConfigError(
+            f"model.num_classes is {heads}, but data.train_shards' manifest lists "
+            f"{len(classes)} classes ({shown}); set model.num_classes={len(classes)}{unless}"
+        )
 
 
 EpochHook = Callable[[int, dict[str, float], Path], None]

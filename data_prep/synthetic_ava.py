@@ -1,4 +1,4 @@
-"""A tiny AVA-like set made in the test: movies with two "people" and the official file formats.
+"""A tiny AVA-like set: movies with two "people" and the official file formats (tests, bench).
 
 Each person is a textured rectangle; its actions are what it does for the whole movie: it
 stands still (action 1) or walks back and forth (action 4), and a red person also "holds" (7).
@@ -96,3 +96,21 @@ def write_set(root: Path, videos: int, keyframes: int, seed: int, prefix: str) -
 def _write_csv(path: Path, rows: list[list]) -> None:
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(rows)
+
+
+def shard_args(paths: dict[str, Path], out: Path, split: str) -> list[str]:
+    """``python -m data_prep`` arguments that shard a set `write_set` wrote, as a user would."""
+    return [
+        "shard",
+        "--source=ava",
+        f"--root={paths['annotations'].parent / 'videos'}",
+        f"--annotations={paths['annotations']}",
+        f"--label-map={paths['label_map']}",
+        f"--proposals={paths['proposals']}",
+        f"--excluded={paths['excluded']}",
+        f"--video-start={START}",
+        "--clip-seconds=1.0",
+        f"--out={out}",
+        f"--split={split}",
+        "--shard-size=10",
+    ]
