@@ -5,6 +5,10 @@ python launch/profile_model.py --config configs/k400_b16_8f.json --latency [--re
     [--max-batch N] [--compile] [--no-unmerged]
   (--latency: also time plain / unmerged / merged models in one run, Table 9; see
   zeroi2v/use/efficiency.py; random weights, but real tensors: minutes on CPU for ViT-B)
+python launch/profile_model.py --config configs/k400_l14_32f.json --train-memory [--batch 8]
+  (--train-memory: peak accelerator memory of one training step at the config's micro-batch,
+  bf16, with its activation checkpointing; fake tensors, seconds on any machine; see
+  zeroi2v/engine/memory_estimate.py for what it leaves out)
 """
 
 from __future__ import annotations
@@ -53,11 +57,35 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="--latency: leave the unmerged model out (one model less to compile)",
     )
+    parser.add_argument(
+        "--train-memory",
+        action="store_true",
+        help="also project one training step's peak accelerator memory (bf16)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="--train-memory: clips per device (default deepspeed.train_micro_batch_size_per_gpu)",
+    )
     args, overrides = parse_args_with_overrides(parser, argv)
     cfg = load(args.config, overrides)
     from zeroi2v.models.profile import profile  # torch: only once work starts
 
     result = profile(cfg, merged=args.merged)
+    if args.train_memory:
+        from zeroi2v import build_model
+        from zeroi2v.engine.memory_estimate import training_step_memory
+
+        batch = args.batch or cfg.deepspeed["train_micro_batch_size_per_gpu"]
+        step = training_step_memory(build_model(cfg), cfg, batch)
+        result["train_memory_gib"] = {
+            "micro_batch": batch,
+            "peak": round(step.peak, 3),
+            "weights": round(step.weights, 3),
+            "optimizer": round(step.optimizer, 3),
+            "activations_and_gradients": round(step.activations, 3),
+        }
     print(json.dumps(result))
     if args.latency:
         from zeroi2v.use.efficiency import (

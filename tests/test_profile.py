@@ -118,3 +118,13 @@ def test_stdha_and_merge_add_no_flops(backbone: str) -> None:
     assert longer["macs_per_view"] - head_macs == 2 * (stdha["macs_per_view"] - head_macs)
     assert stdha["new_params_after_merge"] == 0
     assert unmerged["params_m"] > stdha["params_m"] == plain["params_m"]
+
+
+def test_train_memory_is_projected_in_the_same_line(capsys):
+    """ViT-L/14 at 32 frames and its micro-batch of 8, in seconds and no real memory."""
+    result = _run(capsys, "--config", str(CONFIGS / "k400_l14_32f.json"), "--train-memory",
+                  "model.pretrained=null")  # fmt: skip
+    memory = result["train_memory_gib"]
+    assert memory["micro_batch"] == 8
+    assert memory["weights"] == pytest.approx(result["params_m"] * 4e6 / 2**30, rel=0.01)
+    assert memory["weights"] + memory["optimizer"] < memory["peak"] < 40  # fits an 80 GB GPU
