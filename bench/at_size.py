@@ -32,23 +32,30 @@ A case that fails is reported with its error and the next one runs.
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
+from at_size_measures import (  # beside this script, which Python puts first on sys.path
+    GROUPS,
+    checkpoint_bytes,
+    free_port,
+    kill_group,
+    merge_error,
+    projected_memory,
+    registered,
+    serve_once,
+    stop_groups,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["k400_b16_8f", "ava_b16_8f", "ssv2_swinb_32f", "k400_l14_32f"]  # cheapest first
@@ -140,30 +147,6 @@ def overrides(args: argparse.Namespace, name: str, zero: int, shards: Path, out:
     ]
 
 
-GROUPS: set[int] = set()  # process groups of the runs and servers alive now
-
-
-def stop_groups(signum: int, frame: Any) -> None:
-    """On SIGTERM / SIGINT (e.g. gpu.sh's time limit): the runs and servers, which live in
-    their own process groups so that a kill takes their workers along, go too."""
-    for group in list(GROUPS):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-    sys.exit(128 + signum)
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    GROUPS.discard(proc.pid)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(config: Path, extra: list[str], procs: int, log: Path) -> subprocess.Popen:
     """``deepspeed --num_gpus N launch/train.py`` in its own process group (killed whole)."""
     cmd = ["deepspeed", "--num_gpus", str(procs), "--master_addr", "127.0.0.1"]
@@ -239,159 +222,6 @@ def watch(proc: subprocess.Popen, metrics: Path, timeout: float, kill_at: int | 
 # ----------------------------------------------------------------------------- measures
 
 
-def checkpoint_bytes(folder: Path, trainable: set[str]) -> dict[str, int]:
-    """The checkpoint folder's bytes: tensors of frozen / trainable parameters in the model
-    state files, the optimizer state files, and everything else (run state, RNG, metadata)."""
-    parts = {"frozen": 0, "trainable": 0, "optimizer": 0, "other": 0, "total": 0}
-    for path in folder.rglob("*"):
-        if not path.is_file():
-            continue
-        size = path.stat().st_size
-        parts["total"] += size
-        if "optim_states" in path.name:
-            parts["optimizer"] += size
-            continue
-        if not path.name.endswith("model_states.pt"):
-            parts["other"] += size
-            continue
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        tensors = 0
-        for key, value in (state.get("module") or {}).items():
-            if isinstance(value, torch.Tensor):  # (views of one flat buffer share a storage)
-                nbytes = value.numel() * value.element_size()
-                parts["trainable" if key in trainable else "frozen"] += nbytes
-                tensors += nbytes
-        parts["other"] += size - tensors
-    return parts
-
-
-def merge_error(checkpoint: Path) -> dict[str, float]:
-    """max |merged − unmerged| / max |unmerged fp32| over one val clip's logits, in fp32 and
-    both under bf16 autocast; and bf16's own rounding (unmerged bf16 vs fp32) to compare with."""
-    from zeroi2v import merge
-    from zeroi2v.engine import release
-
-    model, cfg = release.load_checkpoint_model(checkpoint)
-    merged = merge(model).eval()
-    clip = release.example_clips(cfg, batch=1)
-    logits = {}
-    with torch.no_grad():
-        for name, bf16 in (("fp32", False), ("bf16", True)):
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                logits[name] = model(clip).float(), merged(clip).float()
-    reference = logits["fp32"][0]
-
-    def error(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a - b).abs().max() / reference.abs().max())
-
-    return {
-        "fp32": error(*logits["fp32"]),
-        "bf16": error(*logits["bf16"]),
-        "bf16_rounding": error(logits["bf16"][0], reference),
-    }
-
-
-def registered(name: str, tracking_uri: str, video: Path, work: Path) -> dict[str, Any]:
-    """Bytes of the registered model's artifacts, its load time through the registry and one
-    video predicted over the config's test views."""
-    import mlflow
-
-    from zeroi2v.config import from_dict
-    from zeroi2v.engine import release
-    from zeroi2v.use.inference import VideoPredictor, class_names
-
-    uri = f"models:/{name}@champion"
-    mlflow.set_tracking_uri(tracking_uri)
-    copy = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(work / f"dl_{name}")))
-    size = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
-    shutil.rmtree(copy, ignore_errors=True)
-    start = time.perf_counter()
-    model, cfg = release.load_model(uri, from_dict({"tracking": {"tracking_uri": tracking_uri}}))
-    loaded = time.perf_counter() - start
-    predictor = VideoPredictor(model, cfg, class_names(cfg, uri))
-    start = time.perf_counter()
-    predictions = predictor.predict([video])
-    return {
-        "model_bytes": size,
-        "load_s": loaded,
-        "predict_s": time.perf_counter() - start,
-        "views": cfg.data.num_clips * cfg.data.num_crops,
-        "label": predictions[0].labels[0] if predictions else None,
-    }
-
-
-def serve_once(name: str, tracking_uri: str, video: Path, log: Path) -> dict[str, Any]:
-    """One request to ``mlflow models serve`` on 127.0.0.1; the server is always stopped."""
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{name}@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO)}
-    start = time.perf_counter()
-    with log.open("ab") as handle:
-        server = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=handle, stderr=handle, start_new_session=True
-        )
-    try:
-        while True:
-            if server.poll() is not None or time.perf_counter() - start > 600:
-                raise RuntimeError(f"mlflow models serve did not come up; see {log}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
-                break
-            except OSError:
-                time.sleep(1)
-        ready = time.perf_counter() - start
-        body = json.dumps(
-            {"dataframe_records": [{"video": base64.b64encode(video.read_bytes()).decode()}]}
-        ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
-        )
-        start = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=600) as response:
-            answer = json.loads(response.read())
-        return {
-            "ready_s": ready,
-            "request_s": time.perf_counter() - start,
-            "label": answer["predictions"][0]["label"],
-        }
-    finally:
-        kill_group(server, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            kill_group(server)
-            server.wait()
-
-
-def projected_memory(cfg: Any, micro_batch: int) -> dict[str, float]:
-    from zeroi2v import build_model
-    from zeroi2v.engine.memory_estimate import training_step_memory
-
-    step = training_step_memory(build_model(cfg), cfg, micro_batch, bf16=True)
-    return {
-        "micro_batch": micro_batch,
-        "peak_gib": step.peak,
-        "weights_gib": step.weights,
-        "optimizer_gib": step.optimizer,
-    }
-
-
 # ----------------------------------------------------------------------------- one case
 
 
@@ -409,6 +239,7 @@ def run_case(args: argparse.Namespace, name: str, zero: int) -> dict[str, Any]:
         shards = make_shards(base, args.work)
     out = work / "run"
     extra = overrides(args, name, zero, shards, out)
+    load_before = os.getloadavg()[1]  # the machine's load: what the timings ran beside
     row: dict[str, Any] = {
         "config": name,
         "zero": zero,
@@ -466,10 +297,11 @@ def run_case(args: argparse.Namespace, name: str, zero: int) -> dict[str, Any]:
     )
     tracking_uri = f"sqlite:///{args.work / 'mlflow.db'}"
     model_name = f"at_size_{name}_zero{zero}"
+    row["registered"] = registered(model_name, tracking_uri, video, work)
     if video is not None:
-        row["registered"] = registered(model_name, tracking_uri, video, work)
         if name in SERVED and zero == args.zero[0] and args.serve:
             row["served"] = serve_once(model_name, tracking_uri, video, work / "serve.log")
+    row["load_avg_5min"] = [load_before, os.getloadavg()[1]]
     if args.keep_runs is False:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return row
@@ -486,9 +318,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"full-size synthetic clips. Command: `python bench/at_size.py "
         f"--configs {','.join(args.configs)} --zero {','.join(map(str, args.zero))}`",
         "",
-        "| config | ZeRO | s/step | peak RSS/rank (GiB) | step 3 resumed = killed | ckpt MB "
-        "(frozen / trainable / optim / other) | ckpt ÷ 16 B/trainable | merge err fp32 / bf16 "
-        "(bf16 alone) | "
+        "| config | ZeRO | s/step (load avg) | peak RSS/rank (GiB) | step 3 resumed = killed | "
+        "ckpt MB (frozen / trainable / optim / other) | ckpt ÷ 16 B/trainable | "
+        "merge err fp32 / bf16 (bf16 alone) | "
         "registered MB, load s, predict s (views) | projected GPU GiB, bf16 (batch) | paper "
         "Table 10 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -500,19 +332,15 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             continue
         c, m, e = r["checkpoint"], r["memory"], r["merge_error"]
         reg = r.get("registered")
-        reg_text = (
-            (
-                f"{reg['model_bytes'] / mb:.0f}, {reg['load_s']:.1f}, "
-                f"{reg['predict_s']:.1f} ({reg['views']})"
-            )
-            if reg
-            else "n/a (detection)"
+        reg_text = f"{reg['model_bytes'] / mb:.0f}, {reg['load_s']:.1f}, " + (
+            f"{reg['predict_s']:.1f} ({reg['views']})" if "predict_s" in reg else "– (detection)"
         )
         if "served" in r:
             reg_text += f"; served in {r['served']['request_s']:.1f} s"
         paper = PAPER_MEMORY_GB.get(r["config"])
         lines.append(
-            f"| {r['config']} | {r['zero']} | {r['s_per_step']:.0f} | {r['rss_gib']:.1f} | "
+            f"| {r['config']} | {r['zero']} | {r['s_per_step']:.0f} "
+            f"({max(r['load_avg_5min']):.0f}) | {r['rss_gib']:.1f} | "
             f"{'yes' if r['resume_exact'] else 'NO'} ({r['loss_step3_resumed']:.6f}) | "
             f"{c['total'] / mb:.0f} ({c['frozen'] / mb:.0f} / {c['trainable'] / mb:.0f} / "
             f"{c['optimizer'] / mb:.0f} / {c['other'] / mb:.0f}) | {r['checkpoint_vs_16B']:.2f} | "
