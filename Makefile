@@ -10,9 +10,13 @@ RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
 
 .PHONY: setup sysdeps demo demo-seeds test test-slow lint
 
-# Debian packages the code shells out to: curl streams http(s) shards (zeroi2v/data/shards.py).
+# Debian packages the code shells out to or loads: curl streams http(s) shards
+# (zeroi2v/data/shards.py); torchcodec (data.decoder: torchcodec) loads the system's FFmpeg
+# libraries (decord and PyAV bundle their own).
+FFMPEG_LIBS := libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavfilter8 libavdevice59
 sysdeps:
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
+	@ldconfig -p | grep -q libavdevice.so || (apt-get update -qq && apt-get install -y -qq $(FFMPEG_LIBS))
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

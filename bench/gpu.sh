@@ -24,6 +24,10 @@
 #   memory-l14    peak memory of one DeepSpeed step, configs/k400_l14_32f.json    120 (~50)
 #   memory-swinb  the same, configs/ssv2_swinb_32f.json                          120 (~50)
 #   loader        data loader clips/s, 8 and 16 workers (bench/loader.py)        150 (~100)
+#   decode-gpu    torchcodec decoding on NVDEC (data.decode_device: cuda), K400   120 (never run)
+#                 length, clips_per_decode 1/2: clips/s, CPU per clip, cores per
+#                 H100 (bench/loader.py --feed --decode-device cuda); --cpu: the
+#                 same table decoded by torchcodec on the CPU
 #   compiled-b64  Table 9 compiled, throughput at batch 64                       180 (~120)
 #   step-fp32     train step breakdown, fp32, batch 16/32                        150 (~100)
 # K400 hours with data loading = 240k × 40 clips ÷ min(train clips/s, loader clips/s).
@@ -67,6 +71,8 @@ if [[ "$MODE" == "--cpu" ]]; then
   STEP=(bench/train_step.py --device cpu --small --steps 1)
   STDHA_ARGS=(--small --quick)
   LOADER=(--clips 8 --rounds 1 --workers 1 --size 96x64 --frames 24 --interval 2)
+  DECODE_GPU=(--clips 8 --rounds 1 --size 96x64 --frames 40 --decoders torchcodec
+              --clips-per-decode 1 2 --encodings data_prep)
   LONG=600  # every section's limit on CPU (a loaded 2-core machine), within the budget
 else
   export DS_ACCELERATOR=cuda  # also where a shell exported cpu for CPU-only work
@@ -78,6 +84,7 @@ else
   STEP=(bench/train_step.py --device cuda)
   STDHA_ARGS=()
   LOADER=(--clips 48 --rounds 2 --workers 8 16)
+  DECODE_GPU=(--k400 --clips 32 --rounds 2 --clips-per-decode 1 2 --decode-device cuda)
   LONG=""
 fi
 
@@ -245,6 +252,7 @@ section memory-l14 120 md "$PY" "${STEP[@]}" --memory-only \
 section memory-swinb 120 md "$PY" "${STEP[@]}" --memory-only \
   --memory-configs configs/ssv2_swinb_32f.json
 section loader 150 text "$PY" bench/loader.py "${LOADER[@]}"
+section decode-gpu 120 text "$PY" bench/loader.py --feed "${DECODE_GPU[@]}"
 section compiled-b64 180 text "$PY" "${TABLE9[@]}" --compile --no-unmerged \
   --max-batch "$BATCH_MAX"
 section step-fp32 150 md "$PY" "${STEP[@]}" --precisions fp32 --batches "$BATCHES_FP32"

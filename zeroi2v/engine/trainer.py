@@ -59,13 +59,17 @@ class TrainResult:
 
 
 def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
+    """Optimizer steps of `train_batch_size` clips in an epoch, which plays every training video
+    once as `data.clips_per_decode` clips (the LR schedule's and the data position's unit)."""
     if cfg.train.steps_per_epoch is not None:
         return cfg.train.steps_per_epoch
-    steps = count_samples(cfg.data.train_shards) // train_batch_size
+    clips = count_samples(cfg.data.train_shards) * cfg.data.clips_per_decode
+    steps = clips // train_batch_size
     if steps == 0:
         raise ConfigError(
-            f"deepspeed.train_batch_size ({train_batch_size}) exceeds the number of training "
-            f"samples in data.train_shards; lower it or set train.steps_per_epoch"
+            f"deepspeed.train_batch_size ({train_batch_size}) exceeds the {clips} training clips "
+            f"of an epoch (data.train_shards × data.clips_per_decode); lower it or set "
+            f"train.steps_per_epoch"
         )
     return steps
 
@@ -260,9 +264,11 @@ def _record_start(cfg: Config, info: parallel.DistInfo, ds: dict[str, Any], per_
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
     log.info(
-        "%d processes on %s; %d steps/epoch × %d epochs, batch %d = %d × %d × %d",
+        "%d processes on %s; %d steps/epoch × %d epochs, batch %d = %d × %d × %d clips, "
+        "%d clips per decoded video",
         *(info.world_size, parallel.device(), per_epoch, cfg.train.epochs, ds["train_batch_size"]),
         *(ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], info.world_size),
+        cfg.data.clips_per_decode,
     )
 
 
@@ -296,8 +302,8 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
     accum = run.ds_config["gradient_accumulation_steps"]
     layout = Layout(run.info.world_size, max(cfg.data.num_workers, 1), micro)
     first = client["step_in_epoch"] * accum  # micro-batches already played; 0 at a new epoch
-    samples = run.steps_per_epoch * run.ds_config["train_batch_size"]
-    at = position.start(client["position"], first, layout, samples)
+    clips = run.steps_per_epoch * run.ds_config["train_batch_size"]  # positions of the order
+    at = position.start(client["position"], first, layout, clips, cfg.data.clips_per_decode)
     loader = build_train_loader(
         cfg,
         rank=run.info.rank,
