@@ -15,9 +15,10 @@ from torch import nn
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
-from zeroi2v.engine import parallel, tracking
+from zeroi2v.engine import frozen, parallel, tracking
 from zeroi2v.engine.model_format import CONFIG_KEY
 from zeroi2v.engine.tasks import task_for
+from zeroi2v.engine.train_state import CLIENT_FILE
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
 # MLflow's codes for a model name, version or run that is not there (an alias: invalid value)
@@ -114,7 +115,20 @@ def load_checkpoint_model(path: Path, cfg: Config | None = None) -> tuple[nn.Mod
         cfg = config_lib.from_dict(json.loads(found.read_text()))
     elif cfg is None:
         raise FileNotFoundError(f"no config.json next to checkpoint {path}; pass --config")
-    return unmerged_from_state_dict(cfg, parallel.read_checkpoint_weights(path)), cfg
+    return _from_checkpoint(path, cfg), cfg
+
+
+def _from_checkpoint(path: Path, cfg: Config) -> nn.Module:
+    """The frozen backbone rebuilt as training built it, checked against the checkpoint's
+    fingerprint, under the checkpoint's trainable weights (`frozen`)."""
+    directory, tag = parallel.checkpoint_folder(path)
+    weights = parallel.read_checkpoint_weights(directory, tag)  # verified against its manifest
+    client = json.loads((directory / tag / CLIENT_FILE).read_text())
+    model = frozen.build_with_parent(cfg)
+    where = f"checkpoint {directory / tag}"
+    frozen.check(client.get(frozen.KEY), frozen.fingerprint(model, cfg), where)
+    frozen.load_trainable(model, weights, where)
+    return model.float().eval()
 
 
 def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:

@@ -33,6 +33,7 @@ from zeroi2v.data.order import Layout
 from zeroi2v.data.pipeline import build_eval_loader, build_train_loader, count_samples
 from zeroi2v.data.shards import expand_shards, read_manifest
 from zeroi2v.engine import (
+    frozen,
     liveness,
     parallel,
     position,
@@ -71,13 +72,9 @@ def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
 
 
 def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
-    from zeroi2v import build_model
-
-    model = build_model(cfg)
-    if parent is not None:  # model.init_from: the parent's weights (engine/transfer.py)
-        from zeroi2v.engine.transfer import initialise_from
-
-        initialise_from(model, parent, cfg)
+    """Seeded; `parent`: model.init_from's weights (`frozen.build`, what checkpoint readers
+    rebuild too)."""
+    model = frozen.build(cfg, parent)
     if cfg.train.activation_checkpointing:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
@@ -187,7 +184,7 @@ def _train(
     per_epoch = steps_per_epoch(cfg, ds_config["train_batch_size"])
     if info.rank == 0:
         _record_start(cfg, info, ds_config, per_epoch)
-    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker)
+    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker, client)
     if resumed is not None:  # weights, optimizer, schedule, this rank's RNG
         train_state.restore(engine, resumed, cfg.train.seed, client, info)
     ckpts = train_state.Checkpoints(engine, cfg, client, info.rank, resumed)
@@ -220,7 +217,9 @@ def _train(
             if (epoch + 1) % cfg.train.eval_every_epochs == 0 or epoch + 1 == cfg.train.epochs:
                 result = _evaluate(run)
                 if client["best_top1"] is None or result.score > client["best_top1"]:
-                    client["best_top1"] = result.score  # mAP for detection
+                    # a new best is checkpointed, and that checkpoint is never pruned
+                    client.update(best_top1=result.score, best_step=client["global_step"])
+                    ckpts.ensure(client["global_step"])
                 if on_epoch is not None and epoch + 1 < cfg.train.epochs:
                     saved = ckpts.ensure(client["global_step"])
                     on_epoch(epoch + 1, result.as_metrics(), saved)
@@ -256,17 +255,27 @@ def _engine(
     per_epoch: int,
     resumed: train_state.Resume | None,
     tracker: Any,
+    client: dict[str, Any],
 ) -> Any:
     """The DeepSpeed engine of the model built from `cfg`, from `model.init_from`'s parent
-    if any; configured to load `resumed` (which `train_state.restore` then does)."""
+    if any; configured to load `resumed` (which `train_state.restore` then does).
+
+    The frozen backbone's fingerprint goes into `client` (saved with every checkpoint), after
+    a resume only once it matches the checkpoint's: taken here, on the model as built, because
+    ZeRO-3 partitions it and bf16 casts it once the engine wraps it.
+    """
     from zeroi2v.engine.transfer import load_parent
 
     parent = load_parent(cfg)
     if parent is not None and tracker is not None:
         tracker.set_lineage(parent.lineage)
-    torch.manual_seed(cfg.train.seed)
     model = _build_model(cfg, parent)
     del parent  # its weights are in the model: not held twice while the engine is built
+    built = frozen.fingerprint(model, cfg)
+    frozen.agree(built, parallel.world_size_from_env())
+    if resumed is not None:
+        frozen.check(client.get(frozen.KEY), built, f"checkpoint {resumed.source / resumed.tag}")
+    client[frozen.KEY] = built
     if resumed is not None:
         ds_config = resumed.engine_config(ds_config)
     return parallel.build_engine(model, cfg, ds_config, per_epoch * cfg.train.epochs, per_epoch)
