@@ -16,6 +16,7 @@ from engine_helpers import (
     free_port,
     losses,
     run_train,
+    step_losses,
     tiny_raw,
     write_config,
 )
@@ -56,9 +57,8 @@ def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str
             num_batches=PARITY_STEPS,
         )
         criterion = nn.CrossEntropyLoss()
-        results[f"{stage},{checkpointing}"] = [
-            trainer.train_step(engine, criterion, (clips,), labels) for clips, labels, _ in loader
-        ]
+        batches = [((clips,), labels) for clips, labels, _ in loader]
+        results[f"{stage},{checkpointing}"] = step_losses(engine, criterion, batches)
         engine.destroy()
     if rank == 0:
         with open(result_file, "w") as handle:

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, end_rank, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, end_rank, free_port, step_losses
 
 from zeroi2v.engine import zero_comm
 
@@ -53,6 +53,12 @@ def test_fit_fills_only_what_the_config_leaves_unset():
     # ZeRO 0 and 3 have other knobs; fp32 has no overflow test to drop
     assert zero_comm.fit(_ds(stage=0, bf16=False), 9) == _ds(stage=0, bf16=False)
     assert zero_comm.fit(_ds(stage=3, bf16=False), 9) == _ds(stage=3, bf16=False)
+    # no clipping: ZeRO 1/2 need no gradient norm (3 host syncs a step), except bf16 ZeRO-1
+    assert zero_comm.fit(_ds(bf16=False), 9)["zero_optimization"]["compute_grad_norm"] is False
+    assert zero_comm.fit(_ds(stage=2), 9)["zero_optimization"]["compute_grad_norm"] is False
+    assert "compute_grad_norm" not in zero_comm.fit(_ds(), 9)["zero_optimization"]
+    clipped = _ds(stage=2) | {"gradient_clipping": 1.0}
+    assert "compute_grad_norm" not in zero_comm.fit(clipped, 9)["zero_optimization"]
 
 
 def _rank(rank: int, port: int, out: str) -> None:
@@ -79,10 +85,8 @@ def _rank(rank: int, port: int, out: str) -> None:
         torch.manual_seed(0)
         model = trainer._build_model(cfg)
         engine = parallel.build_engine(model, cfg, parallel.deepspeed_config(cfg, 2), 100, 10)
-        losses = [
-            trainer.train_step(engine, torch.nn.CrossEntropyLoss(), (c.bfloat16(),), y)
-            for c, y in zip(clips, labels, strict=True)
-        ]
+        batches = [((c.bfloat16(),), y) for c, y in zip(clips, labels, strict=True)]
+        losses = step_losses(engine, torch.nn.CrossEntropyLoss(), batches)
         opt = engine.optimizer
         frozen = [p for p in model.parameters() if not p.requires_grad]
         result[name] = {

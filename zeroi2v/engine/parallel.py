@@ -244,6 +244,8 @@ def build_engine(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, warmup, optim.lr, optim.min_lr)
     )
+    # `step_guard`: while this holds 1, fused AdamW skips its update on the device
+    optimizer.found_inf = torch.zeros((), device=device())
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -252,6 +254,18 @@ def build_engine(
     if cfg.train.compile:
         engine.compile()
     return engine
+
+
+def step_guard(engine: Any) -> torch.Tensor:
+    """The device flag that, while it holds 1, makes `engine.step()` leave the weights and the
+    optimizer state as they are (`step_losses` raises it on a non-finite loss).
+
+    It is torch's ``found_inf`` protocol, the one `torch.amp.GradScaler` uses to skip a step
+    without a host sync: fused AdamW reads the flag in its kernel and, when it is set, neither
+    updates the parameters nor counts the step. DeepSpeed passes our AdamW (its
+    ``basic_optimizer``) the fp32 master weights at every ZeRO stage and calls its `step`.
+    """
+    return engine.basic_optimizer.found_inf
 
 
 def deepspeed_safe_globals() -> list[type]:
