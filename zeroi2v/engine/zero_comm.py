@@ -18,8 +18,8 @@ trains ~14 M adapter parameters beside a frozen ~86 M backbone (ViT-B/16), and t
 - ``zero_optimization.compute_grad_norm`` is on: ZeRO 1/2 compute the global gradient norm
   every step and read it on the host three times (`is_invalid_grad_norm`: 30 host syncs in 10
   fp32 ZeRO-1 steps, tests/test_host_sync.py), to clip and to skip a step with a non-finite
-  gradient. Without ``gradient_clipping`` nothing uses it (the trainer's guard skips bad steps
-  on the device), so `fit` turns it off there; DeepSpeed refuses that for its bf16 ZeRO-1
+  gradient. With ``gradient_clipping: 0`` nothing uses it (the trainer's guard skips bad
+  steps on the device), so `fit` turns it off there; DeepSpeed refuses that for its bf16 ZeRO-1
   optimizer and for optimizer offload, which keep it.
 
 `fit` fills in what the config leaves unset: buckets of a quarter of the trainable elements
@@ -75,9 +75,10 @@ def fit(ds_config: dict[str, Any], trainable: int) -> dict[str, Any]:
 
 
 def _norm_unused(ds: dict[str, Any], zero: dict[str, Any]) -> bool:
-    """True where ZeRO 1/2's gradient norm serves nothing: no clipping, and not DeepSpeed's
-    bf16 ZeRO-1 optimizer or optimizer offload, which refuse ``compute_grad_norm: false``
-    (engine.py `_do_optimizer_sanity_check`, zero/config.py, DeepSpeed 0.19.8)."""
+    """True where ZeRO 1/2's gradient norm serves nothing: ``gradient_clipping: 0`` (DeepSpeed
+    clips at 1.0 where the key is absent), and not DeepSpeed's bf16 ZeRO-1 optimizer or
+    optimizer offload, which refuse ``compute_grad_norm: false`` (engine.py
+    `_do_optimizer_sanity_check`, zero/config.py, DeepSpeed 0.19.8)."""
     bf16_zero1 = ds.get("bf16", {}).get("enabled") and zero.get("stage") == 1
     offload = zero.get("offload_optimizer") is not None
-    return not ds.get("gradient_clipping") and not bf16_zero1 and not offload
+    return ds.get("gradient_clipping", 1.0) == 0 and not bf16_zero1 and not offload
