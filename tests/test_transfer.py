@@ -10,12 +10,13 @@ from engine_helpers import run_train, tiny_raw, write_config
 
 from zeroi2v import build_model, merge
 from zeroi2v.config import ConfigError, from_dict, to_dict
+from zeroi2v.engine.loading import load_parent
 from zeroi2v.engine.release import (
     example_clips,
     load_checkpoint_model,
     save_merged,
 )
-from zeroi2v.engine.transfer import initialise_from, load_parent
+from zeroi2v.engine.transfer import initialise_from
 from zeroi2v.models.adapters import adaptations
 
 FRAMES = 4

@@ -42,7 +42,7 @@ def origin(cfg: Config) -> str:
 
 def build(cfg: Config, parent: Parent | None = None) -> nn.Module:
     """The model exactly as training builds it: seeded (a random backbone and the head's init
-    depend on it), then `parent`'s weights (``model.init_from``, `transfer.load_parent`)."""
+    depend on it), then `parent`'s weights (``model.init_from``, `loading.load_parent`)."""
     from zeroi2v import build_model
 
     torch.manual_seed(cfg.train.seed)
@@ -52,14 +52,6 @@ def build(cfg: Config, parent: Parent | None = None) -> nn.Module:
 
         initialise_from(model, parent, cfg)
     return model
-
-
-def build_with_parent(cfg: Config) -> nn.Module:
-    """`build` after loading ``model.init_from``'s parent, if any: what a reader of a checkpoint
-    (merge, evaluate, report) needs to put the checkpoint's trainable weights on."""
-    from zeroi2v.engine.transfer import load_parent
-
-    return build(cfg, load_parent(cfg))
 
 
 def frozen_names(model: nn.Module) -> set[str]:

@@ -263,7 +263,7 @@ def _engine(
     a resume only once it matches the checkpoint's: taken here, on the model as built, because
     ZeRO-3 partitions it and bf16 casts it once the engine wraps it.
     """
-    from zeroi2v.engine.transfer import load_parent
+    from zeroi2v.engine.loading import load_parent
 
     parent = load_parent(cfg)
     if parent is not None and tracker is not None:
