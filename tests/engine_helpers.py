@@ -70,6 +70,25 @@ def tiny_raw(shards: Path, out: Path, **sections: dict[str, Any]) -> dict[str, A
     return raw
 
 
+def step_losses(engine: Any, criterion: Any, batches: Any) -> list[float]:
+    """`trainer.train_step` over `batches` of (inputs tuple, targets): each optimizer step's
+    loss, averaged over ranks, read from the device once at the end (as the trainer does)."""
+    import torch.distributed as dist
+
+    from zeroi2v.engine import parallel, trainer
+    from zeroi2v.engine.step_losses import StepLosses
+
+    losses = StepLosses(parallel.step_guard(engine), dist.get_world_size())
+    for inputs, targets in batches:
+        before = engine.global_steps
+        trainer.train_step(engine, criterion, inputs, targets, losses)
+        if engine.global_steps != before:
+            losses.record({"step": engine.global_steps, "epoch": 0})
+    records, bad = losses.flush()
+    assert bad is None, bad
+    return [record["loss"] for record in records]
+
+
 def write_config(path: Path, raw: dict[str, Any]) -> Path:
     config.from_dict(raw)  # fail here, not in a subprocess, if the test's config is wrong
     path.write_text(json.dumps(raw, indent=2))

@@ -18,7 +18,7 @@ import re
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import TINY_ENGINE_OVERRIDES, clean_env, end_rank, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, clean_env, end_rank, free_port, step_losses
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from zeroi2v import build_model, merge
@@ -211,10 +211,11 @@ def _engine_worker(rank: int, port: int, result_file: str) -> None:
         )
         results[f"{stage},{checkpointing},{compiled}"] = {
             "compiled": engine.is_compiled,
-            "losses": [
-                trainer.train_step(engine, torch.nn.CrossEntropyLoss(), (c,), y)
-                for c, y in zip(clips, labels, strict=True)
-            ],
+            "losses": step_losses(
+                engine,
+                torch.nn.CrossEntropyLoss(),
+                [((c,), y) for c, y in zip(clips, labels, strict=True)],
+            ),
             "keys": sorted(engine.module.state_dict())[:3],
         }
         engine.destroy()

@@ -36,7 +36,13 @@ from zeroi2v.engine.parallel import read_checkpoint_weights
 SECTIONS = dict(
     model={"dropout": 0.3},
     optim={"lr": 3e-3, "warmup_epochs": 0.5},
-    train={"epochs": 2, "steps_per_epoch": 5, "checkpoint_every_steps": 3, "eval_every_epochs": 2},
+    train={
+        "epochs": 2,
+        "steps_per_epoch": 5,
+        "checkpoint_every_steps": 3,
+        "eval_every_epochs": 2,
+        "keep_checkpoints": None,  # the worker resumes a copy of the full run's step3
+    },
 )
 # 1 process, ZeRO-1, 2 micro-batches per optimizer step (the resume point is a step boundary)
 ONE_PROCESS_DS = {

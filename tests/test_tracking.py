@@ -7,8 +7,7 @@ import torch
 from engine_helpers import run_train, tiny_raw, write_config
 
 from zeroi2v import build_model, config
-from zeroi2v.engine.parallel import read_checkpoint_weights
-from zeroi2v.engine.release import example_clips, unmerged_from_state_dict
+from zeroi2v.engine.release import example_clips, load_checkpoint_model
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_registered_model_equals_trained_unmerged_model(tracked_run):
 
     loaded, loaded_cfg = load_model("models:/tiny_test@latest", cfg)
     assert loaded_cfg == cfg  # the config travels with the model
-    trained = unmerged_from_state_dict(cfg, read_checkpoint_weights(root / "run" / "checkpoints"))
+    trained, _ = load_checkpoint_model(root / "run" / "checkpoints")  # frozen part rebuilt
     clips = example_clips(cfg, batch=4)
     with torch.no_grad():
         assert torch.allclose(loaded(clips), trained(clips), atol=1e-5, rtol=1e-4)

@@ -16,6 +16,7 @@ from engine_helpers import (
     free_port,
     losses,
     run_train,
+    step_losses,
     tiny_raw,
     write_config,
 )
@@ -56,9 +57,8 @@ def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str
             num_batches=PARITY_STEPS,
         )
         criterion = nn.CrossEntropyLoss()
-        results[f"{stage},{checkpointing}"] = [
-            trainer.train_step(engine, criterion, (clips,), labels) for clips, labels, _ in loader
-        ]
+        batches = [((clips,), labels) for clips, labels, _ in loader]
+        results[f"{stage},{checkpointing}"] = step_losses(engine, criterion, batches)
         engine.destroy()
     if rank == 0:
         with open(result_file, "w") as handle:
@@ -295,20 +295,27 @@ def test_server_check_is_quick():
     assert time.perf_counter() - start < 15  # no long HTTP retry loop
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_shards, tmp_path):
-    """lr = 1e30: step 1 gives huge but finite weights (checkpointed), step 2's loss is NaN."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_shards, tmp_path, processes):
+    """lr = 1e30: step 1 gives huge but finite weights (checkpointed), step 2's loss is NaN.
+    The loss is read on the host only at the next log line or checkpoint (here: step 2's), and
+    every rank stops there, naming step 2; nothing of step 2 is written."""
     out = tmp_path / "run"
     raw = tiny_raw(
         synthetic_shards,
         out,
         optim={"lr": 1e30, "warmup_epochs": 0.0},
         train={"checkpoint_every_steps": 1, "steps_per_epoch": 6},
+        deepspeed={"train_micro_batch_size_per_gpu": 4, "train_batch_size": 4 * processes},
     )
-    proc = run_train(write_config(tmp_path / "c.json", raw), timeout=300)
+    proc = run_train(write_config(tmp_path / "c.json", raw), processes=processes, timeout=300)
     assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == processes, proc.stderr[-3000:]  # every rank, in the same sentence
+    last = said[-1]
     assert last.startswith("error: loss is nan at step 2") or "non-finite" in last, last
     assert "the last good checkpoint is step1" in last, last
+    assert len(set(said)) == 1, said
     assert (out / "checkpoints" / "latest").read_text().strip() == "step1"
     assert not (out / "checkpoints" / "step2").exists()
     assert list(losses(out)) == [1]

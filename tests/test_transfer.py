@@ -10,9 +10,13 @@ from engine_helpers import run_train, tiny_raw, write_config
 
 from zeroi2v import build_model, merge
 from zeroi2v.config import ConfigError, from_dict, to_dict
-from zeroi2v.engine.parallel import read_checkpoint_weights
-from zeroi2v.engine.release import example_clips, save_merged, unmerged_from_state_dict
-from zeroi2v.engine.transfer import initialise_from, load_parent
+from zeroi2v.engine.loading import load_parent
+from zeroi2v.engine.release import (
+    example_clips,
+    load_checkpoint_model,
+    save_merged,
+)
+from zeroi2v.engine.transfer import initialise_from
 from zeroi2v.models.adapters import adaptations
 
 FRAMES = 4
@@ -184,12 +188,13 @@ def test_transfer_from_registered_model_records_lineage_and_merges_exactly(
     # the child's frozen backbone is the parent's merged weights, untouched by training
     from zeroi2v.engine.release import load_model
 
+    # (rebuilt from model.init_from by the checkpoint's reader, checked by its fingerprint)
     parent_model, _ = load_model("models:/tiny_parent@champion", cfg)
-    state = read_checkpoint_weights(tmp_path / "child" / "checkpoints")
+    child, _ = load_checkpoint_model(tmp_path / "child" / "checkpoints")
+    state = child.state_dict()
     for key, value in parent_model.backbone.state_dict().items():
         assert torch.equal(state[f"backbone.{key}"], value), key
     # the registered child = the merged trained child: exact re-merge, plain architecture
-    child = unmerged_from_state_dict(cfg, state)
     registered, registered_cfg = load_model("models:/tiny_child@latest", cfg)
     assert registered_cfg.model.init_from == "models:/tiny_parent@champion"
     clips = example_clips(cfg, batch=4)

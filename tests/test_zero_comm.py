@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, end_rank, free_port
+from engine_helpers import TINY_ENGINE_OVERRIDES, become_rank, end_rank, free_port, step_losses
 
 from zeroi2v.engine import zero_comm
 
@@ -54,6 +54,15 @@ def test_fit_fills_only_what_the_config_leaves_unset():
     assert zero_comm.fit(_ds(stage=0, bf16=False), 9) == _ds(stage=0, bf16=False)
     assert zero_comm.fit(_ds(stage=3, bf16=False), 9) == _ds(stage=3, bf16=False)
 
+    # no clipping: ZeRO 1/2 need no gradient norm (3 host syncs a step), except bf16 ZeRO-1
+    def norm(stage: int, bf16: bool, **clipping: float) -> bool | None:
+        fitted = zero_comm.fit(_ds(stage=stage, bf16=bf16) | clipping, 9)
+        return fitted["zero_optimization"].get("compute_grad_norm")
+
+    assert norm(1, False, gradient_clipping=0.0) is norm(2, True, gradient_clipping=0) is False
+    assert norm(1, True, gradient_clipping=0.0) is None  # DeepSpeed's bf16 ZeRO-1 refuses it
+    assert norm(2, False) is None  # DeepSpeed clips at 1.0 by default
+
 
 def _rank(rank: int, port: int, out: str) -> None:
     become_rank(rank, 2, port)
@@ -79,10 +88,8 @@ def _rank(rank: int, port: int, out: str) -> None:
         torch.manual_seed(0)
         model = trainer._build_model(cfg)
         engine = parallel.build_engine(model, cfg, parallel.deepspeed_config(cfg, 2), 100, 10)
-        losses = [
-            trainer.train_step(engine, torch.nn.CrossEntropyLoss(), (c.bfloat16(),), y)
-            for c, y in zip(clips, labels, strict=True)
-        ]
+        batches = [((c.bfloat16(),), y) for c, y in zip(clips, labels, strict=True)]
+        losses = step_losses(engine, torch.nn.CrossEntropyLoss(), batches)
         opt = engine.optimizer
         frozen = [p for p in model.parameters() if not p.requires_grad]
         result[name] = {

@@ -126,7 +126,8 @@ class TrainConfig(_Section):
     output_dir: str = "runs/default"
     eval_every_epochs: int = Field(1, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
-    keep_checkpoints: int | None = Field(None, ge=1)  # None: keep every checkpoint
+    # the newest N checkpoints stay on disk, and the best evaluation's; None: keep every one
+    keep_checkpoints: int | None = Field(3, ge=1)
     # a damaged / incomplete newest checkpoint on --resume: resume from the newest intact one,
     # or stop with its name
     on_damaged_checkpoint: Literal["fallback", "stop"] = "fallback"

@@ -12,6 +12,10 @@ class ConfigError(ValueError):
     """A configuration problem the user can fix; the message names the field."""
 
 
+class FrozenBackboneError(ConfigError):
+    """A checkpoint was trained on another frozen backbone than the one its reader builds."""
+
+
 class CorruptVideoError(RuntimeError):
     """The bytes cannot be opened or decoded as a video; the pipeline skips such samples."""
 

@@ -64,8 +64,9 @@ def prepare_folder(directory: Path, step: int) -> Path:
     return folder
 
 
-def commit(directory: Path, step: int, keep: int | None = None) -> None:
-    """Rank 0, once every rank wrote ``stepN``: the manifest, then ``latest``, then pruning."""
+def commit(directory: Path, step: int, keep: int | None = None, best: str | None = None) -> None:
+    """Rank 0, once every rank wrote ``stepN``: the manifest, then ``latest``, then pruning
+    (which spares `best`, the checkpoint of the best evaluation so far)."""
     directory = Path(directory)
     folder = directory / tag_for(step)
     files = {
@@ -75,18 +76,20 @@ def commit(directory: Path, step: int, keep: int | None = None) -> None:
     write_atomic(folder / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
     write_atomic(directory / LATEST, tag_for(step))
     if keep is not None:
-        prune(directory, keep)
+        prune(directory, keep, best)
 
 
-def prune(directory: Path, keep: int) -> list[str]:
-    """Keep the `keep` newest committed checkpoints (at or before ``latest``); delete every
-    checkpoint folder older than the oldest kept one. Returns the deleted tags."""
+def prune(directory: Path, keep: int, best: str | None = None) -> list[str]:
+    """Keep the `keep` newest committed checkpoints (at or before ``latest``) and `best`;
+    delete every other checkpoint folder older than the oldest kept one. Returns the deleted
+    tags. `best` is spared so that the weights of the best evaluation stay on disk however
+    many saves follow it (at most `keep` + 1 checkpoints)."""
     tags = _tags_newest_first(Path(directory))
     committed = _committed(Path(directory), tags)
     if len(committed) <= keep:
         return []
     oldest_kept = _step(committed[keep - 1])
-    doomed = [t for t in tags if _step(t) < oldest_kept]
+    doomed = [t for t in tags if _step(t) < oldest_kept and t != best]
     for tag in doomed:
         shutil.rmtree(Path(directory) / tag, ignore_errors=True)
     return doomed

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError, check_batch_sizes
-from zeroi2v.engine import zero_comm
+from zeroi2v.engine import frozen, zero_comm
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,8 @@ def build_engine(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, warmup, optim.lr, optim.min_lr)
     )
+    # `step_guard`: while this holds 1, fused AdamW skips its update on the device
+    optimizer.found_inf = torch.zeros((), device=device())
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -252,6 +254,18 @@ def build_engine(
     if cfg.train.compile:
         engine.compile()
     return engine
+
+
+def step_guard(engine: Any) -> torch.Tensor:
+    """The device flag that, while it holds 1, makes `engine.step()` leave the weights and the
+    optimizer state as they are (`step_losses` raises it on a non-finite loss).
+
+    It is torch's ``found_inf`` protocol, the one `torch.amp.GradScaler` uses to skip a step
+    without a host sync: fused AdamW reads the flag in its kernel and, when it is set, neither
+    updates the parameters nor counts the step. DeepSpeed passes our AdamW (its
+    ``basic_optimizer``) the fp32 master weights at every ZeRO stage and calls its `step`.
+    """
+    return engine.basic_optimizer.found_inf
 
 
 def deepspeed_safe_globals() -> list[type]:
@@ -309,8 +323,20 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 def save_checkpoint(engine: Any, directory: Path, tag: str, client_state: dict) -> None:
     """Every rank writes its files; `latest` is left to `ckpt_integrity.commit` (after the
-    manifest), so DeepSpeed must not point it at a checkpoint that has none yet."""
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+    manifest), so DeepSpeed must not point it at a checkpoint that has none yet.
+
+    Only what trains is saved (`frozen`): ``exclude_frozen_parameters`` drops the frozen
+    parameters from the module state and, under ZeRO 2 and 3, the second copy of them that
+    DeepSpeed otherwise adds (``frozen_param_fragments``, engine.py `_save_checkpoint`,
+    DeepSpeed 0.19.8); buffers stay.
+    """
+    engine.save_checkpoint(
+        str(directory),
+        tag=tag,
+        client_state=client_state,
+        save_latest=False,
+        exclude_frozen_parameters=True,
+    )
 
 
 def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
@@ -356,23 +382,44 @@ def latest_tag(directory: Path) -> str | None:
 
 
 def load_checkpoint(engine: Any, directory: Path, tag: str) -> dict[str, Any]:
-    """Restore module, optimizer and scheduler; returns the client state."""
+    """Restore module, optimizer and scheduler; returns the client state.
+
+    The module's frozen weights are the ones it was built with (checked by `frozen.check`
+    before); DeepSpeed's strict load would refuse their absence, and its non-strict one would
+    also pass a missing trainable key, hence the load function that tells them apart.
+    """
+    where = f"checkpoint {Path(directory) / tag}"
+
+    def load_module(src: dict[str, torch.Tensor], dst: nn.Module) -> None:
+        frozen.load_trainable(dst, src, where)
+
     path, client_state = engine.load_checkpoint(
-        str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(directory),
+        tag=tag,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+        custom_load_fn=load_module,
     )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
     return client_state
 
 
-def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
-    """fp32 module weights from a checkpoint folder without an engine (any ZeRO stage)."""
+def checkpoint_folder(directory: Path, tag: str | None = None) -> tuple[Path, str]:
+    """(checkpoints folder, tag) of a checkpoints folder (its `latest`) or of a tag folder."""
     directory = Path(directory)
     if tag is None and latest_tag(directory) is None and (directory.parent / "latest").is_file():
         directory, tag = directory.parent, directory.name  # a tag folder was given
     tag = tag or latest_tag(directory)
     if tag is None:
         raise FileNotFoundError(f"no DeepSpeed checkpoint ('latest' file) in {directory}")
+    return directory, tag
+
+
+def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """fp32 module weights a checkpoint folder holds, without an engine (any ZeRO stage): the
+    trainable ones and the buffers (`frozen.load_trainable` puts them on a rebuilt model)."""
+    directory, tag = checkpoint_folder(directory, tag)
     # ZeRO-3 writes one model-states file per rank (same buffers and frozen shapes in each)
     name = "mp_rank_00_model_states.pt"
     if not (directory / tag / name).is_file():

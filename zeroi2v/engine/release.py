@@ -1,4 +1,5 @@
-"""After training: merge and verify, save a plain state dict, load models back, evaluate them.
+"""After training: merge and verify, save a plain state dict, evaluate (models are read back by
+`loading`, re-exported here).
 
 Shared by the end of `trainer.train`, `launch/merge.py` and `launch/evaluate.py`, so that the
 model a user evaluates is built exactly the way training registered it.
@@ -6,7 +7,6 @@ model a user evaluates is built exactly the way training registered it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,13 @@ from torch import nn
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
 from zeroi2v.engine import parallel, tracking
-from zeroi2v.engine.model_format import CONFIG_KEY
+
+# re-exported: where launchers, tools and users have found them (`loading` says why they moved)
+from zeroi2v.engine.loading import load_checkpoint_model as load_checkpoint_model
+from zeroi2v.engine.loading import load_model as load_model
 from zeroi2v.engine.tasks import task_for
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
-# MLflow's codes for a model name, version or run that is not there (an alias: invalid value)
-_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def example_clips(cfg: Config, batch: int = 2) -> torch.Tensor:
@@ -81,67 +82,6 @@ def release_trained(engine: Any, cfg: Config, tracker: Any, score: float) -> str
         return None
     classes = read_manifest(cfg.data.train_shards)["classes"]
     return tracker.log_model(merged, example[:1], score, classes, saved=saved)
-
-
-def _checkpoint_config(path: Path) -> Path | None:
-    for folder in (path, path.parent, path.parent.parent):
-        if (folder / "config.json").is_file():
-            return folder / "config.json"
-    return None
-
-
-def load_checkpoint_model(path: Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
-    """A merged `.pt` (from `save_merged`) or a DeepSpeed checkpoint folder → (model, config).
-
-    The config saved with the weights wins; `cfg` is used only when none was saved.
-    """
-    from zeroi2v import build_model, merge
-
-    path = Path(path)
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors + JSON config
-        cfg = config_lib.from_dict(saved["config"])
-        model = merge(build_model(cfg), inplace=True)  # the merged architecture
-        model.load_state_dict(saved["state_dict"])
-        return model.float().eval(), cfg
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model {path} does not exist (expected models:/NAME@ALIAS, a "
-            f"merged .pt or a DeepSpeed checkpoint folder)"
-        )
-    found = _checkpoint_config(path)
-    if found is not None:
-        cfg = config_lib.from_dict(json.loads(found.read_text()))
-    elif cfg is None:
-        raise FileNotFoundError(f"no config.json next to checkpoint {path}; pass --config")
-    return unmerged_from_state_dict(cfg, parallel.read_checkpoint_weights(path)), cfg
-
-
-def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
-    """`models:/NAME@ALIAS` (or any MLflow model URI), a merged `.pt` from launch/merge.py, or a
-    DeepSpeed checkpoint folder → (model in eval mode on CPU, its resolved config).
-
-    `cfg` (optional) gives the tracking URI for registry models; for a checkpoint the config
-    saved with it wins and `cfg` is the fallback.
-    """
-    text = str(uri)
-    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        store = tracking.tracking_uri(cfg or config_lib.from_dict({}))
-        mlflow.set_tracking_uri(store)
-        try:
-            model = mlflow.pytorch.load_model(text, map_location="cpu")
-        except MlflowException as error:  # a missing name, version, alias or run: not a bug
-            if error.error_code not in _NOT_FOUND:
-                raise
-            raise FileNotFoundError(f"cannot load {text} from {store}: {error.message}") from None
-        raw = mlflow.models.get_model_info(text).metadata or {}
-        if CONFIG_KEY not in raw:
-            raise ValueError(f"{text} has no '{CONFIG_KEY}' metadata; was it logged by zeroi2v?")
-        return model.eval(), config_lib.from_dict(raw[CONFIG_KEY])
-    return load_checkpoint_model(Path(text), cfg)
 
 
 def merge_checkpoint(

@@ -39,7 +39,8 @@ def new_client(world_size: int, train_batch_size: int) -> dict[str, Any]:
         "epoch": 0,
         "step_in_epoch": 0,
         "global_step": 0,
-        "best_top1": None,
+        "best_top1": None,  # the best evaluation's score so far (mAP for detection)
+        "best_step": None,  # the step of that evaluation; its checkpoint is never pruned
         "run_id": None,
         "world_size": world_size,
         "train_batch_size": train_batch_size,
@@ -167,7 +168,13 @@ class Checkpoints:
             self.engine, self.directory, name, self.client
         )  # ends in a barrier
         if self.rank == 0:  # every rank's files exist: manifest, then `latest`, then pruning
-            ckpt_integrity.commit(self.directory, step, self.cfg.train.keep_checkpoints)
+            best = self.client.get("best_step")
+            ckpt_integrity.commit(
+                self.directory,
+                step,
+                self.cfg.train.keep_checkpoints,
+                None if best is None else ckpt_integrity.tag_for(best),
+            )
         self.last = name
         return self.directory / name
 

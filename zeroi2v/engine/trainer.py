@@ -16,14 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from zeroi2v import config as config_lib
@@ -33,12 +31,14 @@ from zeroi2v.data.order import Layout
 from zeroi2v.data.pipeline import build_eval_loader, build_train_loader, count_samples
 from zeroi2v.data.shards import expand_shards, read_manifest
 from zeroi2v.engine import (
+    frozen,
     liveness,
     parallel,
     position,
     release,
     rng,
     run_log,
+    step_losses,
     tasks,
     tracking,
     train_state,
@@ -75,13 +75,9 @@ def steps_per_epoch(cfg: Config, train_batch_size: int) -> int:
 
 
 def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
-    from zeroi2v import build_model
-
-    model = build_model(cfg)
-    if parent is not None:  # model.init_from: the parent's weights (engine/transfer.py)
-        from zeroi2v.engine.transfer import initialise_from
-
-        initialise_from(model, parent, cfg)
+    """Seeded; `parent`: model.init_from's weights (`frozen.build`, what checkpoint readers
+    rebuild too)."""
+    model = frozen.build(cfg, parent)
     if cfg.train.activation_checkpointing:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
@@ -207,7 +203,7 @@ def _train(
     per_epoch = steps_per_epoch(cfg, ds_config["train_batch_size"])
     if info.rank == 0:
         _record_start(cfg, info, ds_config, per_epoch)
-    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker)
+    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker, client)
     if resumed is not None:  # weights, optimizer, schedule, this rank's RNG
         train_state.restore(engine, resumed, cfg.train.seed, client, info)
     ckpts = train_state.Checkpoints(engine, cfg, client, info.rank, resumed)
@@ -240,7 +236,9 @@ def _train(
             if (epoch + 1) % cfg.train.eval_every_epochs == 0 or epoch + 1 == cfg.train.epochs:
                 result = _evaluate(run)
                 if client["best_top1"] is None or result.score > client["best_top1"]:
-                    client["best_top1"] = result.score  # mAP for detection
+                    # a new best is checkpointed, and that checkpoint is never pruned
+                    client.update(best_top1=result.score, best_step=client["global_step"])
+                    ckpts.ensure(client["global_step"])
                 if on_epoch is not None and epoch + 1 < cfg.train.epochs:
                     saved = ckpts.ensure(client["global_step"])
                     on_epoch(epoch + 1, result.as_metrics(), saved)
@@ -278,17 +276,27 @@ def _engine(
     per_epoch: int,
     resumed: train_state.Resume | None,
     tracker: Any,
+    client: dict[str, Any],
 ) -> Any:
     """The DeepSpeed engine of the model built from `cfg`, from `model.init_from`'s parent
-    if any; configured to load `resumed` (which `train_state.restore` then does)."""
-    from zeroi2v.engine.transfer import load_parent
+    if any; configured to load `resumed` (which `train_state.restore` then does).
+
+    The frozen backbone's fingerprint goes into `client` (saved with every checkpoint), after
+    a resume only once it matches the checkpoint's: taken here, on the model as built, because
+    ZeRO-3 partitions it and bf16 casts it once the engine wraps it.
+    """
+    from zeroi2v.engine.loading import load_parent
 
     parent = load_parent(cfg)
     if parent is not None and tracker is not None:
         tracker.set_lineage(parent.lineage)
-    torch.manual_seed(cfg.train.seed)
     model = _build_model(cfg, parent)
     del parent  # its weights are in the model: not held twice while the engine is built
+    built = frozen.fingerprint(model, cfg)
+    frozen.agree(built, parallel.world_size_from_env())
+    if resumed is not None:
+        frozen.check(client.get(frozen.KEY), built, f"checkpoint {resumed.source / resumed.tag}")
+    client[frozen.KEY] = built
     if resumed is not None:
         ds_config = resumed.engine_config(ds_config)
     return parallel.build_engine(model, cfg, ds_config, per_epoch * cfg.train.epochs, per_epoch)
@@ -316,18 +324,13 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
         device=run.device,
     )
     dtype, step = parallel.input_dtype(run.ds_config), client["global_step"]
-    losses, speed = [], run_log.Throughput(run.device)
+    losses = step_losses.StepLosses(parallel.step_guard(engine), run.info.world_size)
+    speed = run_log.Throughput(run.device)
     for micro_index, micro_batch in enumerate(rng.outside_training_rng(loader), start=first):
         run.records.sample_keys({"epoch": epoch, "step": step + 1, "keys": micro_batch[2]})
         lr = engine.get_lr()[0]
         inputs, targets = task.unpack(micro_batch, run.device, dtype)
-        loss = train_step(engine, task.criterion, inputs, targets)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss} at step {step + 1} (epoch {epoch}); stopping, "
-                f"{run.ckpts.last_good()}"
-            )
-        losses.append(loss)
+        train_step(engine, task.criterion, inputs, targets, losses)
         speed.add(len(inputs[0]) * run.info.world_size)
         if (micro_index + 1) % accum:
             continue
@@ -340,19 +343,38 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
             position={**at, "batches": played},
         )
         bar.update()
-        record = {"step": step, "epoch": epoch, "loss": sum(losses[-accum:]) / accum, "lr": lr}
-        if step % cfg.train.log_every_steps == 0:
-            record.update(speed.measure())
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-            if run.tracker is not None:
-                run.tracker.log_metrics(
-                    {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
-                    step,
-                )
-        run.records.metric(record)  # with clips/s and memory every log_every_steps
-        if step % cfg.train.checkpoint_every_steps == 0:
+        losses.record({"step": step, "epoch": epoch, "lr": lr})
+        logged = step % cfg.train.log_every_steps == 0
+        saving = step % cfg.train.checkpoint_every_steps == 0
+        if logged or saving:  # the only host sync of the loop; a checkpoint holds its metrics
+            _write_losses(run, losses, (speed, bar) if logged else None)
+        if saving:
             run.ckpts.save(step)
+    _write_losses(run, losses, None)
     client.update(epoch=epoch + 1, step_in_epoch=0, position=None)
+
+
+def _write_losses(
+    run: _Run, losses: step_losses.StepLosses, shown: tuple[run_log.Throughput, Any] | None
+) -> None:
+    """The steps' records since the last write, read from the device (a host sync; every
+    rank); stops every rank at the first non-finite loss. `shown` (speed, progress bar), every
+    log_every_steps: the last record gets clips/s and memory, and goes to the bar and MLflow."""
+    records, bad = losses.flush()
+    if shown is not None and records and bad is None:
+        speed, bar = shown
+        record = records[-1]
+        record.update(speed.measure())
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if run.tracker is not None:
+            run.tracker.log_metrics(
+                {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
+                record["step"],
+            )
+    for record in records:
+        run.records.metric(record)
+    if bad is not None:
+        raise NonFiniteLossError(f"{bad}; stopping, {run.ckpts.last_good()}")
 
 
 @torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
@@ -388,16 +410,20 @@ def _evaluate(run: _Run) -> Any:
 
 
 def train_step(
-    engine: Any, criterion: nn.Module, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor
-) -> float:
-    """One micro-step; returns the loss averaged over ranks (the same value on every rank, so a
-    non-finite loss stops all ranks together, before its gradients touch the weights).
-    `inputs`: the forward's arguments, (clips,) or, for detection, (clips, person boxes)."""
+    engine: Any,
+    criterion: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    losses: step_losses.StepLosses,
+) -> None:
+    """One micro-step, with no host synchronisation: forward, backward, and DeepSpeed's step,
+    which updates the weights at the end of each accumulation unless a rank's loss was not
+    finite (`step_losses`: the check stays on the device; the loop reads the losses, and stops,
+    every train.log_every_steps). `inputs`: the forward's arguments, (clips,) or, for
+    detection, (clips, person boxes)."""
     loss = criterion(engine(*inputs), targets)
-    reduced = loss.detach().float().clone()
-    dist.all_reduce(reduced)
-    reduced = reduced.item() / dist.get_world_size()
-    if math.isfinite(reduced):
-        engine.backward(loss)
-        engine.step()
-    return reduced
+    losses.add(loss)
+    engine.backward(loss)
+    if engine.is_gradient_accumulation_boundary():
+        losses.end_step()  # before the optimizer step: every rank's losses, on the device
+    engine.step()

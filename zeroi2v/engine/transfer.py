@@ -41,7 +41,7 @@ class Parent:
     lineage: dict[str, str] = field(default_factory=dict)
 
 
-def _is_uri(text: str) -> bool:
+def is_uri(text: str) -> bool:
     return text.startswith(("models:/", "runs:/")) or "://" in text
 
 
@@ -72,32 +72,6 @@ def lineage_tags(uri: str, cfg: Config) -> dict[str, str]:
     else:
         tags["lineage.parent_uri"] = str(Path(uri).resolve())
     return tags
-
-
-def load_parent(cfg: Config) -> Parent | None:
-    """The parent named by ``cfg.model.init_from`` (None when unset), checked against `cfg`."""
-    uri = cfg.model.init_from
-    if uri is None:
-        return None
-    from zeroi2v.engine.release import load_model
-
-    if not _is_uri(uri) and not Path(uri).exists():
-        raise ConfigError(f"model.init_from: {uri} does not exist (a models:/ URI or a path)")
-    try:
-        model, parent_cfg = load_model(uri, cfg)
-    except Exception as error:  # registry/network/file problems: one sentence naming the key
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise ConfigError(
-            f"model.init_from: cannot load {uri} ({reason or type(error).__name__})"
-        ) from None
-    for key in ("backbone", "image_size"):
-        mine, theirs = getattr(cfg.model, key), getattr(parent_cfg.model, key)
-        if mine != theirs:
-            raise ConfigError(
-                f"model.init_from: the parent {uri} has model.{key} {theirs!r}, this config "
-                f"{mine!r}; they must be equal"
-            )
-    return Parent(model, parent_cfg, lineage_tags(uri, cfg))
 
 
 def _adaptation_keys(module: nn.Module) -> set[str]:

@@ -12,9 +12,15 @@ trains ~14 M adapter parameters beside a frozen ~86 M backbone (ViT-B/16), and t
   backward computes the rest.
 - ``bf16.check_grad_overflow`` is on: before each step every gradient tensor gets its own
   isfinite test and the result a host sync. bf16 has fp32's range (no loss scaling to tune),
-  and the trainer already stops on a non-finite loss before its backward
-  (`trainer.train_step`); a non-finite gradient from a finite loss then shows as a non-finite
+  and the trainer already keeps a non-finite loss's gradients off the weights, on the device
+  (`step_losses`); a non-finite gradient from a finite loss then shows as a non-finite
   loss one step later, and training stops there with the last good checkpoint named.
+- ``zero_optimization.compute_grad_norm`` is on: ZeRO 1/2 compute the global gradient norm
+  every step and read it on the host three times (`is_invalid_grad_norm`: 30 host syncs in 10
+  fp32 ZeRO-1 steps, tests/test_host_sync.py), to clip and to skip a step with a non-finite
+  gradient. With ``gradient_clipping: 0`` nothing uses it (the trainer's guard skips bad
+  steps on the device), so `fit` turns it off there; DeepSpeed refuses that for its bf16 ZeRO-1
+  optimizer and for optimizer offload, which keep it.
 
 `fit` fills in what the config leaves unset: buckets of a quarter of the trainable elements
 (so three of four reductions overlap backward), at least 2^20 elements (smaller messages are
@@ -61,6 +67,18 @@ def fit(ds_config: dict[str, Any], trainable: int) -> dict[str, Any]:
             ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
         )
         zero.setdefault("overlap_comm", world > 1)
+        if _norm_unused(ds, zero):
+            zero.setdefault("compute_grad_norm", False)
     if ds.get("bf16", {}).get("enabled"):
         ds["bf16"].setdefault("check_grad_overflow", False)
     return ds
+
+
+def _norm_unused(ds: dict[str, Any], zero: dict[str, Any]) -> bool:
+    """True where ZeRO 1/2's gradient norm serves nothing: ``gradient_clipping: 0`` (DeepSpeed
+    clips at 1.0 where the key is absent), and not DeepSpeed's bf16 ZeRO-1 optimizer or
+    optimizer offload, which refuse ``compute_grad_norm: false`` (engine.py
+    `_do_optimizer_sanity_check`, zero/config.py, DeepSpeed 0.19.8)."""
+    bf16_zero1 = ds.get("bf16", {}).get("enabled") and zero.get("stage") == 1
+    offload = zero.get("offload_optimizer") is not None
+    return ds.get("gradient_clipping", 1.0) == 0 and not bf16_zero1 and not offload
