@@ -2,9 +2,9 @@
 
 ViT-B/16, 8 frames of 224², ZeRO 1, 2 DeepSpeed processes, random weights, through
 `bench/at_size.py` as a user runs it: 3 steps, SIGKILL, ``--resume`` (its step 3 equals the
-killed run's bit for bit), evaluation, merge with the trainer's check, MLflow registration,
-the registered model loaded back through ``models:/NAME@champion`` and one video predicted
-over the config's 3 test views.
+killed run's bit for bit), a checkpoint of the trainable state only, evaluation, merge with
+the trainer's check, MLflow registration, the registered model loaded back through
+``models:/NAME@champion`` and one video predicted over the config's 3 test views.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def test_vit_b16_8f_trains_resumes_merges_registers_and_predicts_at_full_size(tm
     # 4 adapters of 768 → 192 → 768 in each of 12 blocks + a 4-class head on the 512-d embedding
     assert row["trainable_params"] == 12 * 4 * (768 * 192 + 192 + 192 * 768 + 768) + 512 * 4 + 4
     assert row["frozen_params"] > 85_000_000
+    # the checkpoint holds what trains: no frozen weight, ≤ 1.1 × 16 B per trainable element
+    assert row["checkpoint"]["frozen"] == 0 and row["checkpoint_vs_16B"] <= 1.1
     assert row["merge_error"]["fp32"] < 1e-4  # the trainer's own merge tolerance
     assert row["merge_error"]["bf16"] < 0.1  # bf16 rounds both sides; the order of magnitude
     registered = row["registered"]
