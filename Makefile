@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH)
+	$(PY) -m pip install -q -e '.[all,dev]' $(TORCH)
 	touch $(STAMP)
 
 setup: sysdeps $(STAMP)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import repo_path  # noqa: F401  (bench/ is sys.path[0]): the checkout's data_prep
 import torch
 from at_size_measures import (  # beside this script, which Python puts first on sys.path
     GROUPS,

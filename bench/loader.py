@@ -55,6 +55,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import repo_path  # noqa: F401  (bench/ is sys.path[0]): the checkout's data_prep
 import torch
 import webdataset as wds
 from torchvision.transforms import v2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import repo_path  # noqa: F401  (bench/ is sys.path[0]): the checkout's data_prep
+
 
 def make_shards(out: Path, *, val_per_class: int) -> Path:
     """48 train clips per class (+ `val_per_class`) → `out/shards/{train,val}-NNNNNN.tar`."""

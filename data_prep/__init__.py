@@ -1,6 +1,8 @@
 """Dataset preparation for zeroi2v: sources → WebDataset shards, synthetic data, inspection.
 
-Standalone on purpose (imports nothing from `zeroi2v`): `python -m data_prep --help`.
+An application of the library, run from a checkout (`python -m data_prep --help`): it imports
+from `zeroi2v` only torch-free modules (`files`, `data.quiet`, `data.synthetic`), never the
+reverse, and is not installed with the package.
 """
 
 from data_prep.shard import shard_split

@@ -33,7 +33,6 @@ import numpy as np
 
 from data_prep import video_io
 from data_prep.ava_pickle import is_pickle, load_proposal_pickle
-from data_prep.quiet import decoder_detail, quiet_stderr
 from data_prep.shard_writer import (
     Outcome,
     fingerprint,
@@ -43,6 +42,7 @@ from data_prep.shard_writer import (
     write_resumable,
 )
 from data_prep.sources import is_side_file, make_key
+from zeroi2v.data.quiet import decoder_detail, quiet_stderr
 
 Key = tuple[str, int]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import av
 
-from data_prep.quiet import decoder_detail
+from zeroi2v.data.quiet import decoder_detail
 
 
 class Unusable(ValueError):

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_prep import check, shard_writer, video_io
-from data_prep.quiet import decoder_detail
 from data_prep.sources import Item, SourceList
+from zeroi2v.data.quiet import decoder_detail
 
 
 @dataclass(frozen=True)

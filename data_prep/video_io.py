@@ -16,7 +16,7 @@ import av
 import decord
 import numpy as np
 
-from data_prep.quiet import decoder_detail, quiet_stderr
+from zeroi2v.data.quiet import decoder_detail, quiet_stderr
 
 MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's demuxer name for the mp4 family
 # Frame widths whose videos decord 0.6 opens but cannot decode ("Check failed: from_size ==

@@ -171,3 +171,19 @@ def test_launch_scripts_shadow_no_module_and_edit_no_path():
             name not in sys.stdlib_module_names and importlib.util.find_spec(name) is None
         ), f"launch/{script.name} shadows the module '{name}'; rename the script"
         assert "sys.path" not in script.read_text(), f"launch/{script.name} edits sys.path"
+
+
+def test_the_library_imports_no_application():
+    """`zeroi2v` is what a wheel installs; `data_prep` and `launch` are applications run from a
+    checkout, so any import of them from the library fails for a `pip install zeroi2v` user."""
+    apps = ("data_prep", "launch")
+    found = []
+    for module, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            found += [f"{module} imports {n}" for n in names if n.split(".")[0] in apps]
+    assert not found, "the library imports an application:\n" + "\n".join(sorted(found))

@@ -1,29 +1,35 @@
-"""Video data: WebDataset shards → decord → frame sampling → clip-consistent augmentation."""
+"""Video data: WebDataset shards → decord → frame sampling → clip-consistent augmentation.
 
-from zeroi2v.data.decode import CorruptVideoError
-from zeroi2v.data.pipeline import (
-    SkipCounter,
-    VideoLoader,
-    build_eval_loader,
-    build_train_loader,
-    count_samples,
-    read_manifest,
-)
-from zeroi2v.data.sampling import dense_indices, uniform_indices
-from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform
+Attributes are imported lazily, as in `zeroi2v.models`: `zeroi2v.data.synthetic` (numpy) and
+`zeroi2v.data.quiet` (the decoders' logging) are used by `data_prep` without torch or
+webdataset, and a core install (no `[data]` extra) can still import `zeroi2v.data.sampling`.
+"""
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "CorruptVideoError",
-    "EvalTransform",
-    "SkipCounter",
-    "TrainTransform",
-    "VideoLoader",
-    "build_eval_loader",
-    "build_train_loader",
-    "count_samples",
-    "dense_indices",
-    "read_manifest",
-    "uniform_indices",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CLIP_MEAN": "zeroi2v.data.transforms",
+    "CLIP_STD": "zeroi2v.data.transforms",
+    "CorruptVideoError": "zeroi2v.errors",
+    "EvalTransform": "zeroi2v.data.transforms",
+    "SkipCounter": "zeroi2v.data.shards",
+    "TrainTransform": "zeroi2v.data.transforms",
+    "VideoLoader": "zeroi2v.data.pipeline",
+    "build_eval_loader": "zeroi2v.data.pipeline",
+    "build_train_loader": "zeroi2v.data.pipeline",
+    "count_samples": "zeroi2v.data.shards",
+    "dense_indices": "zeroi2v.data.sampling",
+    "read_manifest": "zeroi2v.data.shards",
+    "uniform_indices": "zeroi2v.data.sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ import decord
 import numpy as np
 import torch
 
-from data_prep.quiet import decoder_detail, quiet_stderr
+from zeroi2v.data.quiet import decoder_detail, quiet_stderr
 from zeroi2v.errors import ConfigError, CorruptVideoError
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.synthetic import CLASSES, render, sample_params
 from zeroi2v import logs
 from zeroi2v.config import Config, ConfigError, from_dict, to_dict
+from zeroi2v.data.synthetic import CLASSES, render, sample_params
 from zeroi2v.models.specs import BACKBONES
 
 log = logging.getLogger(__name__)
