@@ -49,7 +49,9 @@ def served(tmp_path_factory, synthetic_shards, synthetic_videos):
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri,
-        "SERVING_MODEL_CONFIG": json.dumps({"path_root": str(synthetic_videos / "val")}),
+        "SERVING_MODEL_CONFIG": json.dumps(
+            {"path_root": str(synthetic_videos / "val"), "max_request_bytes": 1_000_000}
+        ),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     log = (tmp / "serve.log").open("w")
@@ -132,19 +134,46 @@ def test_server_reads_no_file_outside_its_path_root(served, synthetic_videos):
     escaping = (
         synthetic_videos / "val" / ".." / "train" / outside.relative_to(synthetic_videos / "train")
     )
-    for path in (outside, escaping, Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///"))):
-        with pytest.raises(urllib.error.HTTPError) as error:
-            _post(port, {"dataframe_records": [{"path": str(path)}]})
-        assert error.value.code == 400
-        assert "is not a file under the allowed root" in error.value.read().decode()
-    assert _post(port, {"dataframe_records": [{"path": str(inside)}]})["predictions"][0]["label"]
+    db = Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///"))
+    paths = [outside, escaping, db, inside]
+    rows = _post(port, {"dataframe_records": [{"path": str(p)} for p in paths]})["predictions"]
+    for number, row in enumerate(rows[:3]):
+        assert row["error"].startswith(f"row {number}: path '{paths[number]}' is not a file under")
+        assert row["label"] is None
+    assert rows[3]["label"] and rows[3]["error"] is None
 
 
-def test_bad_request_is_rejected(served):
+def test_every_row_is_answered_or_the_request_refused(served, synthetic_videos):
+    """Bytes that do not decode never give `200 {"predictions": []}`: each row gets its entry."""
     port, _, _ = served
-    with pytest.raises(urllib.error.HTTPError) as error:
-        _post(port, {"dataframe_records": [{"video": "not base64 at all!"}]})
-    assert error.value.code == 400
+    good = base64.b64encode(sorted((synthetic_videos / "val").rglob("*.mp4"))[0].read_bytes())
+    bad = [base64.b64encode(b).decode() for b in (b"text", b"\x89PNG\r\n\x1a\n" + bytes(64))]
+    alone = _post(port, {"inputs": {"video": bad[:1]}})["predictions"]
+    assert alone == [
+        {
+            "row": 0,
+            "label": None,
+            "score": None,
+            "index": None,
+            "labels": None,
+            "scores": None,
+            "indices": None,
+            "error": "row 0: it does not decode: cannot read the video header: "
+            "Invalid data found when processing input",
+        }
+    ]
+    rows = _post(port, {"inputs": {"video": [bad[1], good.decode(), "not base64!"]}})
+    assert [r["row"] for r in rows["predictions"]] == [0, 1, 2]
+    assert [r["error"] is None for r in rows["predictions"]] == [False, True, False]
+    assert "no usable frame size (0×0)" in rows["predictions"][0]["error"]
+    for payload, sentence in (
+        ({"dataframe_records": [{"vid": "AAAA"}]}, "got columns ['vid']"),
+        ({"inputs": {"video": ["A" * 2_000_000]}}, "over the limit of 1000000 bytes"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            _post(port, payload)
+        assert error.value.code == 400
+        assert sentence in error.value.read().decode()
 
 
 def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_videos):
@@ -162,20 +191,21 @@ def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_vide
     paths = pd.DataFrame({"path": list(map(str, videos))})
     pyfunc = mlflow.pyfunc.load_model(uri)  # by default it reads only what it is sent
     from_base64 = pyfunc.predict(pd.DataFrame({"video": encoded}))
-    with pytest.raises(ValueError, match="reading files on the server is off"):
-        pyfunc.predict(paths)
+    refused = pyfunc.predict(paths)["error"].tolist()
+    assert all(e.endswith("to allow files under DIR)") for e in refused)
+    assert refused[0].startswith("row 0: reading files on the server is off")
     allowed = mlflow.pyfunc.load_model(uri, model_config={"path_root": str(videos[0].parents[1])})
     from_paths = allowed.predict(paths)
-    with pytest.raises(ValueError, match="is not a file under the allowed root"):
-        allowed.predict(pd.DataFrame({"path": [str(videos[0].parents[2] / "train")]}))
+    folder = allowed.predict(pd.DataFrame({"path": [str(videos[0].parents[2] / "train")]}))
+    assert "is not a file under the allowed root" in folder["error"].iloc[0]
     assert from_base64["label"].tolist() == from_paths["label"].tolist()
     assert set(from_base64["label"]) <= set(classes)
 
     local = Path(mlflow.artifacts.download_artifacts(uri))
     raw = _load_pyfunc(str(local / "data"))  # what the server's loader builds
     assert isinstance(raw, VideoPyfunc)
-    with pytest.raises(ValueError, match="not valid base64"):  # without a root, text is base64
-        raw.predict([str(videos[0])])
+    text = raw.predict([str(videos[0])])  # without a root, text is base64
+    assert text["error"].iloc[0].startswith("row 0: its 'video' value is not valid base64")
     from_bytes = raw.predict([v.read_bytes() for v in videos])
     assert from_bytes["label"].tolist() == from_paths["label"].tolist()
     assert from_bytes["score"].tolist() == pytest.approx(from_paths["score"].tolist())
