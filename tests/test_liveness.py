@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -46,6 +47,25 @@ def test_store_gone_means_rank_0s_node_is_gone(monkeypatch: pytest.MonkeyPatch) 
     lost = beats[1].lost_ranks()
     assert list(lost) == [0] and "rendezvous store" in lost[0]
     beats[1].stop()
+
+
+def test_a_dead_store_gives_our_line_without_a_cpp_stack_trace(monkeypatch, capfd) -> None:
+    """The survivor of rank 0's node prints one line, not c10d's C++ traces (one per store
+    call: the heartbeat's add and two connection attempts, ~10 s)."""
+    port = free_port()
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    beat = liveness.Heartbeat(rank=1, world_size=2, interval_s=0.1)
+    time.sleep(0.3)
+    del server  # rank 0's node dies; the heartbeat keeps beating for a few intervals
+    time.sleep(0.5)
+    error = beat.explain(RuntimeError("Connection closed by peer"), timeout_s=60)
+    beat.stop()
+    assert str(error).startswith("lost rank 0 (node 0, the rendezvous store at 127.0.0.1)")
+    printed = capfd.readouterr()
+    assert "frame #" not in printed.err and "Exception raised from" not in printed.err
+    assert "[c10d]" not in printed.err, printed.err[:2000]
 
 
 def test_only_transport_failures_are_translated(store) -> None:
