@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
 import pytest
 import torch.distributed as dist
-from engine_helpers import free_port
+from engine_helpers import clean_env, free_port
 
 from zeroi2v.engine import liveness
 
@@ -75,3 +77,50 @@ def test_only_transport_failures_are_translated(store) -> None:
     with pytest.raises(RuntimeError, match="not a network problem"):
         with liveness.watched(rank=0, world_size=2, timeout_s=60):
             raise RuntimeError("not a network problem")
+
+
+SURVIVOR = """
+import os, sys, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+from zeroi2v.engine import liveness
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+try:
+    with liveness.watched(rank, 2, 30):
+        for step in range(600):
+            dist.all_reduce(torch.ones(4))
+            time.sleep(0.05)
+            if rank == 0 and step == 20:
+                os._exit(9)  # rank 0's node dies, the store it hosts with it
+except liveness.LostRankError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_the_survivor_of_the_store_node_prints_one_line(tmp_path) -> None:
+    """Two gloo ranks; rank 0 (host of the rendezvous store) exits mid-training: rank 1's
+    stderr is our one line, not c10d's C++ traces (41 `frame #` lines before)."""
+    env = clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SURVIVOR],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        errs = [proc.communicate(timeout=120)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[1].returncode == 1, errs[1][-3000:]
+    assert errs[1].splitlines() == [
+        "error: lost rank 0 (node 0, the rendezvous store at 127.0.0.1): it stopped answering, "
+        "so this rank stops too; relaunch every node with --resume to continue from the last "
+        "checkpoint"
+    ], errs[1][-3000:]

@@ -77,8 +77,12 @@ class Heartbeat:
     def lost_ranks(self, beats: int = 4) -> dict[int, str]:
         """Ranks whose heartbeat stood still over `beats` intervals → where they ran."""
         gone = {0: f"node 0, the rendezvous store at {os.environ['MASTER_ADDR']}"}
-        if not _store_answers(5):
-            return gone
+        # A process going down may hold the store's port a moment after its other sockets
+        # closed (this rank's collective failed on one of them): look twice, a beat apart.
+        for _ in range(2):
+            if not _store_answers(5):
+                return gone
+            time.sleep(self.interval_s)
         try:
             store = _client(5)
             names = [f"{_PREFIX}/beat/{r}" for r in range(self.world_size)]
