@@ -63,7 +63,10 @@ def test_a_global_batch_two_ranks_cannot_keep_stops_before_ray(search):
     assert message.startswith("a trial with {")
     assert "on tune.workers_per_trial=2 rank(s) would fail before training: " in message
     assert "deepspeed.train_batch_size (16) != train_micro_batch_size_per_gpu (16)" in message
-    assert "× world size (2)" in message
+    assert message.endswith(
+        "× world size (2); to keep the global batch, override "
+        "deepspeed.train_micro_batch_size_per_gpu=8"
+    )
 
 
 def test_a_grace_period_past_the_last_epoch_stops_before_ray(search):
