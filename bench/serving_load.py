@@ -127,30 +127,28 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served(uri: str, root: Path, log: Path) -> Iterator[tuple[int, int]]:
-    """(port, pid) of `mlflow models serve` on 127.0.0.1, stopped (its process group) on exit."""
+def served(
+    model_uri: str, tracking_uri: str, model_config: dict[str, Any], log: Path
+) -> Iterator[tuple[int, int]]:
+    """(port, pid) of `mlflow models serve` on 127.0.0.1 with `model_config` (the pyfunc's
+    ``SERVING_MODEL_CONFIG``), its output in `log`; stopped (its process group) on exit."""
     port = _free_port()
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "SERVING_MODEL_CONFIG": json.dumps(
-            {"path_root": str(root), "max_request_bytes": MAX_REQUEST_BYTES}
-        ),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "SERVING_MODEL_CONFIG": json.dumps(model_config),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{MODEL_NAME}@champion",
-    ]
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     with log.open("w") as out:
         server = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+            start_new_session=True,  # its own process group: uvicorn is a grandchild
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -274,7 +272,9 @@ def run_bench(requests: int = 200, clients: int = 8, rounds: int = 2) -> dict[st
         uri, good, outside = register_tiny(work)
         local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
         plan = schedule(good, outside, requests, local)
-        with served(uri, good[0].parents[1], work / "serve.log") as (port, pid):
+        config = {"path_root": str(good[0].parents[1]), "max_request_bytes": MAX_REQUEST_BYTES}
+        model = f"models:/{MODEL_NAME}@champion"
+        with served(model, uri, config, work / "serve.log") as (port, pid):
             run_round(port, plan[: 4 * clients], clients)  # warm-up: threads, allocator pools
             memory = [rss_mib(pid)]
             results = []

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,15 +12,9 @@ import pandas as pd
 import pytest
 from test_predict import register_tiny
 
+from bench.serving_load import served as serve
+
 MODEL_NAME = "tiny_serving"
-REPO = Path(__file__).resolve().parents[1]
-SERVER_START_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(port: int, payload: dict, timeout: float = 60) -> dict:
@@ -45,63 +33,10 @@ def served(tmp_path_factory, synthetic_shards, synthetic_videos):
     allowed to read files under the synthetic val videos only."""
     tmp = tmp_path_factory.mktemp("serving_registry")
     cfg, _, classes = register_tiny(tmp, synthetic_shards, MODEL_NAME)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri,
-        "SERVING_MODEL_CONFIG": json.dumps(
-            {"path_root": str(synthetic_videos / "val"), "max_request_bytes": 1_000_000}
-        ),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    log = (tmp / "serve.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL_NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp,
-        start_new_session=True,  # its own process group: uvicorn is a grandchild
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(
-                    f"mlflow models serve exited: {(tmp / 'serve.log').read_text()[-2000:]}"
-                )
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not up after {SERVER_START_TIMEOUT_S}s")
-                time.sleep(1)
+    config = {"path_root": str(synthetic_videos / "val"), "max_request_bytes": 1_000_000}
+    uri = f"models:/{MODEL_NAME}@champion"
+    with serve(uri, cfg.tracking.tracking_uri, config, tmp / "serve.log") as (port, _):
         yield port, cfg, classes
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_served_top1_equals_predict(served, synthetic_videos, monkeypatch):

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
+from tune_helpers import tiny_search
 
-from zeroi2v import config as config_lib
 from zeroi2v.config import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -29,19 +26,12 @@ def search(tmp_path, synthetic_shards, monkeypatch):
 
     monkeypatch.setattr(search_lib, "_init_ray", no_ray)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    raw = json.loads((ROOT / "configs" / "tune_tiny_cpu.json").read_text())
-    raw = config_lib.apply_overrides(
-        raw,
-        {
-            "model.pretrained": None,
-            "data.train_shards": str(synthetic_shards / "train-*.tar"),
-            "data.val_shards": str(synthetic_shards / "val-*.tar"),
+    raw = tiny_search(
+        synthetic_shards,
+        tmp_path,
+        **{
             "train.epochs": 4,
             "tune.scheduler": {"name": "asha", "grace_period": 2, "reduction_factor": 2},
-            "train.output_dir": str(tmp_path / "runs"),
-            "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "tracking.artifact_location": str(tmp_path / "mlartifacts"),
-            "tune.storage_path": str(tmp_path / "ray_results"),
         },
     )
     path = tmp_path / "search.json"
