@@ -107,6 +107,8 @@ def register_tiny(work: Path) -> tuple[str, list[Path], Path]:
             if "adaptation" in name or name.startswith("head"):
                 param.normal_(0, 0.5)
     mlflow.set_tracking_uri(uri)
+    # artifacts under `work` too (a SQLite store's default is ./mlruns in the working directory)
+    mlflow.create_experiment("serving_load", artifact_location=str(work / "mlartifacts"))
     mlflow.set_experiment("serving_load")
     with mlflow.start_run():
         info = log_pyfunc_model(
