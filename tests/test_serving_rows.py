@@ -68,18 +68,27 @@ def test_an_image_signature_is_a_row_error_not_zero_division(pyfunc):
 
 def test_rows_that_are_not_videos_say_why(pyfunc, good, synthetic_videos):
     outside = sorted((synthetic_videos / "train").glob("*/*.mp4"))[0]
+    loop = good[0].parents[1] / "loop.mp4"
+    loop.symlink_to(loop)
     records = [
         {"video": "not base64 at all!"},
         {"path": str(outside)},
         {"path": str(good[0])},
         {"video": None, "path": None},
+        {"path": str(loop)},
+        {"path": "a\0b"},
     ]
-    out = pyfunc.predict(pd.DataFrame.from_records(records))
+    try:
+        out = pyfunc.predict(pd.DataFrame.from_records(records))
+    finally:
+        loop.unlink()
     errors = out["error"].tolist()
     assert errors[0].startswith("row 0: its 'video' value is not valid base64")
     assert errors[1].startswith(f"row 1: path '{outside}' is not a file under the allowed root")
     assert errors[2] is None and out["label"].iloc[2] is not None
     assert errors[3] == "row 3: it has no non-empty 'video' (base64) or 'path'"
+    assert errors[4].startswith("row 4: its path cannot be resolved (")
+    assert errors[5] == "row 5: its path holds a NUL byte"
 
 
 def test_an_over_long_path_is_refused_before_it_is_resolved(pyfunc, good, monkeypatch):

@@ -87,6 +87,16 @@ def _checked_path(path: str) -> None:
         raise RowError(f"its path has a {longest}-byte component, over the OS limit of {NAME_MAX}")
 
 
+def _resolved(path: str) -> Path:
+    """`path` with ``..`` and symlinks resolved, after `_checked_path`; a symlink loop or an
+    unreadable folder is this row's error."""
+    _checked_path(path)
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise RowError(f"its path cannot be resolved ({error})") from None
+
+
 def _allowed_path(path: str, root: Path | None) -> str:
     """`path` when it names a file under `root`; refuses everything when no root is set."""
     if root is None:
@@ -94,8 +104,7 @@ def _allowed_path(path: str, root: Path | None) -> str:
             "reading files on the server is off: send the video's bytes as base64 in 'video' "
             "(or serve the model with model_config {'path_root': DIR} to allow files under DIR)"
         )
-    _checked_path(path)
-    resolved = Path(path).resolve()
+    resolved = _resolved(path)
     if not resolved.is_relative_to(root) or not resolved.is_file():
         raise RowError(f"path {path[:200]!r} is not a file under the allowed root {root}")
     return str(resolved)
@@ -161,10 +170,9 @@ def _list_item(item: Any, root: Path | None) -> bytes | str:
 def _is_path_under(text: str, root: Path) -> bool:
     """Whether a list item names something under `root` (base64 may hold '/' too)."""
     try:
-        _checked_path(text)  # a long base64 string is never resolved as a path
+        return _resolved(text).is_relative_to(root)  # a long base64 string is never resolved
     except RowError:
         return False
-    return Path(text).resolve().is_relative_to(root)
 
 
 def _rows(
