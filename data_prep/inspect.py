@@ -1,7 +1,10 @@
 """Look at shards: per-shard / per-class counts and a contact sheet of a few clips.
 
-Reads the tars with `tarfile` (no webdataset needed), so it also checks that what the
-manifest promises is what the files hold.
+Reads the tars with `tarfile`, grouping members into samples by WebDataset's own key rule
+(`webdataset.tariterators.base_plus_ext`: the key is the path up to the first dot of the
+file name, so ``a.b/c.mp4`` is key ``a.b/c``), exactly as the loaders do; so it also checks
+that what the manifest promises is what the files hold, and a member that the rule cannot
+split, or a sample without a member a zeroi2v shard has, is one sentence, not a KeyError.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from webdataset.tariterators import base_plus_ext
 
 from data_prep.video_io import decode_at
 
@@ -21,7 +25,8 @@ LABEL_HEIGHT = 14  # pixels of caption above each row of the contact sheet
 
 
 def iter_samples(shard: Path) -> Iterator[dict]:
-    """Samples of one tar as {"__key__", ext: bytes, ...} (webdataset's grouping rule)."""
+    """Samples of one tar as {"__key__", "__url__", ext: bytes, ...} (webdataset's grouping
+    rule: consecutive members with one key, the extension lower-cased)."""
     if not tarfile.is_tarfile(shard):
         raise ValueError(f"{shard} is not a tar shard (expected a {{split}}-NNNNNN.tar file)")
     sample: dict = {}
@@ -32,17 +37,34 @@ def iter_samples(shard: Path) -> Iterator[dict]:
             f"{shard} is not a tar file (expected shards from data_prep shard)"
         ) from None
     with tar:
-        for member in tar:
-            if not member.isfile():
+        for info in tar:
+            if not info.isfile():
                 continue
-            key, _, ext = member.name.partition(".")
+            key, ext = base_plus_ext(info.name)
+            if key is None:
+                raise ValueError(
+                    f"{shard}: member {info.name!r} has no KEY.EXT name by WebDataset's rule "
+                    "(an extension after the file name's first dot), so the loaders skip it; "
+                    "rebuild the shard with data_prep shard"
+                )
             if sample and sample["__key__"] != key:
                 yield sample
                 sample = {}
-            sample["__key__"] = key
-            sample[ext] = tar.extractfile(member).read()
+            sample.update({"__key__": key, "__url__": str(shard)})
+            sample[ext.lower()] = tar.extractfile(info).read()
     if sample:
         yield sample
+
+
+def member(sample: dict, ext: str) -> bytes:
+    """``sample[ext]``, or one sentence naming the shard, the sample and what it holds."""
+    if ext not in sample:
+        held = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(
+            f"{sample['__url__']}: sample {sample['__key__']!r} has no .{ext} member (it has "
+            f"{held}); data_prep shard writes mp4, cls and json for every sample"
+        )
+    return sample[ext]
 
 
 def labels_of(meta: dict, classes: Sequence[str]) -> list[str]:
@@ -67,7 +89,7 @@ def count(shards: Sequence[Path]) -> dict[str, Counter]:
         counts[shard.name] = Counter(
             label
             for x in iter_samples(shard)
-            for label in labels_of(json.loads(x["json"]), classes)
+            for label in labels_of(json.loads(member(x, "json")), classes)
         )
     return counts
 
@@ -108,14 +130,14 @@ def contact_sheet(
     for shard in shards:
         classes = manifest_classes(Path(shard))
         for sample in iter_samples(Path(shard)):
-            meta = json.loads(sample["json"])
+            meta = json.loads(member(sample, "json"))
             stored = meta.get("frames")  # what decoded at shard time caps decord's count
 
             def choose(total: int, stored: int | None = stored) -> list[int]:
                 return frame_indices(min(total, stored) if stored else total, columns)
 
             try:
-                frames = decode_at(sample["mp4"], choose)  # (columns, H, W, 3)
+                frames = decode_at(member(sample, "mp4"), choose)  # (columns, H, W, 3)
             except RuntimeError as err:
                 if skipped is not None:
                     skipped.append((sample["__key__"], str(err)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -52,6 +53,9 @@ def prepare(item: Item, options: EncodeOptions) -> Prepared:
     Copied bytes keep the source's key-frame interval (the json's `keyframe_interval` says it).
     """
     try:
+        kind = _not_regular(item.path)  # stat only: opening a FIFO would wait forever
+        if kind:
+            return Prepared(item, reason=f"not a regular file ({kind}): never opened")
         data = item.path.read_bytes()
     except OSError as err:
         return Prepared(item, reason=f"cannot read the file: {err.strerror or err}")
@@ -78,6 +82,23 @@ def prepare(item: Item, options: EncodeOptions) -> Prepared:
     except Exception as err:  # a decoder or encoder failure makes the input unusable
         return Prepared(item, reason=f"cannot be re-encoded: {decoder_detail(err)}")
     return Prepared(item, data, meta.as_dict())
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _not_regular(path: Path) -> str | None:
+    """What `path` (symlinks followed) is when it is not a regular file, else None."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a file")
 
 
 def _asks_change(data: bytes, report: check.DecodeReport, options: EncodeOptions) -> bool:

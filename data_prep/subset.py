@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.inspect import iter_samples, member
 from data_prep.shard_writer import DeterministicTar, update_manifest
 from zeroi2v.files import sha256_file
 
@@ -25,15 +25,15 @@ Sample = tuple[str, dict[str, bytes]]  # (key, {extension: bytes})
 
 
 def read_samples(shards: list[Path]) -> list[Sample]:
-    """Every sample of `shards`, in order, its tar members grouped by key."""
+    """Every sample of `shards`, in order, its tar members grouped by WebDataset's key rule
+    (`data_prep.inspect.iter_samples`); a sample without a ``cls`` is one sentence."""
     samples: list[Sample] = []
     for path in shards:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, {}))
-                samples[-1][1][ext] = tar.extractfile(member).read()
+        for sample in iter_samples(path):
+            member(sample, "cls")
+            samples.append(
+                (sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")})
+            )
     return samples
 
 

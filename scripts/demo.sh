@@ -60,7 +60,7 @@ echo "== 5/6 evaluate models:/$NAME@latest (seed $SEED)"
 python launch/evaluate.py --model "models:/$NAME@latest" --config "$CONFIG" --out "$OUT/eval.json"
 echo "== 6/6 predict one held-out video with models:/$NAME@latest"
 VIDEO=$(find "$VIDEOS/val" -name '*.mp4' | sort | sed -n 1p)  # sed reads all: no SIGPIPE under pipefail
-echo "$VIDEO"
+# predict.py prints the video's path above its classes: not echoed here too
 python launch/predict.py --model "models:/$NAME@latest" "$VIDEO" --top-k 2
 echo "demo (seed $SEED, pre-training seed $PRETRAIN_SEED) finished in $(( $(date +%s) - start )) s"
 echo "MLflow UI: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db   (then open http://127.0.0.1:5000)"

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,15 +12,9 @@ import pandas as pd
 import pytest
 from test_predict import register_tiny
 
+from bench.serving_load import served as serve
+
 MODEL_NAME = "tiny_serving"
-REPO = Path(__file__).resolve().parents[1]
-SERVER_START_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(port: int, payload: dict, timeout: float = 60) -> dict:
@@ -45,61 +33,10 @@ def served(tmp_path_factory, synthetic_shards, synthetic_videos):
     allowed to read files under the synthetic val videos only."""
     tmp = tmp_path_factory.mktemp("serving_registry")
     cfg, _, classes = register_tiny(tmp, synthetic_shards, MODEL_NAME)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri,
-        "SERVING_MODEL_CONFIG": json.dumps({"path_root": str(synthetic_videos / "val")}),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    log = (tmp / "serve.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL_NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp,
-        start_new_session=True,  # its own process group: uvicorn is a grandchild
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(
-                    f"mlflow models serve exited: {(tmp / 'serve.log').read_text()[-2000:]}"
-                )
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not up after {SERVER_START_TIMEOUT_S}s")
-                time.sleep(1)
+    config = {"path_root": str(synthetic_videos / "val"), "max_request_bytes": 1_000_000}
+    uri = f"models:/{MODEL_NAME}@champion"
+    with serve(uri, cfg.tracking.tracking_uri, config, tmp / "serve.log") as (port, _):
         yield port, cfg, classes
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_served_top1_equals_predict(served, synthetic_videos, monkeypatch):
@@ -132,19 +69,46 @@ def test_server_reads_no_file_outside_its_path_root(served, synthetic_videos):
     escaping = (
         synthetic_videos / "val" / ".." / "train" / outside.relative_to(synthetic_videos / "train")
     )
-    for path in (outside, escaping, Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///"))):
-        with pytest.raises(urllib.error.HTTPError) as error:
-            _post(port, {"dataframe_records": [{"path": str(path)}]})
-        assert error.value.code == 400
-        assert "is not a file under the allowed root" in error.value.read().decode()
-    assert _post(port, {"dataframe_records": [{"path": str(inside)}]})["predictions"][0]["label"]
+    db = Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///"))
+    paths = [outside, escaping, db, inside]
+    rows = _post(port, {"dataframe_records": [{"path": str(p)} for p in paths]})["predictions"]
+    for number, row in enumerate(rows[:3]):
+        assert row["error"].startswith(f"row {number}: path '{paths[number]}' is not a file under")
+        assert row["label"] is None
+    assert rows[3]["label"] and rows[3]["error"] is None
 
 
-def test_bad_request_is_rejected(served):
+def test_every_row_is_answered_or_the_request_refused(served, synthetic_videos):
+    """Bytes that do not decode never give `200 {"predictions": []}`: each row gets its entry."""
     port, _, _ = served
-    with pytest.raises(urllib.error.HTTPError) as error:
-        _post(port, {"dataframe_records": [{"video": "not base64 at all!"}]})
-    assert error.value.code == 400
+    good = base64.b64encode(sorted((synthetic_videos / "val").rglob("*.mp4"))[0].read_bytes())
+    bad = [base64.b64encode(b).decode() for b in (b"text", b"\x89PNG\r\n\x1a\n" + bytes(64))]
+    alone = _post(port, {"inputs": {"video": bad[:1]}})["predictions"]
+    assert alone == [
+        {
+            "row": 0,
+            "label": None,
+            "score": None,
+            "index": None,
+            "labels": None,
+            "scores": None,
+            "indices": None,
+            "error": "row 0: it does not decode: cannot read the video header: "
+            "Invalid data found when processing input",
+        }
+    ]
+    rows = _post(port, {"inputs": {"video": [bad[1], good.decode(), "not base64!"]}})
+    assert [r["row"] for r in rows["predictions"]] == [0, 1, 2]
+    assert [r["error"] is None for r in rows["predictions"]] == [False, True, False]
+    assert "no usable frame size (0×0)" in rows["predictions"][0]["error"]
+    for payload, sentence in (
+        ({"dataframe_records": [{"vid": "AAAA"}]}, "got columns ['vid']"),
+        ({"inputs": {"video": ["A" * 2_000_000]}}, "over the limit of 1000000 bytes"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            _post(port, payload)
+        assert error.value.code == 400
+        assert sentence in error.value.read().decode()
 
 
 def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_videos):
@@ -162,20 +126,21 @@ def test_pyfunc_in_process_accepts_base64_paths_and_bytes(served, synthetic_vide
     paths = pd.DataFrame({"path": list(map(str, videos))})
     pyfunc = mlflow.pyfunc.load_model(uri)  # by default it reads only what it is sent
     from_base64 = pyfunc.predict(pd.DataFrame({"video": encoded}))
-    with pytest.raises(ValueError, match="reading files on the server is off"):
-        pyfunc.predict(paths)
+    refused = pyfunc.predict(paths)["error"].tolist()
+    assert all(e.endswith("to allow files under DIR)") for e in refused)
+    assert refused[0].startswith("row 0: reading files on the server is off")
     allowed = mlflow.pyfunc.load_model(uri, model_config={"path_root": str(videos[0].parents[1])})
     from_paths = allowed.predict(paths)
-    with pytest.raises(ValueError, match="is not a file under the allowed root"):
-        allowed.predict(pd.DataFrame({"path": [str(videos[0].parents[2] / "train")]}))
+    folder = allowed.predict(pd.DataFrame({"path": [str(videos[0].parents[2] / "train")]}))
+    assert "is not a file under the allowed root" in folder["error"].iloc[0]
     assert from_base64["label"].tolist() == from_paths["label"].tolist()
     assert set(from_base64["label"]) <= set(classes)
 
     local = Path(mlflow.artifacts.download_artifacts(uri))
     raw = _load_pyfunc(str(local / "data"))  # what the server's loader builds
     assert isinstance(raw, VideoPyfunc)
-    with pytest.raises(ValueError, match="not valid base64"):  # without a root, text is base64
-        raw.predict([str(videos[0])])
+    text = raw.predict([str(videos[0])])  # without a root, text is base64
+    assert text["error"].iloc[0].startswith("row 0: its 'video' value is not valid base64")
     from_bytes = raw.predict([v.read_bytes() for v in videos])
     assert from_bytes["label"].tolist() == from_paths["label"].tolist()
     assert from_bytes["score"].tolist() == pytest.approx(from_paths["score"].tolist())

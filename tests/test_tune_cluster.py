@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from engine_helpers import clean_env, losses, run_train, tiny_raw, write_config
-from tune_helpers import kill_when, trial_state
+from tune_helpers import kill_when, tiny_search, trial_state
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import ConfigError, TuneConfig
@@ -181,20 +181,13 @@ def ray_cluster(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_search_of_two_rank_trials_on_a_two_node_cluster(ray_cluster, synthetic_shards, tmp_path):
-    raw = json.loads((ROOT / "configs" / "tune_tiny_cpu.json").read_text())
-    raw = config_lib.apply_overrides(
-        raw,
-        {
-            "model.pretrained": None,
-            "data.train_shards": str(synthetic_shards / "train-*.tar"),
-            "data.val_shards": str(synthetic_shards / "val-*.tar"),
+    raw = tiny_search(
+        synthetic_shards,
+        tmp_path,  # tune.storage_path under it: every node sees it
+        **{
             "train.epochs": 2,
             "train.steps_per_epoch": 2,
-            "train.output_dir": str(tmp_path / "runs"),
             "deepspeed.train_batch_size": 32,  # 16 per rank × 2 ranks
-            "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "tracking.artifact_location": str(tmp_path / "mlartifacts"),
-            "tune.storage_path": str(tmp_path / "ray_results"),  # every node sees it
             "tune.name": "cluster",
             "tune.search_space": {},
             "tune.head_allocation": {"temporal_heads": {"grid": [0, 2]}, "max_offset": 1},

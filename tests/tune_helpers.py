@@ -10,6 +10,27 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from zeroi2v import config as config_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_search(shards: Path, tmp: Path, **overrides: Any) -> dict:
+    """configs/tune_tiny_cpu.json on `shards`, random weights, every output under `tmp`;
+    `overrides` are dotted keys (``**{"tune.workers_per_trial": 2}``)."""
+    raw = json.loads((ROOT / "configs" / "tune_tiny_cpu.json").read_text())
+    paths = {
+        "model.pretrained": None,
+        "data.train_shards": str(shards / "train-*.tar"),
+        "data.val_shards": str(shards / "val-*.tar"),
+        "train.output_dir": str(tmp / "runs"),
+        "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "tracking.artifact_location": str(tmp / "mlartifacts"),
+        "tune.storage_path": str(tmp / "ray_results"),
+    }
+    return config_lib.apply_overrides(raw, {**paths, **overrides})
 
 
 def trial_state(experiment: Path) -> dict[str, str]:

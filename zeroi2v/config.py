@@ -310,10 +310,14 @@ def check_batch_sizes(ds: Mapping[str, Any], world_size: int | None = None) -> N
             )
     elif total != per_rank * world_size:
         fits, rest = divmod(total, micro * world_size)
+        smaller, left = divmod(total, accum * world_size)
         hint = ""
         if fits and not rest:
             hint = "; to keep the global batch, override deepspeed.gradient_accumulation_steps="
             hint += str(fits)
+        elif smaller and not left:
+            hint = "; to keep the global batch, override deepspeed.train_micro_batch_size_per_gpu="
+            hint += str(smaller)
         raise ConfigError(
             f"deepspeed.train_batch_size ({total}) != train_micro_batch_size_per_gpu ({micro}) × "
             f"gradient_accumulation_steps ({accum}) × world size ({world_size}){hint}"

@@ -37,11 +37,33 @@ def worker_slot(rotation: int = 0) -> tuple[int, int]:
     return (worker + rotation) % workers, workers
 
 
+def stored_meta(sample: dict[str, Any]) -> tuple[tuple[Any, Any] | None, int | None]:
+    """(width, height) and decodable frame count from a sample's json, None where it has none.
+
+    The json comes from a shard, so it may hold anything: what is not a JSON object, or a
+    frame count that is not a positive integer, is a `CorruptVideoError` (the size itself is
+    checked where it is used, `open_video`), never a TypeError that no loader expects.
+    """
+    if "json" not in sample:
+        return None, None
+    meta = json.loads(sample["json"])  # ValueError (UnicodeDecodeError, JSONDecodeError)
+    if not isinstance(meta, dict):
+        raise CorruptVideoError(f"the sample's json is a {type(meta).__name__}, not an object")
+    size = (meta["width"], meta["height"]) if "width" in meta and "height" in meta else None
+    frames = meta.get("frames")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)):
+        raise CorruptVideoError(f"the sample's json has frames={frames!r}, not an integer")
+    if frames is not None and frames < 1:
+        raise CorruptVideoError(f"the sample's json has frames={frames}: nothing decodes")
+    return size, frames
+
+
 class ClipLoader:
     """Decode a sample's frames (``data.decoder``), sample them and augment: late, after
     shuffling. Training can draw several clips from one decode (`clips`)."""
 
-    # What a broken sample raises (bad bytes, missing field, bad label); other errors are bugs.
+    # What a broken sample raises (bad bytes, missing field, bad label, a json that lies): every
+    # hostile input maps to one of these (tests/test_hostile_samples.py); others are bugs.
     errors = (CorruptVideoError, KeyError, ValueError)
 
     def __init__(
@@ -162,8 +184,7 @@ class ClipLoader:
     def _open(self, sample: dict[str, Any]) -> tuple[Any, int, int]:
         """(reader, frames it may ask for, label) of an encoded sample."""
         label = int(sample["cls"])
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-        size = (meta["width"], meta["height"]) if "width" in meta and "height" in meta else None
+        size, stored_frames = stored_meta(sample)
         reader = open_video(
             sample["mp4"],
             short_side=self.short_side,
@@ -171,7 +192,7 @@ class ClipLoader:
             decoder=self.decoder,
             device=self.decode_device,
         )
-        return reader, frame_count(reader, meta.get("frames")), label  # never past the stored
+        return reader, frame_count(reader, stored_frames), label  # never past the stored
 
     def _train_clip(self, clip: Any, seed: int) -> Any:
         """(T, H, W, 3) uint8 frames → the augmented clip, or `Cropped` (augment_on device)."""

@@ -93,14 +93,27 @@ def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(1, round(width * scale)), short_side
 
 
+def checked_size(width: object, height: object, where: str) -> tuple[int, int]:
+    """(width, height) when both are positive integers, else `CorruptVideoError`.
+
+    A size comes from bytes we do not control (a container header, a shard's json): an image
+    signature probes as 0×0 and a hand-written json may hold anything, and either would
+    otherwise reach `resized_size` as a ZeroDivisionError or TypeError that no loader expects.
+    """
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise CorruptVideoError(f"{where} gives no usable frame size ({width!r}×{height!r})")
+    return width, height  # type: ignore[return-value]
+
+
 def probe_size(data: bytes) -> tuple[int, int]:
     """(width, height) of the first video stream, read from the container header only."""
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
-            return int(stream.width), int(stream.height)
-    except (av.FFmpegError, IndexError, ValueError) as exc:
+            width, height = stream.width, stream.height
+    except (av.FFmpegError, IndexError, ValueError, OSError) as exc:
         raise CorruptVideoError(f"cannot read the video header: {decoder_detail(exc)}") from exc
+    return checked_size(width, height, "the video header")
 
 
 def open_video(
@@ -121,7 +134,7 @@ def open_video(
         raise ValueError(f"data.decoder must be one of {DECODERS}, got {decoder!r}")
     width = height = -1
     if short_side is not None:
-        stored = size if size is not None else probe_size(data)
+        stored = probe_size(data) if size is None else checked_size(*size, "the stored size")
         new_size = resized_size(*stored, short_side)
         if new_size != tuple(stored):
             width, height = new_size

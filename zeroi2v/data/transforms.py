@@ -74,7 +74,9 @@ class ClipRandAugment(v2.RandAugment):
             )
             return tv_tensors.wrap(_lookup(table.flatten(), image), like=image)
         layout = (
-            torch.channels_last if transform_id in self.CHANNELS_LAST_OPS else torch.contiguous_format
+            torch.channels_last
+            if transform_id in self.CHANNELS_LAST_OPS
+            else torch.contiguous_format
         )
         image = tv_tensors.wrap(image.contiguous(memory_format=layout), like=image)
         return super()._apply_image_or_video_transform(image, transform_id, magnitude, **kwargs)
@@ -120,7 +122,9 @@ class TrainTransform:
             if randaugment_n > 0
             else None
         )
-        self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        self.normalise = v2.Compose(
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        )
         # value="random": per-pixel N(0, 1) noise (timm's "pixel" mode), one box for the clip.
         self.erasing = (
             v2.RandomErasing(p=random_erasing, value="random") if random_erasing > 0 else None

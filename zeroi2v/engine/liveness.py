@@ -6,6 +6,12 @@ peer 10.0.0.7:41234" or "timed out", never *which* rank is gone. Every rank bump
 the TCPStore that the launcher's MASTER_ADDR:MASTER_PORT already serves; after a failed
 collective a survivor watches the counters for a few beats and reports the ranks whose counter
 stood still. A store that no longer answers means rank 0's node (it hosts the store) is gone.
+
+Talking to a dead store through `TCPStore` makes PyTorch's C++ side print a C++ stack trace
+(``[c10d] recvValue failed ... frame #0: c10::Error::Error ...``) per attempt, before our
+one-line error, and no Python setting silences it once torch is loaded. So every store call
+here is preceded by a plain TCP connect to the store's port (`_store_answers`): a refused or
+timed-out connect means the store is gone, and the store is not touched again.
 """
 
 from __future__ import annotations
@@ -23,6 +29,16 @@ import torch.distributed as dist
 from zeroi2v.errors import LostRankError
 
 _PREFIX = "zeroi2v/liveness"
+
+
+def _store_answers(timeout_s: float = 1.0) -> bool:
+    """Whether the rendezvous store accepts a TCP connection (the server ignores the probe)."""
+    address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+    try:
+        with socket.create_connection(address, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _client(timeout_s: float) -> dist.TCPStore:
@@ -48,9 +64,11 @@ class Heartbeat:
 
     def _beat(self, store: dist.TCPStore) -> None:
         while not self._stop.wait(self.interval_s):
+            if not _store_answers():  # gone with rank 0: nothing left to tell
+                return
             try:
                 store.add(f"{_PREFIX}/beat/{self.rank}", 1)
-            except Exception:  # the store is gone with rank 0: nothing left to tell
+            except Exception:  # it died since the probe
                 return
 
     def stop(self) -> None:
@@ -58,6 +76,13 @@ class Heartbeat:
 
     def lost_ranks(self, beats: int = 4) -> dict[int, str]:
         """Ranks whose heartbeat stood still over `beats` intervals → where they ran."""
+        gone = {0: f"node 0, the rendezvous store at {os.environ['MASTER_ADDR']}"}
+        # A process going down may hold the store's port a moment after its other sockets
+        # closed (this rank's collective failed on one of them): look twice, a beat apart.
+        for _ in range(2):
+            if not _store_answers(5):
+                return gone
+            time.sleep(self.interval_s)
         try:
             store = _client(5)
             names = [f"{_PREFIX}/beat/{r}" for r in range(self.world_size)]
@@ -65,8 +90,8 @@ class Heartbeat:
             time.sleep(beats * self.interval_s)
             after = [store.add(name, 0) for name in names]
             where = [store.get(f"{_PREFIX}/where/{r}").decode() for r in range(self.world_size)]
-        except Exception:  # rank 0's store does not answer: its node is gone
-            return {0: f"node 0, the rendezvous store at {os.environ['MASTER_ADDR']}"}
+        except Exception:  # rank 0's store stopped answering meanwhile: its node is gone
+            return gone
         stalled = [r for r in range(self.world_size) if r != self.rank and before[r] == after[r]]
         return {r: where[r] for r in stalled}
 

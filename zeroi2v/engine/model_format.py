@@ -30,28 +30,32 @@ CONFIG_KEY = "zeroi2v_config"  # model metadata key holding the resolved config
 CLASSES_KEY = "zeroi2v_classes"  # model metadata key with the class names
 PYFUNC_LOADER = "zeroi2v.use.serving"  # the module whose `_load_pyfunc` MLflow calls
 DEFAULT_TOP_K = 5
+# Serving refuses a request whose video bytes and paths add up to more (model_config
+# "max_request_bytes"): 64 MiB is ~100 ten-second 480p clips, far above one batch's worth.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 
 
 def signature():
-    """Pyfunc schema: optional ``video`` (base64) and ``path`` string columns, ``top_k``."""
+    """Pyfunc schema: the output columns and ``top_k``; no input schema, on purpose.
+
+    With an input schema MLflow drops every column it does not declare before the model sees
+    the request (a ``vid`` column arrived as no columns and no rows), so the pyfunc checks its
+    own input (``video`` / ``path`` columns, `zeroi2v.use.serving`) and names what it got.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema(
-        [
-            ColSpec(DataType.string, "video", required=False),
-            ColSpec(DataType.string, "path", required=False),
-        ]
-    )
     outputs = Schema(
         [
-            ColSpec(DataType.string, "label"),
-            ColSpec(DataType.double, "score"),
-            ColSpec(DataType.long, "index"),
+            ColSpec(DataType.long, "row"),
+            ColSpec(DataType.string, "label", required=False),
+            ColSpec(DataType.double, "score", required=False),
+            ColSpec(DataType.long, "index", required=False),
+            ColSpec(DataType.string, "error", required=False),
         ]
     )
     params = ParamSchema([ParamSpec("top_k", DataType.long, DEFAULT_TOP_K)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
 def save_model(
@@ -77,8 +81,13 @@ def save_model(
     pyfunc_conf = mlflow_model.flavors["python_function"]
     pyfunc_conf["loader_module"] = PYFUNC_LOADER
     # MLflow lets model_config override only the keys the logged flavor declares ("config");
-    # path_root (None: the server reads no files) is one, see zeroi2v.use.serving
-    pyfunc_conf["config"] = {**pyfunc_conf.get("config", {}), "path_root": None}
+    # path_root (None: the server reads no files) and max_request_bytes are two, see
+    # zeroi2v.use.serving
+    pyfunc_conf["config"] = {
+        **pyfunc_conf.get("config", {}),
+        "path_root": None,
+        "max_request_bytes": DEFAULT_MAX_REQUEST_BYTES,
+    }
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from zeroi2v import config as config_lib
-from zeroi2v.config import Config, ConfigError, TuneConfig
-from zeroi2v.tune import report, trial
+from zeroi2v.config import Config, ConfigError
+from zeroi2v.tune import preflight, report, trial
+from zeroi2v.tune.preflight import check_fits, worker_resources
 from zeroi2v.tune.space import param_space
 
 log = logging.getLogger(__name__)
@@ -123,37 +124,6 @@ def build_tuner(cfg: Config, raw: Mapping[str, Any], parent_run_id: str | None, 
     )
 
 
-def worker_resources(tune_cfg: TuneConfig) -> dict[str, float]:
-    """Ray resources of one training process: the trial's, split over its workers."""
-    workers = tune_cfg.workers_per_trial
-    per_worker = {
-        key.upper(): value / workers for key, value in tune_cfg.resources_per_trial.items() if value
-    }
-    if per_worker.get("GPU", 0) > 1:
-        gpus = tune_cfg.resources_per_trial["gpu"]
-        raise ConfigError(
-            f"tune.resources_per_trial.gpu: {gpus:g} GPUs for {workers} worker(s); one DeepSpeed "
-            f"rank drives one GPU, so set tune.workers_per_trial to {int(gpus)}"
-        )
-    return per_worker
-
-
-def check_fits(per_worker: Mapping[str, float], workers: int, nodes: list[dict]) -> None:
-    """Fail now, not as a trial waiting forever, when a trial's workers cannot be placed.
-
-    `nodes` are Ray's per-node resource totals; each worker must fit on one node.
-    """
-    for name, amount in per_worker.items():
-        largest = max((node.get(name, 0) for node in nodes), default=0)
-        total = sum(node.get(name, 0) for node in nodes)
-        if amount > largest or amount * workers > total:
-            raise ConfigError(
-                f"tune.resources_per_trial: a trial's {workers} worker(s) need {amount:g} {name} "
-                f"each ({amount * workers:g} in all), but the Ray cluster's largest node has "
-                f"{largest:g} and all {len(nodes)} node(s) {total:g}"
-            )
-
-
 def storage_path(cfg: Config) -> str:
     path = cfg.tune.storage_path
     return str(Path(path).absolute()) if _local(path) else path
@@ -236,6 +206,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     if cfg.tune is None:
         raise ConfigError("tune: this config has no 'tune' section to search")
     path = experiment_path(cfg)
+    preflight.check_search(cfg, raw)  # every trial's config, before Ray starts
     started = _init_ray(dashboard=cfg.tune.workers_per_trial > 1)  # Ray's first import
     from ray import tune
 

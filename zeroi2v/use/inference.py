@@ -78,10 +78,15 @@ def _is_mlflow_uri(text: str) -> bool:
     return "://" in text or text.startswith(("models:/", "runs:/"))
 
 
+def display_name(video: VideoInput) -> str:
+    """How logs and predictions name a video: its path, or its size for bytes."""
+    return f"<{len(video)} bytes>" if isinstance(video, bytes | bytearray) else str(Path(video))
+
+
 def read_video(video: VideoInput) -> tuple[bytes, str]:
     """(bytes, display name) of a video given as bytes or a path."""
     if isinstance(video, bytes | bytearray):
-        return bytes(video), f"<{len(video)} bytes>"
+        return bytes(video), display_name(video)
     path = Path(video)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")  # a user error: one sentence
@@ -131,32 +136,33 @@ class VideoPredictor:
 
         return view_scores(self.model, views.to(self.device)).cpu()
 
+    def predict_one(self, video: VideoInput, top_k: int = 5) -> Prediction:
+        """Top-k classes of one video; raises what a video that does not decode raises
+        (``self.loader.errors``, or OSError for a path that cannot be read)."""
+        data, name = read_video(video)
+        probs = self.scores(self.views(data, name)[None])[0]  # (K,)
+        top = probs.topk(min(top_k, len(self.classes)))
+        indices = top.indices.tolist()
+        return Prediction(
+            source=name,
+            indices=indices,
+            labels=[self.classes[i] for i in indices],
+            scores=[float(p) for p in top.values],
+        )
+
     def predict(self, videos: Iterable[VideoInput], top_k: int = 5) -> list[Prediction]:
         """Top-k classes and their (view-averaged) probabilities for every decodable video.
 
         A video that cannot be decoded is logged, listed in ``self.skipped`` and left out.
         """
-        k = min(top_k, len(self.classes))
         results = []
         for video in videos:
-            data, name = read_video(video)
             try:
-                views = self.views(data, name)
+                results.append(self.predict_one(video, top_k))
             except self.loader.errors as exc:
+                name = display_name(video)
                 log.warning("skipping %s: %s", name, exc)
                 self.skipped.append((name, str(exc)))
-                continue
-            probs = self.scores(views[None])[0]  # (K,)
-            top = probs.topk(k)
-            indices = top.indices.tolist()
-            results.append(
-                Prediction(
-                    source=name,
-                    indices=indices,
-                    labels=[self.classes[i] for i in indices],
-                    scores=[float(p) for p in top.values],
-                )
-            )
         return results
 
 
