@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -13,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -134,62 +132,18 @@ def registered(name: str, tracking_uri: str, video: Path | None, work: Path) -> 
 
 
 def serve_once(name: str, tracking_uri: str, video: Path, log: Path) -> dict[str, Any]:
-    """One request to ``mlflow models serve`` on 127.0.0.1; the server is always stopped."""
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{name}@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO)}
+    """One request to ``mlflow models serve`` on 127.0.0.1 (`serving_load.served`, which
+    always stops it): seconds until it answers /ping, the request's seconds and its label."""
+    from serving_load import post, served
+
     start = time.perf_counter()
-    with log.open("ab") as handle:
-        server = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=handle, stderr=handle, start_new_session=True
-        )
-    try:
-        while True:
-            if server.poll() is not None or time.perf_counter() - start > 600:
-                raise RuntimeError(f"mlflow models serve did not come up; see {log}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
-                break
-            except OSError:
-                time.sleep(1)
+    with served(f"models:/{name}@champion", tracking_uri, {}, log) as (port, _):
         ready = time.perf_counter() - start
-        body = json.dumps(
-            {"dataframe_records": [{"video": base64.b64encode(video.read_bytes()).decode()}]}
-        ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
-        )
-        start = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=600) as response:
-            answer = json.loads(response.read())
-        return {
-            "ready_s": ready,
-            "request_s": time.perf_counter() - start,
-            "label": answer["predictions"][0]["label"],
-        }
-    finally:
-        kill_group(server, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            kill_group(server)
-            server.wait()
+        payload = {"dataframe_records": [{"video": base64.b64encode(video.read_bytes()).decode()}]}
+        status, reply, seconds = post(port, payload)
+    if status != 200:
+        raise RuntimeError(f"mlflow models serve answered {status}: {str(reply)[:300]}")
+    return {"ready_s": ready, "request_s": seconds, "label": reply["predictions"][0]["label"]}
 
 
 def projected_memory(cfg: Any, micro_batch: int) -> dict[str, float]:
