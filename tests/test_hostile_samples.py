@@ -94,3 +94,46 @@ def test_a_shard_of_hostile_samples_is_read_to_the_end(tmp_path, good):
     keys = [key for _, _, batch_keys in loader for key in batch_keys]
     assert keys == ["good0", "good1"]
     assert loader.skips.samples == len(samples)
+
+
+def _keyframe_meta(**fields) -> bytes:
+    meta = {
+        "video": "m", "timestamp": 902, "keyframe": 8, "frames": 16, "width": 32, "height": 32,
+        "boxes": [[0.1, 0.1, 0.5, 0.9]], "labels": [[0, 2]],
+        "proposals": [[0.1, 0.1, 0.5, 0.9, 0.95]],
+    }  # fmt: skip
+    return json.dumps({**meta, **fields}).encode()
+
+
+HOSTILE_KEYFRAME_JSON = {
+    "a list": b"[1, 2]",
+    "keyframe text": _keyframe_meta(keyframe="8"),
+    "keyframe negative": _keyframe_meta(keyframe=-1),
+    "width 0": _keyframe_meta(width=0),
+    "a box of 3 numbers": _keyframe_meta(boxes=[[0.1, 0.1, 0.5]]),
+    "a box of text": _keyframe_meta(boxes=["abcd"]),
+    "labels not lists": _keyframe_meta(labels=[1]),
+    "a label beyond the classes": _keyframe_meta(labels=[[3]]),
+    "fewer label lists than boxes": _keyframe_meta(labels=[]),
+    "no proposals": json.dumps({"video": "m", "timestamp": 902}).encode(),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_KEYFRAME_JSON))
+def test_every_hostile_keyframe_json_raises_what_the_loaders_skip(good, name):
+    """The AVA keyframe loader (3 classes) reads the same bytes a good json makes it read."""
+    from zeroi2v.data.ava import KeyframeLoader
+
+    cfg = from_dict(
+        {
+            "model": {"backbone": "tiny_vit", "image_size": 32, "num_frames": 4,
+                      "num_classes": 3, "task": "detection"},
+            "data": {"frame_interval": 2, "num_workers": 0},
+        }
+    )  # fmt: skip
+    for train in (True, False):
+        load = KeyframeLoader(cfg, train=train)
+        clip, target = load({"__key__": "good", "mp4": good, "json": _keyframe_meta()})
+        assert target["frame"]["labels"] == [[0, 2]]
+        with pytest.raises(load.errors):  # a TypeError or IndexError fails here
+            load({"__key__": name, "mp4": good, "json": HOSTILE_KEYFRAME_JSON[name]})

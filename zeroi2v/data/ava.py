@@ -23,11 +23,11 @@ person detector's proposals with scores. Following VideoMAE's AVA setting:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydantic
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
@@ -107,6 +107,36 @@ def box_geometry(cfg: Config, *, train: bool) -> v2.Transform:
     return v2.Compose(steps)
 
 
+class KeyframeMeta(pydantic.BaseModel):
+    """A keyframe sample's json as `data_prep shard --source ava` writes it. It comes from a
+    shard, so it may hold anything: a field of the wrong type is a `pydantic.ValidationError`
+    (a ValueError, which the loaders skip and count), never a TypeError or IndexError deep in
+    the decoding that no loader expects."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", strict=True)
+
+    video: str
+    timestamp: int
+    keyframe: pydantic.NonNegativeInt
+    width: pydantic.PositiveInt
+    height: pydantic.PositiveInt
+    frames: pydantic.PositiveInt | None = None
+    boxes: list[tuple[float, float, float, float]]
+    labels: list[list[pydantic.NonNegativeInt]]
+    proposals: list[tuple[float, float, float, float, float]]
+
+    @classmethod
+    def read(cls, sample: dict[str, Any], num_classes: int) -> KeyframeMeta:
+        meta = cls.model_validate_json(sample["json"])  # ValidationError (ValueError) on a misfit
+        if len(meta.labels) != len(meta.boxes):
+            raise CorruptVideoError(
+                f"the keyframe json has {len(meta.boxes)} boxes but {len(meta.labels)} label lists"
+            )
+        if any(label >= num_classes for labels in meta.labels for label in labels):
+            raise CorruptVideoError(f"the keyframe json has a label ≥ {num_classes} classes")
+        return meta
+
+
 class KeyframeLoader:
     """Decode a keyframe sample's frames and boxes: late, after shuffling (as `ClipLoader`)."""
 
@@ -126,12 +156,12 @@ class KeyframeLoader:
             ]
         )
 
-    def _boxes(self, meta: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        gt = torch.tensor(meta["boxes"], dtype=torch.float32).reshape(-1, 4)
+    def _boxes(self, meta: KeyframeMeta) -> tuple[Tensor, Tensor]:
+        gt = torch.tensor(meta.boxes, dtype=torch.float32).reshape(-1, 4)
         hot = torch.zeros(len(gt), self.num_classes)
-        for row, labels in enumerate(meta["labels"]):
+        for row, labels in enumerate(meta.labels):
             hot[row, labels] = 1.0
-        proposals = torch.tensor(meta["proposals"], dtype=torch.float32).reshape(-1, 5)
+        proposals = torch.tensor(meta.proposals, dtype=torch.float32).reshape(-1, 5)
         if self.train:
             return training_boxes(gt, hot, proposals, self.min_score)
         kept = proposals[proposals[:, 4] >= self.min_score]
@@ -139,11 +169,10 @@ class KeyframeLoader:
 
     def __call__(self, sample: dict[str, Any], salt: str = "") -> tuple[Tensor, dict[str, Any]]:
         """((C, T, S, S) clip — (1, C, T, S, S) at test: one view —, target dict)."""
-        meta = json.loads(sample["json"])
-        size = (meta["width"], meta["height"])
-        reader = open_video(sample["mp4"], size=size, decoder=self.decoder)
-        available = frame_count(reader, meta.get("frames"))
-        indices = keyframe_indices(meta["keyframe"], self.num_frames, self.interval, available)
+        meta = KeyframeMeta.read(sample, self.num_classes)
+        reader = open_video(sample["mp4"], size=(meta.width, meta.height), decoder=self.decoder)
+        available = frame_count(reader, meta.frames)
+        indices = keyframe_indices(meta.keyframe, self.num_frames, self.interval, available)
         frames = torch.from_numpy(read_frames(reader, indices)).permute(0, 3, 1, 2)
         height, width = frames.shape[-2:]
         boxes, labels = self._boxes(meta)
@@ -162,9 +191,9 @@ class KeyframeLoader:
             "boxes": pixels.as_subclass(Tensor) / size,
             "labels": labels,
             "frame": {
-                "key": (meta["video"], int(meta["timestamp"])),
-                "boxes": meta["boxes"],
-                "labels": meta["labels"],
+                "key": (meta.video, meta.timestamp),
+                "boxes": [list(box) for box in meta.boxes],
+                "labels": meta.labels,
             },
         }
         return (clip if self.train else clip[None]), target
