@@ -1,18 +1,18 @@
 """Paper Table 1 (a) on the digits task: what *and* when (`data_prep/digits.py`).
 
-    python bench/table1.py --task digits [--seeds 0 1 2] [--budgets 60 240] [--batch 8]
+    python bench/table1.py --task digits [--seeds 0 1 2] [--budgets 30 120] [--batch 8]
 
 Every run: `tiny_vit12` (2 blocks, width 144, 12 heads of 12 channels) pre-trained once to
 classify single digit frames (`pretrain_tiny_backbone(task="digits")`, seed 0, kept in the
-work folder), frozen, 6 linear adapters per block and the linear head trained, 8-frame clips,
-only `model.temporal_op` changed. R_c = 1/6 as in the paper: STDHA / HR QKV move 2 of 12 heads
-({1·1, −1·1, 0·10}), the channel shifts 2 of every head's 12 channels (Shift QKV / KV) or 24 of
-the [cls] token's 144 (the released code's `shift_div` 12).
+work folder), frozen, 6 linear adapters per block and the linear head trained, 4-frame
+clips (2 per digit), only `model.temporal_op` changed. R_c = 1/6 as in the paper: STDHA /
+HR QKV move 2 of 12 heads ({1·1, −1·1, 0·10}), the channel shifts 2 of every head's 12
+channels (Shift QKV / KV) or 24 of the [cls] token's 144 (the released code's `shift_div` 12).
 
 Training is an in-process AdamW loop (lr 3e-3, weight decay 0.05, 10 % warm-up then cosine,
 2 threads) on clips generated in memory, not `launch/train.py`: the clips never go through
 shards or a video codec, so the operators are compared on exactly the same pixels; the model,
-adapters and trainable flags are `build_model`'s. Top-1 on 256 validation clips made of
+adapters and trainable flags are `build_model`'s. Top-1 on 128 validation clips made of
 digit images no training clip shows; chance 50 %.
 """
 
@@ -31,8 +31,8 @@ from zeroi2v.config import from_dict
 from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 from zeroi2v.models.specs import BACKBONES
 
-BACKBONE, FRAMES, THREADS = "tiny_vit12", 8, 2
-TRAIN_CLIPS, VAL_CLIPS, DATA_SEED = 2048, 256, 1234
+BACKBONE, FRAMES, THREADS = "tiny_vit12", 4, 2  # 4 frames: 2 per digit (CPU budget)
+TRAIN_CLIPS, VAL_CLIPS, DATA_SEED = 2048, 128, 1234
 HEAD_OFFSETS = "{1·1, -1·1, 0·10}"  # 2 of 12 heads: R_c = 1/6
 
 
