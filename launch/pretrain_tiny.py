@@ -17,12 +17,20 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--out", required=True, help="where to save the backbone state dict")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--task",
+        choices=["location", "digits"],
+        default="location",
+        help="location: where the sprite is (the motion demo); digits: which digit (table1)",
+    )
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
     from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone  # torch: once work starts
 
-    accuracy = pretrain_tiny_backbone(cfg, args.out, steps=args.steps, seed=args.seed)
-    print(f"saved {args.out} (location accuracy on the last batch: {accuracy:.2f})")
+    accuracy = pretrain_tiny_backbone(
+        cfg, args.out, steps=args.steps, seed=args.seed, task=args.task
+    )
+    print(f"saved {args.out} ({args.task} accuracy on the last batch: {accuracy:.2f})")
     return accuracy
 
 

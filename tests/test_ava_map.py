@@ -60,18 +60,55 @@ def test_detections_are_matched_by_score_not_input_order():
 def test_unlabelled_frames_excluded_frames_and_classes_without_ground_truth():
     gt = [GroundTruth(F1, A, 1), GroundTruth(F1, A, 3), GroundTruth(F3, A, 1)]
     dets = [
-        Detection(F2, A, 1, 0.9),  # a frame with no ground truth: FP
+        Detection(F2, A, 1, 0.9),  # a keyframe absent from the ground truth
         Detection(F1, A, 1, 0.6),  # TP
         Detection(F3, FAR, 1, 0.95),  # excluded frame: ignored, as is its ground truth
         Detection(F1, A, 2, 0.5),  # class 2 has no ground truth: AP NaN, not averaged
     ]
     result = frame_map(gt, dets, [1, 2, 3], excluded=[F3])
-    # class 1: FP(0.9), TP(0.6), 1 GT → precision 0, 1/2 at recall 0, 1 → AP 1/2
-    # class 3: one GT, no detection → AP 0;  mean over classes 1 and 3 = 1/4
-    assert result.per_class[1] == pytest.approx(0.5)
+    # official: F2's detection is ignored → class 1: TP(0.6), 1 GT → AP 1
+    # class 3: one GT, no detection → AP 0;  mean over classes 1 and 3 = 1/2
+    assert result.per_class[1] == pytest.approx(1.0)
     assert math.isnan(result.per_class[2])
     assert result.per_class[3] == 0.0
-    assert result.mean_ap == pytest.approx(0.25)
+    assert result.mean_ap == pytest.approx(0.5)
+    # mmaction2: F2's detection is an FP → class 1: FP(0.9), TP(0.6) → precision 0, 1/2 at
+    # recall 0, 1 → AP 1/2;  mean = 1/4
+    older = frame_map(gt, dets, [1, 2, 3], excluded=[F3], conventions="mmaction2")
+    assert older.per_class[1] == pytest.approx(0.5)
+    assert older.mean_ap == pytest.approx(0.25)
+
+
+def test_a_keyframe_annotated_only_outside_the_label_map_is_still_in_the_ground_truth():
+    # the official read_csv adds a row's keyframe to the included keys before the label filter
+    gt = [GroundTruth(F1, A, 1), GroundTruth(F2, A, 7)]
+    dets = [Detection(F2, A, 1, 0.9), Detection(F1, A, 1, 0.6)]
+    # F2 counts: FP(0.9), TP(0.6) over 1 GT → AP 1/2
+    assert frame_map(gt, dets, [1]).mean_ap == pytest.approx(0.5)
+
+
+def test_tied_scores_are_ranked_by_reversed_argsort():
+    gt = [GroundTruth(F1, A, 1), GroundTruth(F2, FAR, 1)]
+    dets = [Detection(F1, FAR, 1, 0.7), Detection(F2, FAR, 1, 0.7)]  # FP on F1, TP on F2
+    # concatenated [FP, TP]; np.argsort([0.7, 0.7]) = [0, 1], reversed [1, 0]: TP, FP
+    # → precision 1, 1/2 at recall 1/2, 1/2 → AP 1/2 (a stable sort, FP first, gives 1/4)
+    assert frame_map(gt, dets, [1]).mean_ap == pytest.approx(0.5)
+    assert average_precision(np.array([0.7, 0.7]), np.array([0, 1], bool), 2) == 0.5
+
+
+def test_detections_without_area_are_dropped():
+    gt = [GroundTruth(F1, A, 1)]
+    line = (2.0, 0.0, 2.0, 10.0)  # x2 == x1: no area
+    dets = [Detection(F1, line, 1, 0.9), Detection(F1, A, 1, 0.8)]
+    # dropped, not an FP: TP alone → AP 1 (as an FP first: precision 0, 1/2 → AP 1/2)
+    assert frame_map(gt, dets, [1]).mean_ap == pytest.approx(1.0)
+    # ... but only after the cap: with room for one, the line takes the slot and is dropped
+    assert frame_map(gt, dets, [1], capacity=1).mean_ap == 0.0
+
+
+def test_unknown_conventions_are_refused():
+    with pytest.raises(ValueError, match="conventions must be 'official' or 'mmaction2'"):
+        frame_map([], [], [1], conventions="voc")
 
 
 def test_classes_outside_the_label_map_are_ignored():

@@ -173,7 +173,7 @@ def test_stdha_gradients_match_slow_reference(make):
 
 def test_channel_operators_move_only_their_channels():
     from zeroi2v.models.temporal_baselines import (
-        cls_token_shift,
+        cls_head_shift,
         head_channel_shift,
         token_channel_shift,
     )
@@ -181,21 +181,29 @@ def test_channel_operators_move_only_their_channels():
     torch.manual_seed(0)
     frames = 3
     x = torch.randn(2 * frames, 5, 12)  # (B*T, N, C); ratio 1/3 → fold 2
-    y = token_channel_shift(x, frames, 1 / 3).view(2, frames, 5, 12)
     xv = x.view(2, frames, 5, 12)
-    assert torch.equal(y[:, 1:, :, :2], xv[:, :-1, :, :2]) and not y[:, 0, :, :2].any()
-    assert torch.equal(y[:, :-1, :, 2:4], xv[:, 1:, :, 2:4]) and not y[:, -1, :, 2:4].any()
-    assert torch.equal(y[..., 4:], xv[..., 4:])
-    c = cls_token_shift(x, frames, 1 / 3).view(2, frames, 5, 12)
-    assert torch.equal(c[:, :, 1:], xv[:, :, 1:]) and torch.equal(
-        c[:, 1:, 0, :2], xv[:, :-1, 0, :2]
-    )
+    for fill in ("own", "zeros"):
+        y = token_channel_shift(x, frames, 1 / 3, fill).view(2, frames, 5, 12)
+        assert torch.equal(y[:, 1:, :, :2], xv[:, :-1, :, :2])
+        assert torch.equal(y[:, :-1, :, 2:4], xv[:, 1:, :, 2:4])
+        assert torch.equal(y[..., 4:], xv[..., 4:])
+        edges = (y[:, 0, :, :2], y[:, -1, :, 2:4])
+        if fill == "own":  # the released code: the frame's own values where t∓1 is outside
+            assert torch.equal(edges[0], xv[:, 0, :, :2])
+            assert torch.equal(edges[1], xv[:, -1, :, 2:4])
+        else:
+            assert not edges[0].any() and not edges[1].any()
     k = x.view(2 * frames, 5, 3, 4).transpose(1, 2)  # (B*T, heads, N, d)
-    s = head_channel_shift(k, frames, 1 / 2).unflatten(0, (2, frames))  # fold 1 per head
     kv = k.unflatten(0, (2, frames))
+    s = head_channel_shift(k, frames, 1 / 2).unflatten(0, (2, frames))  # fold 1 per head
     assert torch.equal(s[:, 1:, ..., 0], kv[:, :-1, ..., 0]) and torch.equal(
         s[..., 2:], kv[..., 2:]
     )
+    c = cls_head_shift(k, frames, 1 / 3).unflatten(0, (2, frames))  # fold 2 of width 12
+    assert torch.equal(c[:, :, :, 1:], kv[:, :, :, 1:])  # only token 0 moves
+    assert torch.equal(c[:, 1:, 0, 0, :2], kv[:, :-1, 0, 0, :2])  # head 0's first 2: t−1
+    assert torch.equal(c[:, :-1, 0, 0, 2:4], kv[:, 1:, 0, 0, 2:4])  # next 2: t+1
+    assert torch.equal(c[:, :, 1:, 0], kv[:, :, 1:, 0])  # heads 1, 2 untouched
 
 
 def _tiny_cfg(**model):

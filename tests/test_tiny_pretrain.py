@@ -33,3 +33,13 @@ def test_real_backbones_are_not_pretrained_here(tmp_path):
                 "1",
             ]
         )
+
+
+def test_digit_pre_training_runs_from_the_command_line_and_loads_strictly(tmp_path):
+    out = tmp_path / "digits.pt"
+    overrides = ["model.backbone=tiny_vit12", "model.num_classes=2", "model.temporal_op=none"]
+    args = ["--config", "configs/tiny_cpu.json", "--out", str(out), "--steps", "2"]
+    pretrain_tiny.main([*args, "--task", "digits", *overrides])
+    video = {"model.pretrained": str(out), "model.backbone": "tiny_vit12"}
+    cfg = config.load("configs/tiny_cpu.json", {**video, "model.head_offsets": "{1·1, -1·1, 0·10}"})
+    assert set(torch.load(out, weights_only=True)) <= set(build_model(cfg).backbone.state_dict())

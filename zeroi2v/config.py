@@ -30,6 +30,8 @@ class _Section(BaseModel):
 TemporalOp = Literal[
     "stdha", "none", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv"
 ]
+# the operators that move a fraction model.shift_ratio of channels (read model.shift_fill)
+CHANNEL_SHIFT_OPS = ("cls_shift", "channel_shift", "kv_shift", "qkv_shift")
 Strategy = Literal[
     "zeroi2v",
     "full_finetune",
@@ -56,6 +58,9 @@ class ModelConfig(_Section):
     temporal_patch_size: int = Field(1, ge=1)
     # channel change ratio R_c of the channel-shift operators (paper Table 1 compares at 1/6)
     shift_ratio: float = Field(1 / 6, gt=0.0, le=1.0)
+    # where t∓1 falls outside the clip, a channel shift reads the frame's "own" values (the
+    # released ablation code) or "zeros" (TSM / TokShift); models/temporal_baselines.py
+    shift_fill: Literal["own", "zeros"] = "own"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # The released code's recipe (zeroi2v/models/convert.py); defaults keep ours. CLIP ViTs only:
     quick_gelu: bool | None = None  # None: as the pretrained tag says (True for "openai")
@@ -213,6 +218,13 @@ class Config(_Section):
             raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
         if self.model.temporal_op in ("stdha", "hr_qkv"):  # the head-relocation operators
             offsets_per_block(self.model.head_offsets, spec, frames)
+        channel_shift = self.model.temporal_op in CHANNEL_SHIFT_OPS
+        if self.model.shift_fill != "own" and not channel_shift:
+            raise ConfigError(
+                f"model.shift_fill '{self.model.shift_fill}' is read by the channel shifts "
+                f"{list(CHANNEL_SHIFT_OPS)} only, not by temporal_op '{self.model.temporal_op}'; "
+                "remove it"
+            )
         clip_options = {
             "model.quick_gelu": self.model.quick_gelu is not None,
             "model.clip_projection": not self.model.clip_projection,

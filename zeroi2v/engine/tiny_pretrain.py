@@ -5,7 +5,9 @@ the adapters plus STDHA only add time. A randomly initialised tiny backbone has 
 features and a frozen one cannot learn the motion task through adapters alone (measured:
 chance level). No tiny pre-trained weights can be downloaded here, so this module makes them
 in seconds: the tiny backbone learns, on single synthetic frames, which cell of a coarse grid
-holds the bright sprite — a purely spatial image task with no motion in it. The video
+holds the bright sprite — a purely spatial image task with no motion in it (``task=
+"location"``, for the motion demo) — or which handwritten digit a frame shows (``task="digits"``,
+scikit-learn's bundled digits, for the what-and-when task of `data_prep/digits.py`). The video
 training then loads the result through the ordinary `model.pretrained` local-file path.
 """
 
@@ -28,15 +30,17 @@ _CELL = 8  # pixels per side of one grid cell of the location task
 PRETRAIN_THREADS = 2
 
 
-def _image_config(cfg: Config) -> Config:
-    """The video config turned into a single-frame, fully trained location classifier."""
-    grid = cfg.model.image_size // _CELL
+PRETRAIN_TASKS = ("location", "digits")
+
+
+def _image_config(cfg: Config, num_classes: int) -> Config:
+    """The video config turned into a single-frame, fully trained image classifier."""
     overrides = {
         "model.pretrained": None,
         "model.num_frames": 1,
         "model.temporal_patch_size": 1,
         "model.temporal_op": "none",
-        "model.num_classes": grid * grid,
+        "model.num_classes": num_classes,
         "adapt.strategy": "full_finetune",
     }
     return from_dict(to_dict(cfg), overrides)
@@ -56,10 +60,29 @@ def _location_batch(
     return x[:, :, None], torch.tensor(cells)  # (B, C, 1, H, W)
 
 
+def _digit_batch(
+    rng: np.random.Generator, size: int, batch: int, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames (B, C, 1, H, W) of training-split digits, normalised, and their digit."""
+    from zeroi2v.data.digits import FRAME_SIZE, digit_frames
+
+    if size != FRAME_SIZE:
+        raise ConfigError(f"model.image_size must be {FRAME_SIZE} for the digits, got {size}")
+    frames, digits = digit_frames(rng, batch, "train")
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255  # (B, C, H, W)
+    return ((x - mean) / std)[:, :, None], torch.from_numpy(digits)
+
+
 def pretrain_tiny_backbone(
-    cfg: Config, out: str | Path, *, steps: int = 1000, batch: int = 64, seed: int = 0
+    cfg: Config,
+    out: str | Path,
+    *,
+    steps: int = 1000,
+    batch: int = 64,
+    seed: int = 0,
+    task: str = "location",
 ) -> float:
-    """Train `cfg.model.backbone` (a tiny one) on the location task; save its state dict.
+    """Train `cfg.model.backbone` (a tiny one) on the image `task`; save its state dict.
 
     Returns the final training accuracy, so callers can check the features are usable.
     """
@@ -70,15 +93,17 @@ def pretrain_tiny_backbone(
         )
     # A fixed thread count fixes the floating-point reduction order: the same weights whatever
     # OMP_NUM_THREADS says, hence the same demo result (which is sensitive to these weights).
+    if task not in PRETRAIN_TASKS:
+        raise ValueError(f"task must be one of {PRETRAIN_TASKS}, not {task!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(PRETRAIN_THREADS)
     try:
-        return _pretrain(cfg, out, steps, batch, seed)
+        return _pretrain(cfg, out, steps, batch, seed, task)
     finally:
         torch.set_num_threads(threads)
 
 
-def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int) -> float:
+def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int, task: str) -> float:
     from zeroi2v import build_model
 
     spec = BACKBONES[cfg.model.backbone]
@@ -86,11 +111,13 @@ def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int) -
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model(_image_config(cfg))
+    num_classes = (cfg.model.image_size // _CELL) ** 2 if task == "location" else 10
+    make_batch = _location_batch if task == "location" else _digit_batch
+    model = build_model(_image_config(cfg, num_classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     correct = 0.0
     for _ in logs.progress(range(steps), desc="tiny image pre-training", unit="step", logger=log):
-        frames, cells = _location_batch(rng, cfg.model.image_size, batch, mean, std)
+        frames, cells = make_batch(rng, cfg.model.image_size, batch, mean, std)
         logits = model(frames)
         loss = torch.nn.functional.cross_entropy(logits, cells)
         optimizer.zero_grad(set_to_none=True)

@@ -42,7 +42,12 @@ def build_backbone(model_cfg: Any) -> nn.Module:
         if model_cfg.temporal_op in HEAD_RELOCATION_OPS:
             offsets = offsets_per_block(model_cfg.head_offsets, spec, frames)
         install_temporal_attention(
-            backbone, offsets, frames, model_cfg.temporal_op, model_cfg.shift_ratio
+            backbone,
+            offsets,
+            frames,
+            model_cfg.temporal_op,
+            model_cfg.shift_ratio,
+            model_cfg.shift_fill,
         )
         backbone.num_frames = frames
     backbone.feature_dim = feature_dim(backbone)

@@ -75,6 +75,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
     # Tiny variants: same factories, sizes small enough for CPU tests and the demo.
     "tiny_vit": BackboneSpec("vit", "open_clip", "", 64, (2,), (4,), 8, 32),
+    # 12 heads of 12 channels: R_c = 1/6 is 2 whole heads or 2 of each head's 12 channels
+    "tiny_vit12": BackboneSpec("vit", "open_clip", "", 144, (2,), (12,), 8, 32),
     "tiny_vit_timm": BackboneSpec("vit", "timm", "", 64, (2,), (4,), 8, 32, mean=HALF, std=HALF),
     "tiny_swin": BackboneSpec(
         "swin", "timm", "", 32, (2, 2), (2, 4), 4, 32, 4, mean=IMAGENET_MEAN, std=IMAGENET_STD

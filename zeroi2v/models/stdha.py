@@ -24,13 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zeroi2v.config import CHANNEL_SHIFT_OPS
 from zeroi2v.models.adapters import AdaptableMixin, transformer_blocks
 from zeroi2v.models.stdha_shift import shift_frames_in_batch, shift_kv, shift_qkv
 from zeroi2v.models.temporal_baselines import (
     DEFAULT_SHIFT_RATIO,
-    ClsShiftBeforeMLP,
-    cls_token_shift,
+    SHIFT_FILLS,
+    ShiftFill,
+    cls_head_shift,
     head_channel_shift,
+    shift_fold,
     token_channel_shift,
 )
 
@@ -44,8 +47,9 @@ __all__ = [
 ]
 
 # Paper Table 1 (a): "[cls] token shift" = cls_shift, "Shift QKV" = qkv_shift, "Shift KV" =
-# kv_shift, "HR QKV" = hr_qkv, "HR KV (STDHA)" = stdha. channel_shift (all tokens' channels
-# shifted before the QKV projection, TPS's channel shift in its own place) is not a Table 1 row.
+# kv_shift, "HR QKV" = hr_qkv, "HR KV (STDHA)" = stdha, each as the released ablation code
+# defines it (temporal_baselines.py). channel_shift (all tokens' channels shifted before the
+# QKV projection, TPS's channel shift in its own place) is not a Table 1 row.
 TEMPORAL_OPS = ("none", "stdha", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv")
 HEAD_RELOCATION_OPS = ("stdha", "hr_qkv")  # the operators that read `head_offsets`
 
@@ -63,6 +67,7 @@ class TemporalMixing(nn.Module):
         num_frames: int,
         temporal_op: str = "stdha",
         shift_ratio: float = DEFAULT_SHIFT_RATIO,
+        shift_fill: ShiftFill = "own",
     ) -> None:
         super().__init__()
         self._adopt(attn)
@@ -79,7 +84,13 @@ class TemporalMixing(nn.Module):
                 f"head offsets {offsets} need temporal_op 'stdha' or 'hr_qkv', not '{temporal_op}'"
             )
         self.num_heads, self.offsets, self.num_frames = num_heads, offsets, num_frames
-        self.temporal_op, self.shift_ratio = temporal_op, shift_ratio
+        if temporal_op in CHANNEL_SHIFT_OPS:  # fail at build time, not in the first forward
+            width = getattr(attn, "embed_dim", None) or attn.num_heads * attn.head_dim
+            per_head = temporal_op in ("kv_shift", "qkv_shift")
+            shift_fold(width // num_heads if per_head else width, shift_ratio)
+        if shift_fill not in SHIFT_FILLS:
+            raise ValueError(f"unknown shift_fill '{shift_fill}'; choose one of {SHIFT_FILLS}")
+        self.temporal_op, self.shift_ratio, self.shift_fill = temporal_op, shift_ratio, shift_fill
         self.train(attn.training)
 
     def _adopt(self, attn: nn.Module) -> None:
@@ -90,9 +101,7 @@ class TemporalMixing(nn.Module):
     def _mix_input(self, x: torch.Tensor) -> torch.Tensor:
         """Operators that act on the tokens before the QKV projection; x: (B*T, N, C)."""
         if self.temporal_op == "channel_shift":
-            return token_channel_shift(x, self.num_frames, self.shift_ratio)
-        if self.temporal_op == "cls_shift":
-            return cls_token_shift(x, self.num_frames, self.shift_ratio)
+            return token_channel_shift(x, self.num_frames, self.shift_ratio, self.shift_fill)
         return x
 
     def _mix_packed(self, qkv: torch.Tensor) -> torch.Tensor:
@@ -109,12 +118,10 @@ class TemporalMixing(nn.Module):
 
     def _mix_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Operators that act on K and V after the split; k, v: (B*T, heads, N, d)."""
-        if self.temporal_op == "kv_shift":
-            return (
-                head_channel_shift(k, self.num_frames, self.shift_ratio),
-                head_channel_shift(v, self.num_frames, self.shift_ratio),
-            )
-        return k, v
+        shift = {"kv_shift": head_channel_shift, "cls_shift": cls_head_shift}.get(self.temporal_op)
+        if shift is None:
+            return k, v
+        return tuple(shift(t, self.num_frames, self.shift_ratio, self.shift_fill) for t in (k, v))
 
     def _mix_qkv(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -127,7 +134,8 @@ class TemporalMixing(nn.Module):
         """
         if self.temporal_op == "qkv_shift":
             return tuple(
-                head_channel_shift(t, self.num_frames, self.shift_ratio) for t in (q, k, v)
+                head_channel_shift(t, self.num_frames, self.shift_ratio, self.shift_fill)
+                for t in (q, k, v)
             )
         if self.temporal_op == "hr_qkv" and any(self.offsets):
             return tuple(
@@ -139,6 +147,11 @@ class TemporalMixing(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"temporal_op={self.temporal_op}, offsets={self.offsets}, num_frames={self.num_frames}"
+            + (
+                f", shift_ratio={self.shift_ratio:g}, shift_fill={self.shift_fill}"
+                if self.temporal_op in CHANNEL_SHIFT_OPS
+                else ""
+            )
         )
 
 
@@ -230,11 +243,12 @@ def install_temporal_attention(
     num_frames: int,
     temporal_op: str = "stdha",
     shift_ratio: float = DEFAULT_SHIFT_RATIO,
+    shift_fill: ShiftFill = "own",
 ) -> nn.Module:
     """Swap every ViT block's attention (open_clip or timm) for its video version, in place.
 
-    `offsets`: one per-head Δt list per block (None: all spatial). ``cls_shift`` also shifts
-    the [cls] token before each MLP (TokShift shifts before MHSA and before the MLP).
+    `offsets`: one per-head Δt list per block (None: all spatial). `shift_ratio` (R_c) and
+    `shift_fill` are read by the channel-shift operators only (`CHANNEL_SHIFT_OPS`).
     """
     from timm.layers import Attention as TimmAttention
 
@@ -245,11 +259,10 @@ def install_temporal_attention(
         raise ValueError(f"got head offsets for {len(offsets)} blocks, the model has {len(blocks)}")
     for block, dts in zip(blocks, offsets, strict=True):
         if isinstance(block.attn, nn.MultiheadAttention):
-            block.attn = OpenClipSTDHA(block.attn, dts, num_frames, temporal_op, shift_ratio)
+            video = OpenClipSTDHA
         elif type(block.attn) is TimmAttention:  # subclasses (RoPE, Swin windows) differ
-            block.attn = TimmSTDHA(block.attn, dts, num_frames, temporal_op, shift_ratio)
+            video = TimmSTDHA
         else:
             raise ValueError(f"no video attention for {type(block.attn).__name__}")
-        if temporal_op == "cls_shift":
-            block.mlp.register_forward_pre_hook(ClsShiftBeforeMLP(num_frames, shift_ratio))
+        block.attn = video(block.attn, dts, num_frames, temporal_op, shift_ratio, shift_fill)
     return model

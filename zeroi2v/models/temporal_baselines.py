@@ -1,69 +1,97 @@
 """The temporal operators STDHA is compared with in paper Table 1, beside `stdha_shift.py`.
 
 Like STDHA they only move existing activations along time (no parameters, no multiply-adds),
-but they move a fraction of the *channels* (TSM / TokShift / TPS style), and frames outside
-the clip give zeros, as in those papers; STDHA's own-frame rule is specific to STDHA.
+but they move a fraction R_c of the *channels*. Each follows the paper's released ablation
+code (`mmaction/models/common/stdha_ablation.py` of the ZeroI2V repository, `TemporalShift`,
+the module behind the paper's Table 1), whose rules are, for a (T, channels) slice:
+
+* channels [0, fold) of frame t read frame t−1, channels [fold, 2·fold) read frame t+1, the
+  rest stay; ``fold = channels // shift_div`` with ``shift_div = 2 / R_c`` (12 for the
+  paper's R_c = 1/6), i.e. ``floor(channels · R_c / 2)``;
+* frames outside the clip keep their *own* values (the released code clones the tensor and
+  overwrites only the in-range frames), the rule STDHA's temporal heads follow too.
+  ``fill="zeros"`` gives TSM / TokShift's rule instead (the frame outside the clip is zero).
+
+Which slice each Table 1 row shifts (after the QKV projection, like STDHA):
+``kv_shift`` / ``qkv_shift`` — the first 2·fold channels of *every head* of K and V (and Q),
+fold taken from the head dim (the released ``ops_type='tcs'``); ``cls_shift`` — the [cls]
+token (token 0) of K and V, fold taken from the whole width (``ops_type='token_shift'`` with
+the default ``shift_pattern='kv'``). ``channel_shift`` (not a Table 1 row) shifts all tokens'
+channels before the projection (TPS's channel shift), with the same fold and fill rules.
 Layout: frames in the batch dim, ``(B*T, ...)``, clip-major, as `VideoClassifier` produces.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 
 # Fraction of channels the channel-shift baselines change (paper Table 1 compares at 1/6).
 DEFAULT_SHIFT_RATIO = 1 / 6
+ShiftFill = Literal["own", "zeros"]
+SHIFT_FILLS = ("own", "zeros")
 
 
-def temporal_channel_shift(x: torch.Tensor, fold: int, time_dim: int = 1) -> torch.Tensor:
-    """TSM-style shift on the last axis: channels [0, fold) read frame t−1, [fold, 2·fold)
-    read frame t+1, the rest stay. Out-of-range frames give zeros, as in TSM / TokShift /
-    TPS (the baselines this reproduces); STDHA's own-frame rule is specific to STDHA.
-    """
+def temporal_channel_shift(
+    x: torch.Tensor, fold: int, time_dim: int = 1, fill: ShiftFill = "own"
+) -> torch.Tensor:
+    """Channels [0, fold) of the last axis read frame t−1, [fold, 2·fold) read frame t+1, the
+    rest stay. Where t∓1 is outside the clip: the frame's own values (``fill="own"``, the
+    released code) or zeros (``fill="zeros"``, TSM / TokShift)."""
+    if fill not in SHIFT_FILLS:
+        raise ValueError(f"fill must be one of {SHIFT_FILLS}, not {fill!r}")
     num_frames = x.shape[time_dim]
-    if fold == 0 or num_frames == 1:
+    if num_frames == 1:
         return x
     back, ahead, rest = x.split([fold, fold, x.shape[-1] - 2 * fold], dim=-1)
-    pad = torch.zeros_like(back.narrow(time_dim, 0, 1))
-    back = torch.cat([pad, back.narrow(time_dim, 0, num_frames - 1)], dim=time_dim)  # t ← t−1
-    ahead = torch.cat([ahead.narrow(time_dim, 1, num_frames - 1), pad], dim=time_dim)  # t ← t+1
+    first, last = back.narrow(time_dim, 0, 1), ahead.narrow(time_dim, num_frames - 1, 1)
+    if fill == "zeros":
+        first, last = torch.zeros_like(first), torch.zeros_like(last)
+    back = torch.cat([first, back.narrow(time_dim, 0, num_frames - 1)], dim=time_dim)  # t←t−1
+    ahead = torch.cat([ahead.narrow(time_dim, 1, num_frames - 1), last], dim=time_dim)  # t←t+1
     return torch.cat([back, ahead, rest], dim=-1)
 
 
 def shift_fold(channels: int, ratio: float) -> int:
-    """Channels moved in each direction so that a fraction `ratio` of them changes."""
-    return max(1, round(channels * ratio / 2))
+    """Channels moved in each direction: the released ``channels // shift_div`` with
+    ``shift_div = 2 / ratio`` (the epsilon keeps 72 · (1/6) / 2 at 6, not 5.999…)."""
+    fold = math.floor(channels * ratio / 2 + 1e-9)
+    if fold == 0:
+        raise ValueError(
+            f"model.shift_ratio {ratio:g} moves no channel of {channels} "
+            f"(floor({channels} * ratio / 2) = 0); raise it to at least {2 / channels:g}"
+        )
+    return fold
 
 
-def token_channel_shift(x: torch.Tensor, num_frames: int, ratio: float) -> torch.Tensor:
+def token_channel_shift(
+    x: torch.Tensor, num_frames: int, ratio: float, fill: ShiftFill = "own"
+) -> torch.Tensor:
     """Temporal channel shift of all tokens ``(B*T, N, C)`` (TPS-like, before attention)."""
     fold = shift_fold(x.shape[-1], ratio)
     x = x.unflatten(0, (-1, num_frames))  # (B, T, N, C)
-    return temporal_channel_shift(x, fold, time_dim=1).flatten(0, 1)  # (B*T, N, C)
+    return temporal_channel_shift(x, fold, 1, fill).flatten(0, 1)  # (B*T, N, C)
 
 
-def cls_token_shift(x: torch.Tensor, num_frames: int, ratio: float) -> torch.Tensor:
-    """Temporal channel shift of the [cls] token (token 0) only (TokShift, paper ref [79])."""
-    fold = shift_fold(x.shape[-1], ratio)
-    cls = x[:, :1].unflatten(0, (-1, num_frames))  # (B, T, 1, C)
-    cls = temporal_channel_shift(cls, fold, time_dim=1).flatten(0, 1)  # (B*T, 1, C)
-    return torch.cat([cls, x[:, 1:]], dim=1)
+def cls_head_shift(
+    x: torch.Tensor, num_frames: int, ratio: float, fill: ShiftFill = "own"
+) -> torch.Tensor:
+    """The released ``token_shift``: the [cls] token of K or V ``(B*T, heads, N, d)``, its
+    channels taken across heads (channel h·d + j), fold from the whole width heads·d."""
+    BT, heads, N, d = x.shape
+    fold = shift_fold(heads * d, ratio)
+    cls = x[:, :, 0].reshape(-1, num_frames, heads * d)  # (B, T, heads·d)
+    cls = temporal_channel_shift(cls, fold, 1, fill).view(BT, heads, 1, d)
+    return torch.cat([cls, x[:, :, 1:]], dim=2)  # (B*T, heads, N, d)
 
 
-def head_channel_shift(x: torch.Tensor, num_frames: int, ratio: float) -> torch.Tensor:
-    """Temporal shift of a fraction of each head's channels of K or V ``(B*T, heads, N, d)``."""
+def head_channel_shift(
+    x: torch.Tensor, num_frames: int, ratio: float, fill: ShiftFill = "own"
+) -> torch.Tensor:
+    """The released ``tcs``: a fraction of each head's channels of Q, K or V
+    ``(B*T, heads, N, d)``, fold from the head dim d."""
     fold = shift_fold(x.shape[-1], ratio)
     x = x.unflatten(0, (-1, num_frames))  # (B, T, heads, N, d)
-    return temporal_channel_shift(x, fold, time_dim=1).flatten(0, 1)  # (B*T, heads, N, d)
-
-
-class ClsShiftBeforeMLP:
-    """Forward pre-hook for a block's MLP: TokShift also shifts the [cls] token before the MLP.
-
-    A picklable callable (not a lambda) so models with it deep-copy and pickle.
-    """
-
-    def __init__(self, num_frames: int, ratio: float = DEFAULT_SHIFT_RATIO) -> None:
-        self.num_frames, self.ratio = num_frames, ratio
-
-    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
-        return (cls_token_shift(args[0], self.num_frames, self.ratio), *args[1:])
+    return temporal_channel_shift(x, fold, 1, fill).flatten(0, 1)  # (B*T, heads, N, d)
