@@ -5,7 +5,7 @@
         [--batch 8] [--shards data/synthetic_shards] [--pretrained data/tiny_vit_image.pt]
 
 `--task digits` (what and when: which of a low and a high handwritten digit comes first,
-`data_prep/digits.py`) is described in `bench/table1_digits.py`: 12-head tiny model, R_c = 1/6
+`zeroi2v/data/digits.py`) is described in `bench/table1_digits.py`: 12-head tiny model, R_c = 1/6
 as in the paper, two budgets, an in-process training loop. The rest of this docstring is the
 motion task (`--task motion`, the default), which cannot rank the operators (bench/RESULTS.md).
 

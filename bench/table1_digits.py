@@ -1,4 +1,4 @@
-"""Paper Table 1 (a) on the digits task: what *and* when (`data_prep/digits.py`).
+"""Paper Table 1 (a) on the digits task: what *and* when (`zeroi2v/data/digits.py`).
 
     python bench/table1.py --task digits [--seeds 0 1 2] [--budgets 30 120] [--batch 8]
 
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zeroi2v.data.digits import digit_clips
 from zeroi2v import build_model
 from zeroi2v.config import from_dict
+from zeroi2v.data.digits import digit_clips
 from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
 from zeroi2v.models.specs import BACKBONES
 

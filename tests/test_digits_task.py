@@ -1,4 +1,4 @@
-"""The digits task (`data_prep/digits.py`) needs what and when: order-blind models are at
+"""The digits task (`zeroi2v/data/digits.py`) needs what and when: order-blind models are at
 chance by construction, and what changes when carries no label either."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from zeroi2v.data.digits import digit_clips, digit_frames, digit_pool
 from zeroi2v import build_model
 from zeroi2v.config import from_dict
+from zeroi2v.data.digits import digit_clips, digit_frames, digit_pool
 
 T = 8
 

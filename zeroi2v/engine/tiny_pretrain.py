@@ -7,7 +7,7 @@ chance level). No tiny pre-trained weights can be downloaded here, so this modul
 in seconds: the tiny backbone learns, on single synthetic frames, which cell of a coarse grid
 holds the bright sprite — a purely spatial image task with no motion in it (``task=
 "location"``, for the motion demo) — or which handwritten digit a frame shows (``task="digits"``,
-scikit-learn's bundled digits, for the what-and-when task of `data_prep/digits.py`). The video
+scikit-learn's bundled digits, for the what-and-when task of `zeroi2v/data/digits.py`). The video
 training then loads the result through the ordinary `model.pretrained` local-file path.
 """
 
