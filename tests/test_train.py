@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -310,12 +311,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_shards, tmp
     )
     proc = run_train(write_config(tmp_path / "c.json", raw), processes=processes, timeout=300)
     assert proc.returncode != 0
-    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(said) == processes, proc.stderr[-3000:]  # every rank, in the same sentence
-    last = said[-1]
-    assert last.startswith("error: loss is nan at step 2") or "non-finite" in last, last
-    assert "the last good checkpoint is step1" in last, last
-    assert len(set(said)) == 1, said
+    # Every rank, the same sentence. Searched, not split in lines: two ranks' prints may
+    # interleave between a sentence and its newline on the shared stderr.
+    sentence = (
+        r"error: loss is (nan|inf|-inf) at step 2 \(epoch 0\); stopping, the last good "
+        rf"checkpoint is step1 in {re.escape(str(out / 'checkpoints'))}"
+    )
+    said = re.findall(sentence, proc.stderr)
+    assert len(said) == processes, proc.stderr[-3000:]
+    assert proc.stderr.count("error:") == processes, proc.stderr[-3000:]  # and nothing else
     assert (out / "checkpoints" / "latest").read_text().strip() == "step1"
     assert not (out / "checkpoints" / "step2").exists()
     assert list(losses(out)) == [1]
