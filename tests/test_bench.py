@@ -236,12 +236,14 @@ def test_gpu_sh_cpu_mode_appends_a_dated_section(tmp_path):
         "### memory-swinb (",
         "| ssv2_swinb_32f.json | 8 | 1 |",
         "### loader (",
+        "### decode-gpu (",
+        "cores per H100",
         "### compiled-b64 (",
         "throughput ratio merged / plain at batch 2",
         "### step-fp32 (",
         "deepspeed ÷ plain step, fp32: batch 2:",
         "Projected K400",
-        "gpu.sh: 10 of 10 sections done in ",
+        "gpu.sh: 11 of 11 sections done in ",  # at-size runs on CUDA only
     ):
         assert expected in text, expected
     assert "not done" not in text
