@@ -289,7 +289,8 @@ def run_case(args: argparse.Namespace, name: str, zero: int) -> dict[str, Any]:
     row["checkpoint_vs_16B"] = row["checkpoint"]["total"] / (
         BYTES_PER_TRAINABLE * row["trainable_params"]
     )
-    row["memory"] = projected_memory(cfg, base.deepspeed["train_micro_batch_size_per_gpu"])
+    micro = base.deepspeed["train_micro_batch_size_per_gpu"]
+    row["memory"] = projected_memory(model, cfg, micro)  # the model built above, spent there
     del model
     row["merge_error"] = merge_error(checkpoint)
     video = (

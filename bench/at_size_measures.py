@@ -146,11 +146,11 @@ def serve_once(name: str, tracking_uri: str, video: Path, log: Path) -> dict[str
     return {"ready_s": ready, "request_s": seconds, "label": reply["predictions"][0]["label"]}
 
 
-def projected_memory(cfg: Any, micro_batch: int) -> dict[str, float]:
-    from zeroi2v import build_model
+def projected_memory(model: torch.nn.Module, cfg: Any, micro_batch: int) -> dict[str, float]:
+    """A bf16 step's projected peak (`memory_estimate`); `model` is spent (its tensors fake)."""
     from zeroi2v.engine.memory_estimate import training_step_memory
 
-    step = training_step_memory(build_model(cfg), cfg, micro_batch, bf16=True)
+    step = training_step_memory(model, cfg, micro_batch, bf16=True)
     return {
         "micro_batch": micro_batch,
         "peak_gib": step.peak,
