@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zeroi2v"
 # grammar that the config validates against, so they sit with the config.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "errors", ("zeroi2v.errors", "zeroi2v.redact", "zeroi2v.files")),
-    (0, "logs", ("zeroi2v.logs",)),
+    (0, "logs", ("zeroi2v.logs", "zeroi2v.lazy")),
     (1, "config", ("zeroi2v.config", "zeroi2v.models.specs", "zeroi2v.models.offsets")),
     (2, "data", ("zeroi2v.data",)),
     (3, "models", ("zeroi2v.models",)),

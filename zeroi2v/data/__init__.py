@@ -7,8 +7,7 @@ webdataset, and a core install (no `[data]` extra) can still import `zeroi2v.dat
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zeroi2v.lazy import attribute_loader
 
 _EXPORTS = {
     "CLIP_MEAN": "zeroi2v.data.transforms",
@@ -28,8 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = attribute_loader(__name__, _EXPORTS)

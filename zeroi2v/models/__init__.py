@@ -6,8 +6,7 @@ Attributes are imported lazily so that `zeroi2v.config` (which reads the torch-f
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zeroi2v.lazy import attribute_loader
 
 _EXPORTS = {
     "build_model": "zeroi2v.models.video",
@@ -23,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = attribute_loader(__name__, _EXPORTS)
