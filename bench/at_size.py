@@ -154,7 +154,7 @@ def launch(config: Path, extra: list[str], procs: int, log: Path) -> subprocess.
     cmd += ["--master_port", str(free_port()), "launch/train.py", "--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as handle:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             cmd + extra,
             cwd=REPO,
             env=env,
@@ -162,6 +162,8 @@ def launch(config: Path, extra: list[str], procs: int, log: Path) -> subprocess.
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    GROUPS.add(proc.pid)  # so that SIGTERM / SIGINT of this script stops the run too
+    return proc
 
 
 def rank_processes(launcher: psutil.Process) -> dict[str, psutil.Process]:

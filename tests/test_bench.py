@@ -7,7 +7,9 @@ and printed, so `bench/gpu.sh` on a GPU machine does not fail on a broken script
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
+import os
 import re
 import signal
 import subprocess
@@ -247,3 +249,32 @@ def test_gpu_sh_cpu_mode_appends_a_dated_section(tmp_path):
     ):
         assert expected in text, expected
     assert "not done" not in text
+
+
+def test_at_size_interrupted_stops_the_training_run_it_launched(tmp_path, monkeypatch):
+    """SIGTERM / SIGINT of `bench/at_size.py` (gpu.sh's time limit, Ctrl-C) kills the
+    `deepspeed` launch it started, which lives in a process group of its own, and its children."""
+    import psutil
+
+    fake = tmp_path / "deepspeed"  # a launcher whose "rank" is a long sleep
+    fake.write_text('#!/bin/sh\nsleep 300 &\necho $! > "$RANK_PID"\nwait\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("RANK_PID", str(tmp_path / "rank.pid"))
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    at_size = importlib.import_module("at_size")
+    at_size_measures = importlib.import_module("at_size_measures")
+
+    run = at_size.launch(tmp_path / "config.json", [], 2, tmp_path / "run.log")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "rank.pid").is_file() or not (tmp_path / "rank.pid").read_text():
+        assert time.monotonic() < deadline, "the fake launcher never started its rank"
+        time.sleep(0.05)
+    rank = int((tmp_path / "rank.pid").read_text())
+    with pytest.raises(SystemExit):
+        at_size_measures.stop_groups(signal.SIGTERM, None)
+    assert run.wait(timeout=10) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(rank) and psutil.Process(rank).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the launcher's rank outlived the interrupted bench"
+        time.sleep(0.05)
