@@ -1,8 +1,9 @@
 """The docs site builds with `mkdocs build --strict`, as `make docs` and CI build it.
 
 Strict mode turns every warning into a failure: a link to a page or an anchor that does not
-exist, a page left out of the nav, a missing changelog include (mkdocs.yml's `validation`
-section and the snippets' `check_paths`). The second test proves the first can fail.
+exist, a page left out of the nav, a missing include of CHANGELOG.md or the README's package
+map (mkdocs.yml's `validation` section and the snippets' `check_paths`). The second test
+proves the first can fail.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ def test_the_docs_site_builds_strictly(tmp_path):
     done = _build(REPO, tmp_path / "site")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "WARNING" not in done.stderr, done.stderr[-3000:]
+    # the pages that include a file from the repository root got its text
     changelog = (tmp_path / "site" / "changelog" / "index.html").read_text()
-    assert "launch/profile_model.py" in changelog  # CHANGELOG.md was included, not left out
+    assert "launch/profile_model.py" in changelog  # CHANGELOG.md
+    package_map = (tmp_path / "site" / "package-map" / "index.html").read_text()
+    assert "zero_comm.py" in package_map  # the README's layer table
 
 
 def test_a_broken_link_fails_the_build(tmp_path):
     """A copy of the site with one link to a missing anchor and one to a missing page."""
-    for name in ("mkdocs.yml", "CHANGELOG.md"):
+    for name in ("mkdocs.yml", "CHANGELOG.md", "README.md"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "docs", tmp_path / "docs")
     page = tmp_path / "docs" / "speed.md"
