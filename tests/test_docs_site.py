@@ -1,8 +1,9 @@
 """The docs site builds with `mkdocs build --strict`, as `make docs` and CI build it.
 
 Strict mode turns every warning into a failure: a link to a page or an anchor that does not
-exist, a page left out of the nav, a missing include of CHANGELOG.md or the README's package
-map (mkdocs.yml's `validation` section and the snippets' `check_paths`). The second test
+exist, a page left out of the nav, a missing include of CHANGELOG.md or of a README section
+that the docs show rather than copy (mkdocs.yml's `validation` section, the snippets'
+`check_paths`). The second test
 proves the first can fail.
 """
 
@@ -33,8 +34,13 @@ def test_the_docs_site_builds_strictly(tmp_path):
     # the pages that include a file from the repository root got its text
     changelog = (tmp_path / "site" / "changelog" / "index.html").read_text()
     assert "launch/profile_model.py" in changelog  # CHANGELOG.md
-    package_map = (tmp_path / "site" / "package-map" / "index.html").read_text()
-    assert "zero_comm.py" in package_map  # the README's layer table
+    included = {  # page → a phrase of the README section it includes
+        "package-map": "zero_comm.py",  # the layer table
+        "method": "stdha_shift.py",  # the method-in-code table
+        "": "no FLOP",  # the pitch, on the home page
+    }
+    for page, phrase in included.items():
+        assert phrase in (tmp_path / "site" / page / "index.html").read_text(), page
 
 
 def test_a_broken_link_fails_the_build(tmp_path):
