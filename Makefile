@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The venv first on PATH: `deepspeed`, `mlflow` and the ninja that builds DeepSpeed's CPU op.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: setup sysdeps demo demo-seeds test test-slow lint
+.PHONY: setup sysdeps demo demo-seeds test test-slow lint docs
 
 # Debian packages the code shells out to or loads: curl streams http(s) shards
 # (zeroi2v/data/shards.py); torchcodec (data.decoder: torchcodec) loads the system's FFmpeg
@@ -39,6 +39,11 @@ test: setup
 
 test-slow: setup
 	$(RUN) $(PY) -m pytest -q -m slow
+
+# The manual (docs/, mkdocs.yml) as a site in site/; --strict fails on a broken link or anchor.
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0, printed on every build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

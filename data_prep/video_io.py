@@ -23,7 +23,7 @@ MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's demuxer name for the mp4 fami
 # to_size": it copies rows padded to a larger width). Measured for every even width 2..398 at
 # heights 16..48 (the height does not matter); every other even width reads back.
 DECORD_UNREADABLE_WIDTHS = frozenset({2, 4, 6, 8, 12, 16, 24, 48, 72})
-# Re-encoding defaults, chosen for the training reader's speed (README "Data", bench/RESULTS.md):
+# Re-encoding defaults, chosen for the training reader's speed (docs/data.md, bench/RESULTS.md):
 # decord seeks to the key frame before each wanted frame and decodes from there, so at K400's
 # length (250 frames, 8 frames every 16) a key frame every 8 frames and x264's fastdecode tune
 # (no CABAC, no deblocking) decode 2.5-3x as many clips per core as x264's defaults (key frame

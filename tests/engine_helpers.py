@@ -210,7 +210,7 @@ def hostfile(path: Path, nodes: int, slots: int = 1) -> Path:
 def node_cmd(
     config_path: Path, *args: str, node_rank: int, nodes: int, port: int, hosts: Path
 ) -> list[str]:
-    """One node's launcher of a multi-node job without ssh (what README "Scaling out" shows)."""
+    """One node's launcher of a multi-node job without ssh (what docs/scaling-out.md shows)."""
     launcher = Path(sys.executable).parent / "deepspeed"
     return [
         str(launcher),

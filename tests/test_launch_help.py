@@ -60,7 +60,7 @@ HELP = [
             1,
             "no manifest.json in none",
         ),
-        (  # an override right after an option of several values (as the README writes it)
+        (  # an override right after an option of several values (as docs/transfer.md writes it)
             "few_shot",
             ["--config", "configs/tiny_cpu.json", "--shots", "2", "--seeds", "0", "1"]
             + ["data.train_shards=none/x.tar"],
