@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
 from torch import nn
 
-from zeroi2v.models.specs import BackboneSpec
 from zeroi2v.models.stdha_shift import shift_qkv
+from zeroi2v.specs import BackboneSpec
 
 
 class STDHAWindowAttention(WindowAttention):
@@ -226,10 +226,8 @@ def build_swin_backbone(spec: BackboneSpec, model_cfg: Any) -> SwinTransformer:
 
     With `temporal_patch_size` kt = 1 the timm 2-D patch embedding is kept (and fed the B*T
     frames); with kt > 1 it is replaced by `TemporalPatchEmbed`. STDHA is installed when
-    `model_cfg.temporal_op == "stdha"`; the attribute `num_frames` is T' (what STDHA sees).
+    `model_cfg.temporal_op == "stdha"`, reading T' frames.
     """
-    from zeroi2v.models.offsets import offsets_per_block
-
     if spec.family != "swin":
         raise ValueError(f"build_swin_backbone got a '{spec.family}' backbone spec")
     kt = model_cfg.temporal_patch_size
@@ -238,12 +236,10 @@ def build_swin_backbone(spec: BackboneSpec, model_cfg: Any) -> SwinTransformer:
     if kt > 1:
         model.patch_embed = TemporalPatchEmbed(model.patch_embed, kt)
     if model_cfg.temporal_op == "stdha":
-        install_stdha(model, offsets_per_block(model_cfg.head_offsets, spec, frames), frames)
+        install_stdha(model, model_cfg.offsets, frames)
     elif model_cfg.temporal_op != "none":
         raise ValueError(
             f"model.temporal_op '{model_cfg.temporal_op}' is not implemented for Swin; "
             "use 'stdha' or 'none'"
         )
-    model.num_frames = frames
-    model.temporal_patch_size = kt
     return model
