@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
 from torch import nn
 
-from zeroi2v.models.stdha_shift import shift_qkv
+from zeroi2v.models.stdha_shift import HeadRuns, shift_qkv
 from zeroi2v.specs import BackboneSpec
 
 
@@ -68,6 +68,7 @@ class STDHAWindowAttention(WindowAttention):
                 f"got {len(offsets)} head offsets for an attention with {num_heads} heads"
             )
         self.offsets = [int(dt) for dt in offsets]
+        self.runs = HeadRuns.packed(self.offsets)  # found once, used by every forward
         self.num_frames = num_frames
         self.num_windows = num_windows
 
@@ -124,7 +125,7 @@ class STDHAWindowAttention(WindowAttention):
             )
         qkv = qkv.unflatten(0, (-1, self.num_frames, self.num_windows))  # (B, T, nW, N, 3, h, d)
         # qkv is this attention's own fresh projection: inference may rewrite it in place
-        return shift_qkv(qkv, self.offsets, time_dim=1, overwrite=True).flatten(0, 2)
+        return shift_qkv(qkv, self.runs, time_dim=1, overwrite=True).flatten(0, 2)
 
     def extra_repr(self) -> str:
         return f"offsets={self.offsets}, num_frames={self.num_frames}"
