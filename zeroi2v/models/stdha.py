@@ -20,6 +20,7 @@ Temporal heads see the K/V of another frame at the same token positions, [cls] i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,20 +89,13 @@ TEMPORAL_OPS: dict[str, type[TemporalOperator]] = {
 }
 
 
-def create_temporal_op(
-    temporal_op: str,
-    num_frames: int,
-    num_heads: int,
-    head_dim: int,
-    offsets: Sequence[int] | None = None,
-    shift_ratio: float = DEFAULT_SHIFT_RATIO,
-    shift_fill: ShiftFill = "own",
-) -> TemporalOperator:
-    """The operator `temporal_op` names, for one attention of `num_heads` × `head_dim`."""
+def create_temporal_op(temporal_op: str, *args: Any, **kwargs: Any) -> TemporalOperator:
+    """The operator `temporal_op` names (timm's `create_attn` style); the other arguments
+    are `TemporalOperator`'s: clip length, heads and head width of the attention, and the
+    settings its operator reads."""
     if temporal_op not in TEMPORAL_OPS:
         raise ValueError(f"unknown temporal_op '{temporal_op}'; choose one of {list(TEMPORAL_OPS)}")
-    op = TEMPORAL_OPS[temporal_op]
-    return op(num_frames, num_heads, head_dim, offsets, shift_ratio, shift_fill)
+    return TEMPORAL_OPS[temporal_op](*args, **kwargs)
 
 
 class TemporalMixing(nn.Module):
