@@ -27,8 +27,8 @@ from timm.layers import Attention
 
 from zeroi2v import build_model, merge
 from zeroi2v.config import load
-from zeroi2v.models.offsets import expand
 from zeroi2v.models.stdha import TimmSTDHA
+from zeroi2v.offsets import expand
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "k400_b16_8f.json"
 OFFSETS = expand([(1, 1), (-1, 1), (0, 10)])

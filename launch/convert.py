@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         official_head_offsets,
         read_official,
     )
-    from zeroi2v.models.specs import BACKBONES
+    from zeroi2v.specs import BACKBONES
 
     raw = json.loads(args.config.read_text())
     raw = apply_overrides(raw, {**OFFICIAL_RECIPE, "adapt.adapter_scale": args.adapter_scale})

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from zeroi2v.config import ConfigError
-from zeroi2v.models.offsets import offsets_per_block
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.offsets import offsets_per_block, resolve
+from zeroi2v.specs import BACKBONES
 from zeroi2v.tune.allocation import (
     allocation_from_params,
     block_multiset,
@@ -104,11 +104,12 @@ def test_known_params_give_the_paper_rows_exactly():
         [[1, 1], [-1, 1], [2, 1], [-2, 1], [0, 12]],
         [[1, 2], [-1, 2], [2, 2], [-2, 2], [0, 24]],
     ]
-    assert describe(swin_alloc, swin).count("RF") == 4
-    assert describe(swin_alloc, swin).endswith("RF5")
+    assert describe(resolve(swin_alloc, swin, 16), swin).count("RF") == 4
+    assert describe(resolve(swin_alloc, swin, 16), swin).endswith("RF5")
     tiny = BACKBONES["tiny_vit"]
     assert allocation_from_params({"temporal_heads": 0, "max_offset": 3}, tiny, 8) == [[0, 4]]
-    assert describe([[0, 4]], tiny) == "{0·4} RF1"
+    assert describe(resolve([[0, 4]], tiny, 8), tiny) == "{0·4} RF1"
+    assert describe(None, tiny) == "-"
 
 
 def test_round_robin_is_nearest_first():

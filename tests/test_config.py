@@ -4,10 +4,9 @@ import json
 
 import pytest
 
-from zeroi2v import config
+from zeroi2v import config, offsets
 from zeroi2v.config import ConfigError
-from zeroi2v.models import offsets
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.specs import BACKBONES
 
 
 def test_layering_defaults_file_overrides(tmp_path):
@@ -29,6 +28,39 @@ def test_round_trip_and_flatten_use_the_override_keys():
     flat = config.flatten(cfg)
     assert flat["deepspeed.zero_optimization.stage"] == 2
     assert config.from_dict({}, flat) == cfg  # flattened params are valid overrides
+
+
+def test_head_offsets_are_parsed_once_into_a_typed_value_and_keep_their_spelling(monkeypatch):
+    """`cfg.model.offsets` is the resolved per-block value every model builder reads; the JSON
+    key keeps what the user wrote, so a dumped config reloads to the same config."""
+    from zeroi2v import build_model
+
+    cfg = config.load(None, {"model.head_offsets": "{1·1, −1·1, 0·2}", "model.num_frames": 4})
+    assert cfg.model.offsets == offsets.HeadOffsets(((1, -1, 0, 0), (1, -1, 0, 0)), frames=4)
+    assert config.to_dict(cfg)["model"]["head_offsets"] == "{1·1, −1·1, 0·2}"
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+    assert config.load(None, {"model.temporal_op": "kv_shift"}).model.offsets is None
+
+    swin = {"backbone": "tiny_swin", "head_offsets": [[[1, 1], [0, 1]], [[1, 1], [0, 3]]]}
+    built = [cfg, *(config.from_dict({"model": m}) for m in ({"backbone": "tiny_vit_timm"}, swin))]
+
+    def parse_again(spec):
+        raise AssertionError(f"model.head_offsets {spec!r} parsed again after validation")
+
+    monkeypatch.setattr(offsets, "parse_multiset", parse_again)
+    for each in built:
+        build_model(each)
+
+
+def test_a_model_section_changed_after_validation_is_unresolved_until_validated_again():
+    cfg = config.load(None, {"model.num_frames": 4})
+    cfg.model.num_frames = 8
+    with pytest.raises(ConfigError, match="resolved when the whole config is validated"):
+        cfg.model.offsets  # noqa: B018
+    cfg.model = cfg.model  # validating the whole config again resolves it for 8 frames
+    assert cfg.model.offsets.frames == 8
+    with pytest.raises(ConfigError, match="not a model section alone"):
+        config.ModelConfig().offsets  # noqa: B018
 
 
 @pytest.mark.parametrize(

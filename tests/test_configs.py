@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from zeroi2v.config import load
-from zeroi2v.models.offsets import offsets_per_block, receptive_field
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.offsets import offsets_per_block, receptive_field
+from zeroi2v.specs import BACKBONES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -13,13 +13,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "zeroi2v"
 
 # Bottom first. A module may import a lower layer, or its own group; never a higher layer nor
-# another group of its own layer (tune and use stay independent). `models.specs` and
-# `models.offsets` are torch-free descriptions of the backbones and of the head-offset
-# grammar that the config validates against, so they sit with the config.
+# another group of its own layer (tune and use stay independent). `specs` and `offsets` are
+# the config's vocabulary (torch-free facts of the backbones, the head-offset grammar), so
+# they sit beside it and import nothing above it.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "errors", ("zeroi2v.errors", "zeroi2v.redact", "zeroi2v.files")),
     (0, "logs", ("zeroi2v.logs", "zeroi2v.lazy")),
-    (1, "config", ("zeroi2v.config", "zeroi2v.models.specs", "zeroi2v.models.offsets")),
+    (1, "config", ("zeroi2v.config", "zeroi2v.specs", "zeroi2v.offsets")),
     (2, "data", ("zeroi2v.data",)),
     (3, "models", ("zeroi2v.models",)),
     (4, "engine", ("zeroi2v.engine",)),

@@ -120,3 +120,12 @@ def test_real_vit_b16_sizes_match_the_paper():
         p.numel() for n, p in model.backbone.named_parameters() if ".adaptation." not in n
     )
     assert round(backbone / 1e6) == 86 and round(adapter_params / 1e6) == 14
+
+
+@pytest.mark.parametrize("backbone", ["tiny_vit", "tiny_vit_timm", "tiny_swin"])
+def test_no_attribute_is_set_on_the_library_backbone(backbone):
+    """The frames and feature width live beside the open_clip / timm module, not on it."""
+    section = {"backbone": backbone, "image_size": 32, "temporal_op": "none"}
+    model = build_model(from_dict({"model": section}))
+    for name in ("num_frames", "feature_dim", "temporal_patch_size"):
+        assert name not in vars(model.backbone), name

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from zeroi2v.config import from_dict
 from zeroi2v.models.stdha import OpenClipSTDHA, TimmSTDHA, install_temporal_attention
-from zeroi2v.models.stdha_shift import shift_kv, time_index
+from zeroi2v.models.stdha_shift import HeadRuns, reference_shift, shift_kv, time_index
 from zeroi2v.models.video import build_model
 
 HEADS, WIDTH = 4, 64
@@ -112,23 +112,42 @@ def test_shift_kv_generic_layout_matches_index_rule():
     for t in range(frames):
         for h in range(len(offsets)):
             assert torch.equal(got[:, t, :, h], x[:, src[t, h], :, h])
+    assert torch.equal(reference_shift(x, offsets, time_dim=1, head_dim=3), got)
     # heads before time works too
     y = x.transpose(1, 3)  # (B, heads, nW, T, N, d)
     assert torch.equal(shift_kv(y, offsets, time_dim=3, head_dim=1), got.transpose(1, 3))
+    assert torch.equal(reference_shift(y, offsets, time_dim=3, head_dim=1), got.transpose(1, 3))
 
 
-def _gather_shift(x: torch.Tensor, offsets: list[int], time_dim: int, head_dim: int):
-    """The full-size gather formulation (the original implementation), as a reference."""
-    src = time_index(offsets, x.shape[time_dim])  # (T, heads)
-    if time_dim > head_dim:
-        src = src.t()
-    shape = [1] * x.dim()
-    shape[time_dim], shape[head_dim] = x.shape[time_dim], x.shape[head_dim]
-    return torch.gather(x, time_dim, src.view(shape).expand(x.shape))
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"backbone": "tiny_vit", "temporal_op": "stdha"},
+        {"backbone": "tiny_vit_timm", "temporal_op": "hr_qkv"},
+        {"backbone": "tiny_swin", "head_offsets": [[[1, 1], [0, 1]], [[1, 1], [-1, 1], [0, 2]]]},
+    ],
+    ids=["stdha", "hr_qkv", "swin"],
+)
+def test_head_runs_are_found_once_when_the_attention_is_built(monkeypatch, model):
+    """The forward passes (training, inference) reuse the runs each attention built."""
+    cfg = from_dict({"model": {**model, "image_size": 32, "num_frames": 3, "num_classes": 3}})
+    video = build_model(cfg).train()
+    clip = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        want = video.eval()(clip)
+
+    def again(cls, offsets):
+        raise AssertionError(f"head runs of {offsets} computed again in a forward pass")
+
+    monkeypatch.setattr(HeadRuns, "of", classmethod(again))
+    video.train()(clip).sum().backward()
+    with torch.no_grad():
+        assert torch.equal(video.eval()(clip), want)
 
 
-def test_shift_kv_values_and_gradients_equal_the_gather_formulation():
-    """Slice-copy shift == full gather (values and gradients); overwrite=True in inference
+def test_shift_kv_values_and_gradients_equal_the_reference_rule():
+    """Slice-copy shift == `reference_shift`, the rule as a full gather (values and
+    gradients); overwrite=True in inference
     rewrites the input in place with the same values; Δt ≥ T reads the own frame."""
     rng = random.Random(0)
     for trial in range(60):
@@ -140,7 +159,7 @@ def test_shift_kv_values_and_gradients_equal_the_gather_formulation():
         x = torch.randn(shape, dtype=torch.double, requires_grad=True)
         grad_out = torch.randn(shape, dtype=torch.double)
         got = shift_kv(x, offsets, time_dim, head_dim, overwrite=True)  # autograd: a new tensor
-        want = _gather_shift(x, offsets, time_dim, head_dim)
+        want = reference_shift(x, offsets, time_dim, head_dim)
         assert torch.equal(got, want), offsets
         (grad_got,) = torch.autograd.grad(got, x, grad_out)
         (grad_want,) = torch.autograd.grad(want, x, grad_out)

@@ -13,15 +13,15 @@ from timm.models.swin_transformer import (
     window_reverse,
 )
 
-from zeroi2v.config import ModelConfig
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.config import from_dict
+from zeroi2v.models.backbones import build_backbone
 from zeroi2v.models.swin import (
     STDHAWindowAttention,
     TemporalPatchEmbed,
-    build_swin_backbone,
     create_swin,
     install_stdha,
 )
+from zeroi2v.specs import BACKBONES
 
 SPEC = BACKBONES["tiny_swin"]  # 32x32, patch 4, window 4, depths (2, 2), heads (2, 4)
 
@@ -120,15 +120,21 @@ def test_inflated_patch_embed_on_static_clip_equals_2d() -> None:
 
 
 def test_build_swin_backbone_halves_frames() -> None:
-    cfg = ModelConfig(
-        backbone="tiny_swin",
-        image_size=SPEC.image_size,
-        num_frames=8,
-        temporal_patch_size=2,
-        head_offsets=[[[1, 1], [0, 1]], [[1, 1], [-1, 1], [0, 2]]],
+    cfg = from_dict(
+        {
+            "model": {
+                "backbone": "tiny_swin",
+                "image_size": SPEC.image_size,
+                "num_frames": 8,
+                "temporal_patch_size": 2,
+                "head_offsets": [[[1, 1], [0, 1]], [[1, 1], [-1, 1], [0, 2]]],
+            }
+        }
     )
-    model = build_swin_backbone(SPEC, cfg)
-    assert model.num_frames == 4
+    built = build_backbone(cfg.model)
+    assert (built.num_frames, built.temporal_patch_size) == (4, 2)
+    model = built.module
+    assert not hasattr(model, "num_frames")  # facts beside the timm module, not set on it
     assert [b.attn.offsets for b in _blocks(model)] == [
         [1, 0],
         [1, 0],
@@ -138,7 +144,7 @@ def test_build_swin_backbone_halves_frames() -> None:
     clip = torch.randn(2, 3, 8, SPEC.image_size, SPEC.image_size)
     with torch.no_grad():
         feats = model(clip)
-    assert feats.shape == (2 * 4, SPEC.width * 2)
+    assert feats.shape == (2 * 4, SPEC.width * 2) == (2 * 4, built.feature_dim)
 
 
 def test_unavailable_pretrained_is_one_clear_error(tmp_path) -> None:

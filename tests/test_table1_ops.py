@@ -183,3 +183,21 @@ def test_only_head_relocation_ops_take_offsets():
         from_dict({"model": {**base, "temporal_op": "hr_qkv", "head_offsets": "{1·1, 0·1}"}})
     with pytest.raises(ValueError, match="need temporal_op 'stdha' or 'hr_qkv'"):
         install_temporal_attention(_timm(), [OFFSETS], FRAMES, "qkv_shift")
+
+
+def test_the_operator_table_speaks_the_config_vocabulary():
+    """Every `model.temporal_op` has one class in the table, and the classes' own flags say
+    which read head offsets and which read the channel-shift settings, as the config does."""
+    import typing
+
+    from zeroi2v.config import CHANNEL_SHIFT_OPS, HEAD_RELOCATION_OPS, TemporalOp
+    from zeroi2v.models.stdha import TEMPORAL_OPS, create_temporal_op
+
+    assert sorted(TEMPORAL_OPS) == sorted(typing.get_args(TemporalOp))
+    assert all(name == op.name for name, op in TEMPORAL_OPS.items())
+    reads_offsets = {name for name, op in TEMPORAL_OPS.items() if op.reads_offsets}
+    assert reads_offsets == set(HEAD_RELOCATION_OPS)
+    shifts = {name for name, op in TEMPORAL_OPS.items() if "shift_ratio" in repr(op(4, 4, 12))}
+    assert shifts == set(CHANNEL_SHIFT_OPS)
+    with pytest.raises(ValueError, match="unknown temporal_op 'tsm'; choose one of"):
+        create_temporal_op("tsm", 4, 4, 12)

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from zeroi2v.errors import ConfigError
-from zeroi2v.models.offsets import offsets_per_block
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.offsets import HeadOffsets, resolve
+from zeroi2v.specs import BACKBONES
 
 
 class _Section(BaseModel):
@@ -30,6 +30,7 @@ class _Section(BaseModel):
 TemporalOp = Literal[
     "stdha", "none", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv"
 ]
+HEAD_RELOCATION_OPS = ("stdha", "hr_qkv")  # the operators that read model.head_offsets
 # the operators that move a fraction model.shift_ratio of channels (read model.shift_fill)
 CHANNEL_SHIFT_OPS = ("cls_shift", "channel_shift", "kv_shift", "qkv_shift")
 Strategy = Literal[
@@ -69,6 +70,25 @@ class ModelConfig(_Section):
     # "detection": AVA-style person boxes → multi-label actions (zeroi2v/models/detection.py)
     task: Literal["classification", "detection"] = "classification"
     roi_size: int = Field(7, ge=1)  # detection: RoIAlign output cells per side
+    # `head_offsets` resolved per block by `Config`'s validation (it needs the backbone and
+    # the clip length); a section changed afterwards is unresolved until validated again.
+    _offsets: HeadOffsets | None | Literal["unresolved"] = PrivateAttr("unresolved")
+
+    @model_validator(mode="after")
+    def _unresolve(self) -> ModelConfig:  # built or assigned: the old resolution is stale
+        self._offsets = "unresolved"
+        return self
+
+    @property
+    def offsets(self) -> HeadOffsets | None:
+        """`head_offsets`, parsed and checked once: every block's per-head Δt (None when
+        `temporal_op` moves no whole heads, i.e. is not one of `HEAD_RELOCATION_OPS`)."""
+        if self._offsets == "unresolved":
+            raise ConfigError(
+                "model.head_offsets is resolved when the whole config is validated; build the "
+                "config with zeroi2v.config.load or from_dict, not a model section alone"
+            )
+        return self._offsets
 
 
 class AdaptConfig(_Section):
@@ -216,8 +236,9 @@ class Config(_Section):
             )
         if self.model.temporal_patch_size > 1 and spec.family != "swin":
             raise ConfigError("model.temporal_patch_size > 1 is only supported for Swin backbones")
-        if self.model.temporal_op in ("stdha", "hr_qkv"):  # the head-relocation operators
-            offsets_per_block(self.model.head_offsets, spec, frames)
+        offsets = None
+        if self.model.temporal_op in HEAD_RELOCATION_OPS:
+            offsets = resolve(self.model.head_offsets, spec, frames)
         channel_shift = self.model.temporal_op in CHANNEL_SHIFT_OPS
         if self.model.shift_fill != "own" and not channel_shift:
             raise ConfigError(
@@ -263,6 +284,7 @@ class Config(_Section):
             )
         check_batch_sizes(self.deepspeed)
         _check_decoding(self)
+        self.model._offsets = offsets  # last: a failed check leaves the section unresolved
         return self
 
 

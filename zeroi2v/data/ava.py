@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from zeroi2v.config import Config
 from zeroi2v.data.clips import seed_from
 from zeroi2v.data.decode import CorruptVideoError, frame_count, open_video, read_frames
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.specs import BACKBONES
 
 MATCH_IOU = 0.5  # a training proposal takes the labels of a ground-truth box it overlaps this much
 

@@ -21,7 +21,7 @@ from zeroi2v.data.decode import (
 )
 from zeroi2v.data.sampling import dense_indices, uniform_indices
 from zeroi2v.data.transforms import EvalTransform, TrainTransform
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.specs import BACKBONES
 
 
 def seed_from(*parts: Any) -> int:

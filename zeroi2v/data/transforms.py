@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from zeroi2v.config import ConfigError
-from zeroi2v.models.specs import CLIP_MEAN, CLIP_STD
+from zeroi2v.specs import CLIP_MEAN, CLIP_STD
 
 # open_clip's OPENAI_DATASET_MEAN / OPENAI_DATASET_STD (CLIP's pre-training normalisation).
 

@@ -22,7 +22,7 @@ import torch
 from zeroi2v import logs
 from zeroi2v.config import Config, ConfigError, from_dict, to_dict
 from zeroi2v.data.synthetic import CLASSES, render, sample_params
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.specs import BACKBONES
 
 log = logging.getLogger(__name__)
 

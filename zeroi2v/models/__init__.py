@@ -1,7 +1,7 @@
 """Models: backbones, STDHA, adapters, the video classifier and merging.
 
-Attributes are imported lazily so that `zeroi2v.config` (which reads the torch-free
-`specs` and `offsets` modules) does not import torch, open_clip or timm.
+Attributes are imported lazily so that importing the package (or `zeroi2v`, which re-exports
+`build_model` and `merge`) does not import torch, open_clip or timm until a model is built.
 """
 
 from __future__ import annotations

@@ -1,57 +1,68 @@
 """Image backbones as per-frame feature extractors, built by one factory for real and tiny sizes.
 
-`build_backbone(model_cfg)` returns the library's own module (open_clip `VisionTransformer`,
-timm `VisionTransformer` / `SwinTransformer`) with the temporal operator installed, so its
-state dict is a plain library checkpoint. Input: frames ``(B*T, C, H, W)`` (Swin with a
-temporal patch size > 1: the clip ``(B, C, T, H, W)``); output: one feature per frame.
+`build_backbone(model_cfg)` returns a `VideoBackbone`: the library's own module (open_clip
+`VisionTransformer`, timm `VisionTransformer` / `SwinTransformer`) with the temporal operator
+installed, so its state dict is a plain library checkpoint, and beside it (not set as
+attributes on the library's module) what the video models need to know about it. Input:
+frames ``(B*T, C, H, W)`` (Swin with a temporal patch size > 1: the clip ``(B, C, T, H, W)``);
+output: one feature per frame.
 Pretrained weights come from a library tag or a local file; nothing is downloaded in tests.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from zeroi2v.models.offsets import offsets_per_block
-from zeroi2v.models.specs import BACKBONES, BackboneSpec
-from zeroi2v.models.stdha import HEAD_RELOCATION_OPS, install_temporal_attention
+from zeroi2v.config import ModelConfig
+from zeroi2v.models.stdha import install_temporal_attention
+from zeroi2v.specs import BACKBONES, BackboneSpec
 
 
-def build_backbone(model_cfg: Any) -> nn.Module:
-    """Backbone of `model_cfg.backbone` with `model_cfg.temporal_op` installed.
+@dataclass(frozen=True)
+class VideoBackbone:
+    """A built backbone (`module`) and the facts about it that the video models read.
 
-    Sets ``num_frames`` (frames the attention sees) and ``feature_dim`` on the module.
+    The facts are kept here rather than set as attributes on the third-party module (whose
+    class does not declare them) or held by a wrapping `nn.Module`, which would add a level
+    to every state-dict key: `module` goes into the model tree as is, as ``backbone``, so
+    pretrained checkpoints load strictly and a merged model's keys are the library's.
     """
+
+    module: nn.Module
+    num_frames: int  # frames the attention sees (Swin: T / temporal_patch_size)
+    feature_dim: int  # width of the per-frame feature
+    temporal_patch_size: int = 1  # > 1: the module embeds whole clips (B, C, T, H, W)
+
+
+def build_backbone(model_cfg: ModelConfig) -> VideoBackbone:
+    """Backbone of `model_cfg.backbone` with `model_cfg.temporal_op` installed."""
     spec = BACKBONES[model_cfg.backbone]
     if spec.family == "swin":
         from zeroi2v.models.swin import build_swin_backbone
 
-        backbone = build_swin_backbone(spec, model_cfg)
-    else:
-        if spec.impl == "open_clip":
-            from zeroi2v.models.clip_options import apply_clip_options
+        kt = model_cfg.temporal_patch_size
+        module = build_swin_backbone(spec, model_cfg)
+        return VideoBackbone(module, model_cfg.num_frames // kt, feature_dim(module), kt)
+    if spec.impl == "open_clip":
+        from zeroi2v.models.clip_options import apply_clip_options
 
-            backbone = apply_clip_options(_open_clip_vit(spec, model_cfg), model_cfg)
-        else:
-            backbone = _timm_vit(spec, model_cfg)
-        frames = model_cfg.num_frames
-        offsets = None
-        if model_cfg.temporal_op in HEAD_RELOCATION_OPS:
-            offsets = offsets_per_block(model_cfg.head_offsets, spec, frames)
-        install_temporal_attention(
-            backbone,
-            offsets,
-            frames,
-            model_cfg.temporal_op,
-            model_cfg.shift_ratio,
-            model_cfg.shift_fill,
-        )
-        backbone.num_frames = frames
-    backbone.feature_dim = feature_dim(backbone)
-    return backbone
+        module = apply_clip_options(_open_clip_vit(spec, model_cfg), model_cfg)
+    else:
+        module = _timm_vit(spec, model_cfg)
+    install_temporal_attention(
+        module,
+        model_cfg.offsets,
+        model_cfg.num_frames,
+        model_cfg.temporal_op,
+        model_cfg.shift_ratio,
+        model_cfg.shift_fill,
+    )
+    return VideoBackbone(module, model_cfg.num_frames, feature_dim(module))
 
 
 def feature_dim(backbone: nn.Module) -> int:

@@ -1,17 +1,18 @@
 """STDHA: spatial-temporal dual-headed attention, swapped into open_clip and timm ViTs.
 
-Frames are in the batch: a block sees ``(B*T, N, C)``. After q, k, v are split into heads,
-the K and V of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`shift_qkv`: K
+Frames are in the batch: a block sees ``(B*T, N, C)``. After the QKV projection, the K and V
+of each temporal head (Δt ≠ 0) are re-indexed to frame t + Δt (`STDHA`, i.e. `shift_qkv`: K
 and V of the temporal heads only, both in one go on the packed projection; Q and the spatial
-heads are not touched); then attention is the fused
-`F.scaled_dot_product_attention`. No parameter and no multiply-add is added. With all Δt = 0
-the modules compute exactly the original attention.
+heads are not touched); then attention is the fused `F.scaled_dot_product_attention`. No
+parameter and no multiply-add is added. With all Δt = 0 the modules compute exactly the
+original attention.
 
 The modules reuse the original layers and parameter names (open_clip: ``in_proj_weight``,
 ``in_proj_bias``, ``out_proj``; timm: ``qkv``, ``q_norm``, ``k_norm``, ``proj``), so
-pretrained checkpoints load with strict=True. The other Table 1 operators live in the same
-modules, selected by `temporal_op` (see `TEMPORAL_OPS`); those that also move Q (``qkv_shift``,
-``hr_qkv``) are dispatched in `_mix_qkv`, apart from STDHA's own path `_mix_packed`.
+pretrained checkpoints load with strict=True. The temporal operator is an object picked by
+name from `TEMPORAL_OPS` (as timm's `create_attn` picks an attention class from a table):
+`STDHA` here, the other Table 1 rows in `temporal_baselines.py`; the attentions only call
+its hooks.
 
 Temporal heads see the K/V of another frame at the same token positions, [cls] included.
 """
@@ -19,46 +20,87 @@ Temporal heads see the K/V of another frame at the same token positions, [cls] i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeroi2v.config import CHANNEL_SHIFT_OPS
 from zeroi2v.models.adapters import AdaptableMixin, transformer_blocks
-from zeroi2v.models.stdha_shift import shift_frames_in_batch, shift_kv, shift_qkv
+from zeroi2v.models.stdha_shift import HeadRuns, shift_kv, shift_qkv
 from zeroi2v.models.temporal_baselines import (
     DEFAULT_SHIFT_RATIO,
-    SHIFT_FILLS,
+    ChannelShift,
+    ClsShift,
+    HeadRelocationQKV,
+    KVShift,
+    QKVShift,
     ShiftFill,
-    cls_head_shift,
-    head_channel_shift,
-    shift_fold,
-    token_channel_shift,
+    TemporalOperator,
 )
 
 __all__ = [
+    "STDHA",
     "TEMPORAL_OPS",
     "OpenClipSTDHA",
     "TimmSTDHA",
+    "create_temporal_op",
     "install_temporal_attention",
     "shift_kv",
     "shift_qkv",
 ]
 
+
+class STDHA(TemporalOperator):
+    """Table 1 "HR KV (STDHA)": K and V of head h read frame t + Δt_h (`stdha_shift.py`).
+
+    Acts on the packed projection ``(B*T, N, 3, heads, d)``, before timm's q_norm / k_norm:
+    they normalise each (token, head) vector on its own, so they commute with re-indexing
+    frames. The runs of equal Δt are found once, here.
+    """
+
+    name = "stdha"
+    reads_offsets = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs = HeadRuns.packed(self.offsets)
+
+    def packed(self, qkv: torch.Tensor) -> torch.Tensor:
+        if not self.runs.runs:  # all heads spatial
+            return qkv
+        qkv = qkv.unflatten(0, (-1, self.num_frames))  # (B, T, N, 3, heads, d)
+        # this attention's own fresh projection: inference may rewrite it in place
+        return shift_qkv(qkv, self.runs, time_dim=1, overwrite=True).flatten(0, 1)
+
+
 # Paper Table 1 (a): "[cls] token shift" = cls_shift, "Shift QKV" = qkv_shift, "Shift KV" =
 # kv_shift, "HR QKV" = hr_qkv, "HR KV (STDHA)" = stdha, each as the released ablation code
 # defines it (temporal_baselines.py). channel_shift (all tokens' channels shifted before the
 # QKV projection, TPS's channel shift in its own place) is not a Table 1 row.
-TEMPORAL_OPS = ("none", "stdha", "cls_shift", "channel_shift", "kv_shift", "qkv_shift", "hr_qkv")
-HEAD_RELOCATION_OPS = ("stdha", "hr_qkv")  # the operators that read `head_offsets`
+TEMPORAL_OPS: dict[str, type[TemporalOperator]] = {
+    "none": TemporalOperator,
+    "stdha": STDHA,
+    "cls_shift": ClsShift,
+    "channel_shift": ChannelShift,
+    "kv_shift": KVShift,
+    "qkv_shift": QKVShift,
+    "hr_qkv": HeadRelocationQKV,
+}
+
+
+def create_temporal_op(temporal_op: str, *args: Any, **kwargs: Any) -> TemporalOperator:
+    """The operator `temporal_op` names (timm's `create_attn` style); the other arguments
+    are `TemporalOperator`'s: clip length, heads and head width of the attention, and the
+    settings its operator reads."""
+    if temporal_op not in TEMPORAL_OPS:
+        raise ValueError(f"unknown temporal_op '{temporal_op}'; choose one of {list(TEMPORAL_OPS)}")
+    return TEMPORAL_OPS[temporal_op](*args, **kwargs)
 
 
 class TemporalMixing(nn.Module):
-    """What every video attention shares: per-head Δt, clip length and the temporal operator.
-
-    Built from the attention it replaces (`attn`), whose layers `_adopt` takes over.
-    """
+    """What every video attention shares: the attention it replaces (`_adopt` takes over its
+    layers) and its temporal operator, `temporal` (a plain object: no parameters, no keys)."""
 
     def __init__(
         self,
@@ -71,88 +113,32 @@ class TemporalMixing(nn.Module):
     ) -> None:
         super().__init__()
         self._adopt(attn)
-        num_heads = attn.num_heads
-        if temporal_op not in TEMPORAL_OPS:
-            raise ValueError(f"unknown temporal_op '{temporal_op}'; choose one of {TEMPORAL_OPS}")
-        offsets = [0] * num_heads if offsets is None else [int(dt) for dt in offsets]
-        if len(offsets) != num_heads:
-            raise ValueError(
-                f"got {len(offsets)} head offsets for an attention with {num_heads} heads"
-            )
-        if temporal_op not in HEAD_RELOCATION_OPS and any(offsets):
-            raise ValueError(
-                f"head offsets {offsets} need temporal_op 'stdha' or 'hr_qkv', not '{temporal_op}'"
-            )
-        self.num_heads, self.offsets, self.num_frames = num_heads, offsets, num_frames
-        if temporal_op in CHANNEL_SHIFT_OPS:  # fail at build time, not in the first forward
-            width = getattr(attn, "embed_dim", None) or attn.num_heads * attn.head_dim
-            per_head = temporal_op in ("kv_shift", "qkv_shift")
-            shift_fold(width // num_heads if per_head else width, shift_ratio)
-        if shift_fill not in SHIFT_FILLS:
-            raise ValueError(f"unknown shift_fill '{shift_fill}'; choose one of {SHIFT_FILLS}")
-        self.temporal_op, self.shift_ratio, self.shift_fill = temporal_op, shift_ratio, shift_fill
+        self.num_heads = attn.num_heads
+        self.temporal = create_temporal_op(
+            temporal_op, num_frames, self.num_heads, attn.head_dim, offsets, shift_ratio, shift_fill
+        )
         self.train(attn.training)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Per-head Δt (0 = spatial head)."""
+        return self.temporal.offsets
+
+    @property
+    def num_frames(self) -> int:
+        return self.temporal.num_frames
+
+    @property
+    def temporal_op(self) -> str:
+        return self.temporal.name
 
     def _adopt(self, attn: nn.Module) -> None:
         """Check that `attn` is the attention this class replaces and take over its layers,
         under their own names (so that checkpoints load with strict=True)."""
         raise NotImplementedError
 
-    def _mix_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Operators that act on the tokens before the QKV projection; x: (B*T, N, C)."""
-        if self.temporal_op == "channel_shift":
-            return token_channel_shift(x, self.num_frames, self.shift_ratio, self.shift_fill)
-        return x
-
-    def _mix_packed(self, qkv: torch.Tensor) -> torch.Tensor:
-        """STDHA on the packed projection; qkv: (B*T, N, 3, heads, d).
-
-        Before timm's q_norm / k_norm: they normalise each (token, head) vector on its own,
-        so they commute with re-indexing frames.
-        """
-        if self.temporal_op != "stdha" or not any(self.offsets):
-            return qkv
-        qkv = qkv.unflatten(0, (-1, self.num_frames))  # (B, T, N, 3, heads, d)
-        # this attention's own fresh projection: inference may rewrite it in place
-        return shift_qkv(qkv, self.offsets, time_dim=1, overwrite=True).flatten(0, 1)
-
-    def _mix_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Operators that act on K and V after the split; k, v: (B*T, heads, N, d)."""
-        shift = {"kv_shift": head_channel_shift, "cls_shift": cls_head_shift}.get(self.temporal_op)
-        if shift is None:
-            return k, v
-        return tuple(shift(t, self.num_frames, self.shift_ratio, self.shift_fill) for t in (k, v))
-
-    def _mix_qkv(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All operators after the projection; q, k, v: (B*T, heads, N, d).
-
-        ``qkv_shift`` (TPS-like "Shift QKV"): a fraction of each head's Q, K and V channels
-        reads frame t∓1. ``hr_qkv`` ("HR QKV"): whole heads of Q, K and V read frame t + Δt,
-        i.e. the head's output is relocated in time. Others: Q untouched, `_mix_kv`.
-        """
-        if self.temporal_op == "qkv_shift":
-            return tuple(
-                head_channel_shift(t, self.num_frames, self.shift_ratio, self.shift_fill)
-                for t in (q, k, v)
-            )
-        if self.temporal_op == "hr_qkv" and any(self.offsets):
-            return tuple(
-                shift_frames_in_batch(t, self.offsets, self.num_frames, overwrite=True)
-                for t in (q, k, v)
-            )
-        return (q, *self._mix_kv(k, v))
-
     def extra_repr(self) -> str:
-        return (
-            f"temporal_op={self.temporal_op}, offsets={self.offsets}, num_frames={self.num_frames}"
-            + (
-                f", shift_ratio={self.shift_ratio:g}, shift_fill={self.shift_fill}"
-                if self.temporal_op in CHANNEL_SHIFT_OPS
-                else ""
-            )
-        )
+        return repr(self.temporal)
 
 
 class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
@@ -192,12 +178,12 @@ class OpenClipSTDHA(AdaptableMixin, TemporalMixing):
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(
                 attn_mask, float("-inf")
             )
-        x = self._mix_input(query)
+        x = self.temporal.tokens(query)  # (B*T, N, C); STDHA: as is
         BT, N, C = x.shape
         qkv = self.project(x).view(BT, N, 3, self.num_heads, C // self.num_heads)
-        qkv = self._mix_packed(qkv)
+        qkv = self.temporal.packed(qkv)  # STDHA: K, V of head h read frame t + Δt_h
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
-        q, k, v = self._mix_qkv(q, k, v)
+        q, k, v = self.temporal.split(q, k, v)  # STDHA: as is
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B*T, heads, N, d)
@@ -219,12 +205,13 @@ class TimmSTDHA(TemporalMixing):
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
-        x = self._mix_input(x)
+        x = self.temporal.tokens(x)  # (B*T, N, C); STDHA: as is
         BT, N, _ = x.shape
-        qkv = self._mix_packed(self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim))
+        qkv = self.qkv(x).view(BT, N, 3, self.num_heads, self.head_dim)
+        qkv = self.temporal.packed(qkv)  # STDHA: K, V of head h read frame t + Δt_h
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = self._mix_qkv(q, k, v)
+        q, k, v = self.temporal.split(q, k, v)  # STDHA: as is
         x = F.scaled_dot_product_attention(
             q,
             k,
@@ -247,8 +234,9 @@ def install_temporal_attention(
 ) -> nn.Module:
     """Swap every ViT block's attention (open_clip or timm) for its video version, in place.
 
-    `offsets`: one per-head Δt list per block (None: all spatial). `shift_ratio` (R_c) and
-    `shift_fill` are read by the channel-shift operators only (`CHANNEL_SHIFT_OPS`).
+    `offsets`: one per-head Δt list per block (None: all spatial), e.g. a config's
+    ``model.offsets``. `shift_ratio` (R_c) and `shift_fill` are read by the channel-shift
+    operators only.
     """
     from timm.layers import Attention as TimmAttention
 

@@ -1,10 +1,16 @@
 """STDHA's re-indexing: head h of frame t reads the K/V of frame t + Δt_h (paper §3.1).
 
-A re-indexing of existing activations along time: no parameters, no multiply-adds. Read
-`shift_kv` first; the rest is how it moves only the temporal heads' frames in training
-(`_ShiftKV`: slice copies per run of equal Δt), inference (in place: one gather, one scatter)
-and export / `torch.compile` (element-wise selects). `shift_qkv` applies it to K and V of a
-packed QKV projection at once.
+The rule, read first (`reference_shift` is it, in a few lines; the fast paths below are
+tested against it): for every head h with offset Δt_h and every frame t of a clip of T
+frames, K and V of (t, h) are replaced by K and V of (t + Δt_h, h); where t + Δt_h falls
+outside [0, T), the head reads its own frame t (it is a spatial head there). No zeros, no
+wrap-around, nothing learned, no multiply-add.
+
+The rest is how `shift_kv` moves only the temporal heads' frames in training (`_ShiftKV`:
+slice copies per run of equal Δt), inference (in place: one gather, one scatter) and export /
+`torch.compile` (element-wise selects). The runs of equal Δt are a `HeadRuns`, computed once
+when an attention is built. `shift_qkv` applies it to K and V of a packed QKV projection at
+once.
 Layout convention: the caller splits the batch into an explicit time axis
 (``(B*T, ...) → (B, T, ...)``) and passes its position; frames of one clip are consecutive
 in the batch (clip-major, frame-minor), which is what `VideoClassifier` produces. The other
@@ -15,37 +21,64 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 
 def time_index(offsets: Sequence[int], num_frames: int, device=None) -> torch.Tensor:
-    """Source frame of every (frame, head): ``(T, heads)`` long tensor.
-
-    Boundary rule (DESIGN.md, as the official code): where t + Δt falls outside [0, T) the
-    head reads its own frame t, i.e. it acts as a spatial head there. No zeros, no wrap.
-    """
+    """Source frame of every (frame, head): ``(T, heads)`` long tensor; the rule above."""
     dt = torch.as_tensor(list(offsets), dtype=torch.long, device=device)  # (heads,)
     t = torch.arange(num_frames, device=device)[:, None]  # (T, 1)
-    src = t + dt[None, :]  # (T, heads)
+    src = t + dt[None, :]  # (T, heads): frame t + Δt_h ...
     inside = (src >= 0) & (src < num_frames)
-    return torch.where(inside, src, t.expand_as(src))
+    return torch.where(inside, src, t.expand_as(src))  # ... or, outside the clip, its own frame
 
 
-@functools.lru_cache(maxsize=256)
-def _head_runs(offsets: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
-    """Maximal runs of consecutive heads sharing one Δt ≠ 0: ``(first head, count, Δt)``.
+def reference_shift(
+    x: torch.Tensor, offsets: Sequence[int], time_dim: int = 1, head_dim: int = 2
+) -> torch.Tensor:
+    """The rule as one full-size gather: slow (it copies every head) but plainly right, and
+    differentiable; `shift_kv` must equal it, values and gradients."""
+    time_dim, head_dim = time_dim % x.dim(), head_dim % x.dim()
+    src = time_index(offsets, x.shape[time_dim], x.device)  # (T, heads)
+    if time_dim > head_dim:
+        src = src.t()  # (heads, T): the index's axes in the order of x's
+    shape = [1] * x.dim()
+    shape[time_dim], shape[head_dim] = x.shape[time_dim], x.shape[head_dim]
+    return torch.gather(x, time_dim, src.view(shape).expand(x.shape))
+
+
+@dataclass(frozen=True)
+class HeadRuns:
+    """Per-head Δt and its maximal runs of consecutive heads sharing one Δt ≠ 0:
+    ``(first head, count, Δt)``.
 
     Few in practice (temporal heads come first, grouped by Δt), so a shift is a handful of
-    slice copies of the temporal heads and never touches the spatial ones.
+    slice copies of the temporal heads and never touches the spatial ones. An attention
+    builds its runs once (`of`, or `packed` for its QKV projection) and passes them to every
+    call; `shift_kv` given a plain list of offsets makes the runs on each call.
     """
-    runs, start = [], 0
-    for h in range(1, len(offsets) + 1):
-        if h == len(offsets) or offsets[h] != offsets[start]:
-            if offsets[start]:
-                runs.append((start, h - start, offsets[start]))
-            start = h
-    return tuple(runs)
+
+    offsets: tuple[int, ...]
+    runs: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def of(cls, offsets: Sequence[int]) -> HeadRuns:
+        offsets = tuple(int(dt) for dt in offsets)
+        runs, start = [], 0
+        for h in range(1, len(offsets) + 1):
+            if h == len(offsets) or offsets[h] != offsets[start]:
+                if offsets[start]:
+                    runs.append((start, h - start, offsets[start]))
+                start = h
+        return cls(offsets, tuple(runs))
+
+    @classmethod
+    def packed(cls, offsets: Sequence[int]) -> HeadRuns:
+        """Runs of a packed projection ``(..., 3, heads, d)`` seen as 3·heads "heads" whose Δt
+        are ``[0]·heads + offsets + offsets``: K and V of a temporal head move, Q never does."""
+        return cls.of([0] * len(offsets) + [int(dt) for dt in offsets] * 2)
 
 
 def _moved_frames(num_frames: int, dt: int) -> tuple[int, int, int]:
@@ -75,7 +108,9 @@ def _move_index(
     """(target frame, source frame, head) of every moved (frame, head), as index tensors.
 
     Built once per (offsets, T, device) so the in-place shift is one gather and one scatter
-    for all runs together, with no host-to-device copy per call.
+    for all runs together, with no host-to-device copy per call. A cache rather than a part
+    of `HeadRuns` because an attention does not know its device when it is built; never
+    reached while compiling or tracing (those take `_shifted_select`).
     """
     moves = [
         (to_t + i, from_t + i, head)
@@ -146,7 +181,7 @@ class _ShiftKV(torch.autograd.Function):
 
 def shift_kv(
     x: torch.Tensor,
-    offsets: Sequence[int],
+    offsets: Sequence[int] | HeadRuns,
     time_dim: int = 1,
     head_dim: int = 2,
     *,
@@ -158,7 +193,8 @@ def shift_kv(
     anywhere, e.g. ViT K/V ``(B, T, heads, N, d)`` (defaults) or Swin window K/V
     ``(B, T, nW, heads, N, d)`` (``head_dim=3``). Apply it to K and V (never Q). Identity
     (`x` itself) when all Δt = 0. Only the temporal heads' frames are moved, as slice copies
-    per run of equal Δt; no Python loop over heads, no gather index.
+    per run of equal Δt (`offsets` may be the `HeadRuns` an attention built once); no Python
+    loop over heads, no gather index. Equal to `reference_shift`, values and gradients.
 
     ``overwrite=True`` says `x` is a fresh K/V that nothing else reads (the attention's own
     projection): when autograd is not recording it (inference), the temporal heads are
@@ -171,12 +207,12 @@ def shift_kv(
     """
     time_dim, head_dim = time_dim % x.dim(), head_dim % x.dim()
     num_frames, num_heads = x.shape[time_dim], x.shape[head_dim]
-    offsets = tuple(int(dt) for dt in offsets)
-    if len(offsets) != num_heads:
-        raise ValueError(f"got {len(offsets)} head offsets for a tensor with {num_heads} heads")
-    # Compiling, dynamo traces through the cache anyway, and warns of it unless called plainly.
-    head_runs = _head_runs.__wrapped__ if torch.compiler.is_compiling() else _head_runs
-    runs = tuple(run for run in head_runs(offsets) if abs(run[2]) < num_frames)
+    heads = offsets if isinstance(offsets, HeadRuns) else HeadRuns.of(offsets)
+    if len(heads.offsets) != num_heads:
+        raise ValueError(
+            f"got {len(heads.offsets)} head offsets for a tensor with {num_heads} heads"
+        )
+    runs = tuple(run for run in heads.runs if abs(run[2]) < num_frames)
     if not runs:  # all spatial, one frame, or every Δt out of range (own frame everywhere)
         return x
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -190,24 +226,32 @@ def shift_kv(
 
 
 def shift_qkv(
-    qkv: torch.Tensor, offsets: Sequence[int], time_dim: int = 1, *, overwrite: bool = False
+    qkv: torch.Tensor,
+    offsets: Sequence[int] | HeadRuns,
+    time_dim: int = 1,
+    *,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """`shift_kv` of K and V inside a packed projection ``(..., 3, heads, d)``, in one go.
 
-    The Q/K/V axis and the heads are seen as one axis of 3·heads "heads" whose Δt are
-    ``[0]·heads + offsets + offsets``: K and V of a temporal head move together, Q never does,
-    so the merged model pays one re-indexing per block (eager inference: one gather, one
-    scatter) instead of one per K and V and per run of heads.
+    The Q/K/V axis and the heads are seen as one axis of 3·heads "heads" (`HeadRuns.packed`;
+    `offsets` is the per-head Δt, or those packed runs built once): K and V of a temporal
+    head move together, Q never does, so the merged model pays one re-indexing per block
+    (eager inference: one gather, one scatter) instead of one per K and V and per run.
     """
     heads = qkv.shape[-2]
+    runs = offsets if isinstance(offsets, HeadRuns) else HeadRuns.packed(offsets)
     packed = qkv.flatten(-3, -2)  # (..., 3*heads, d)
-    packed_offsets = [0] * heads + [int(dt) for dt in offsets] * 2
-    packed = shift_kv(packed, packed_offsets, time_dim, head_dim=-2, overwrite=overwrite)
+    packed = shift_kv(packed, runs, time_dim, head_dim=-2, overwrite=overwrite)
     return packed.unflatten(-2, (3, heads))  # (..., 3, heads, d)
 
 
 def shift_frames_in_batch(
-    x: torch.Tensor, offsets: Sequence[int], num_frames: int, *, overwrite: bool = False
+    x: torch.Tensor,
+    offsets: Sequence[int] | HeadRuns,
+    num_frames: int,
+    *,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """`shift_kv` for the ViT layout ``(B*T, heads, N, d)`` (frames in the batch dim)."""
     x = x.unflatten(0, (-1, num_frames))  # (B, T, heads, N, d)

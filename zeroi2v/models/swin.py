@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
 from torch import nn
 
-from zeroi2v.models.specs import BackboneSpec
-from zeroi2v.models.stdha_shift import shift_qkv
+from zeroi2v.models.stdha_shift import HeadRuns, shift_qkv
+from zeroi2v.specs import BackboneSpec
 
 
 class STDHAWindowAttention(WindowAttention):
@@ -68,6 +68,7 @@ class STDHAWindowAttention(WindowAttention):
                 f"got {len(offsets)} head offsets for an attention with {num_heads} heads"
             )
         self.offsets = [int(dt) for dt in offsets]
+        self.runs = HeadRuns.packed(self.offsets)  # found once, used by every forward
         self.num_frames = num_frames
         self.num_windows = num_windows
 
@@ -124,7 +125,7 @@ class STDHAWindowAttention(WindowAttention):
             )
         qkv = qkv.unflatten(0, (-1, self.num_frames, self.num_windows))  # (B, T, nW, N, 3, h, d)
         # qkv is this attention's own fresh projection: inference may rewrite it in place
-        return shift_qkv(qkv, self.offsets, time_dim=1, overwrite=True).flatten(0, 2)
+        return shift_qkv(qkv, self.runs, time_dim=1, overwrite=True).flatten(0, 2)
 
     def extra_repr(self) -> str:
         return f"offsets={self.offsets}, num_frames={self.num_frames}"
@@ -226,10 +227,8 @@ def build_swin_backbone(spec: BackboneSpec, model_cfg: Any) -> SwinTransformer:
 
     With `temporal_patch_size` kt = 1 the timm 2-D patch embedding is kept (and fed the B*T
     frames); with kt > 1 it is replaced by `TemporalPatchEmbed`. STDHA is installed when
-    `model_cfg.temporal_op == "stdha"`; the attribute `num_frames` is T' (what STDHA sees).
+    `model_cfg.temporal_op == "stdha"`, reading T' frames.
     """
-    from zeroi2v.models.offsets import offsets_per_block
-
     if spec.family != "swin":
         raise ValueError(f"build_swin_backbone got a '{spec.family}' backbone spec")
     kt = model_cfg.temporal_patch_size
@@ -238,12 +237,10 @@ def build_swin_backbone(spec: BackboneSpec, model_cfg: Any) -> SwinTransformer:
     if kt > 1:
         model.patch_embed = TemporalPatchEmbed(model.patch_embed, kt)
     if model_cfg.temporal_op == "stdha":
-        install_stdha(model, offsets_per_block(model_cfg.head_offsets, spec, frames), frames)
+        install_stdha(model, model_cfg.offsets, frames)
     elif model_cfg.temporal_op != "none":
         raise ValueError(
             f"model.temporal_op '{model_cfg.temporal_op}' is not implemented for Swin; "
             "use 'stdha' or 'none'"
         )
-    model.num_frames = frames
-    model.temporal_patch_size = kt
     return model

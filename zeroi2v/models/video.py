@@ -22,6 +22,7 @@ class VideoClassifier(nn.Module):
         num_frames: int,
         dropout: float = 0.0,
         strategy: str = "linear_probe",
+        takes_clips: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -30,7 +31,7 @@ class VideoClassifier(nn.Module):
         self.num_frames = num_frames
         self.strategy = strategy  # adaptation strategy: decides whether `merge` can fold it
         # Swin with a temporal patch size > 1 embeds whole clips (Conv3d); others take frames.
-        self.takes_clips = getattr(backbone, "temporal_patch_size", 1) > 1
+        self.takes_clips = takes_clips
 
     def features(self, clip: torch.Tensor) -> torch.Tensor:
         """Clip-level feature (B, D): mean of the per-frame backbone features."""
@@ -63,7 +64,8 @@ def build_model(cfg) -> nn.Module:
             "adapt.strategy 'temporal_heads_only' needs model.temporal_op 'stdha' "
             f"(got '{model_cfg.temporal_op}')"
         )
-    backbone = build_backbone(model_cfg)
+    built = build_backbone(model_cfg)
+    backbone = built.module
     layout = token_layout(backbone)
     if adapt.strategy == "st_adapter" and layout is None:
         raise ConfigError(
@@ -78,7 +80,7 @@ def build_model(cfg) -> nn.Module:
         bottleneck_ratio=adapt.bottleneck_ratio,
         bottleneck_width=adapt.bottleneck_width,
         lora_rank=adapt.lora_rank,
-        num_frames=backbone.num_frames,
+        num_frames=built.num_frames,
         token_grid=grid,
         num_prefix_tokens=prefix,
         adapter_scale=adapt.adapter_scale,
@@ -99,11 +101,12 @@ def build_model(cfg) -> nn.Module:
     else:
         model = VideoClassifier(
             backbone,
-            backbone.feature_dim,
+            built.feature_dim,
             model_cfg.num_classes,
             model_cfg.num_frames,
             dropout=model_cfg.dropout,
             strategy=adapt.strategy,
+            takes_clips=built.temporal_patch_size > 1,
         )
     trainable = ["head"]
     if hasattr(backbone, "temporal_embedding"):

@@ -29,8 +29,14 @@ from typing import Any
 from zeroi2v import config as config_lib
 from zeroi2v.config import ModelConfig
 from zeroi2v.errors import ConfigError
-from zeroi2v.models.offsets import Multiset, format_multiset, offsets_per_block, receptive_field
-from zeroi2v.models.specs import BACKBONES, BackboneSpec
+from zeroi2v.offsets import (
+    HeadOffsets,
+    Multiset,
+    format_multiset,
+    offsets_per_block,
+    receptive_field,
+)
+from zeroi2v.specs import BACKBONES, BackboneSpec
 
 PARAMS = ("temporal_heads", "temporal_fraction", "max_offset", "symmetric")
 _FIELD = "tune.head_allocation"
@@ -96,14 +102,18 @@ def allocation_from_params(
     return stages
 
 
-def describe(head_offsets: Any, backbone: BackboneSpec) -> str:
-    """Paper notation with the RF, per stage when stages differ: ``{1·1, -1·1, 0·2} RF3``."""
-    frames = 1 << 30  # notation only: no clip-length check
-    per_block = offsets_per_block(head_offsets, backbone, frames)
+def describe(offsets: HeadOffsets | None, backbone: BackboneSpec) -> str:
+    """Paper notation with the RF, per stage when stages differ: ``{1·1, -1·1, 0·2} RF3``.
+
+    `offsets` is a config's resolved ``model.offsets``; None (an operator that moves no
+    whole heads) reads "-".
+    """
+    if offsets is None:
+        return "-"
     texts = []
     for stage in range(len(backbone.depths)):
         block = backbone.stage_of_block().index(stage)
-        dts = per_block[block]
+        dts = list(offsets[block])
         pairs = [(dt, dts.count(dt)) for dt in dict.fromkeys(dts)]
         texts.append(f"{format_multiset(pairs)} RF{receptive_field(dts)}")
     unique = list(dict.fromkeys(texts))

@@ -15,7 +15,7 @@ from typing import Any
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
-from zeroi2v.models.specs import BACKBONES
+from zeroi2v.specs import BACKBONES
 from zeroi2v.tune.allocation import describe, trial_overrides
 
 
@@ -29,11 +29,10 @@ def trial_rows(grid: Any, cfg: Config, raw: Mapping[str, Any]) -> list[dict[str,
     for result in grid:
         trial_config, metrics = result.config or {}, result.metrics or {}
         overrides = trial_overrides(trial_config, raw)
-        merged = config_lib.apply_overrides(raw, overrides)
-        model = config_lib.ModelConfig.model_validate(merged.get("model", {}))
+        model = config_lib.from_dict(raw, overrides).model
         row = {
             "trial": metrics.get("trial_id") or Path(result.path).name,
-            "allocation": describe(model.head_offsets, BACKBONES[model.backbone]),
+            "allocation": describe(model.offsets, BACKBONES[model.backbone]),
         }
         for name, value in (trial_config.get("head_allocation") or {}).items():
             row[name] = value

@@ -3,7 +3,7 @@
 The attention is fused (`F.scaled_dot_product_attention`), so it never materialises weights.
 A forward pre-hook on the last block's STDHA module captures its input; the [CLS] query's
 attention over the patch tokens is then recomputed with the module's own projection (adapters
-included when unmerged) and its own re-indexing (`_mix_packed`, `_mix_qkv`): the maps are
+included when unmerged) and its own re-indexing (the hooks of its `temporal` operator): the maps are
 those of the forward pass, not of a re-implementation. No model code changes.
 
 Layout of the figure: one row per head group, one column per frame t (the query's frame).
@@ -64,16 +64,16 @@ def capture_input(model: nn.Module, attn: nn.Module, clip: Tensor) -> Tensor:
 
 def qkv_heads(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """q, k, v (B*T, heads, N, d) as `attn.forward` computes them, already re-indexed."""
-    x = attn._mix_input(x)
+    x = attn.temporal.tokens(x)
     BT, N, _ = x.shape
     if hasattr(attn, "qkv"):  # timm
-        qkv = attn._mix_packed(attn.qkv(x).view(BT, N, 3, attn.num_heads, attn.head_dim))
+        qkv = attn.temporal.packed(attn.qkv(x).view(BT, N, 3, attn.num_heads, attn.head_dim))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
         q, k = attn.q_norm(q), attn.k_norm(k)
     else:  # open_clip: fused in_proj (through the adaptation when unmerged)
-        qkv = attn._mix_packed(attn.project(x).view(BT, N, 3, attn.num_heads, -1))
+        qkv = attn.temporal.packed(attn.project(x).view(BT, N, 3, attn.num_heads, -1))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*T, heads, N, d)
-    return attn._mix_qkv(q, k, v)
+    return attn.temporal.split(q, k, v)
 
 
 def attention_probs(q: Tensor, k: Tensor) -> Tensor:

@@ -4,18 +4,46 @@ A multiset is written as pairs ``[[dt, count], ...]`` (JSON) or as in the paper,
 ``"{1·2, −1·2, 0·12}"``. A config gives either one multiset for every block, one per
 block, or (Swin) one per stage; `offsets_per_block` resolves all three to a per-head
 Δt list for every block and checks it against the backbone and the clip length.
+
+The config resolves ``model.head_offsets`` once, when it is validated, into a `HeadOffsets`
+(``cfg.model.offsets``) that every consumer reads; the JSON key keeps the spelling the user
+wrote, so a dumped config reloads to the same value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from zeroi2v.errors import ConfigError
-from zeroi2v.models.specs import BackboneSpec
+from zeroi2v.specs import BackboneSpec
 
 Multiset = list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class HeadOffsets:
+    """``model.head_offsets`` resolved: every block's per-head Δt, in forward order.
+
+    Built by `resolve` only, so a value of this type has been checked against the backbone's
+    heads per block and the clip length it was resolved for (`frames`: what the attention
+    sees, after any temporal patch stride).
+    """
+
+    per_block: tuple[tuple[int, ...], ...]
+    frames: int
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        return iter(self.per_block)
+
+    def __len__(self) -> int:
+        return len(self.per_block)
+
+    def __getitem__(self, block: int) -> tuple[int, ...]:
+        return self.per_block[block]
+
 
 _FIELD = "model.head_offsets"
 _PAIR = re.compile(r"^\s*([+-]?\d+)\s*[·*x×]\s*(\d+)\s*$")
@@ -107,3 +135,9 @@ def offsets_per_block(spec: Any, backbone: BackboneSpec, frames: int) -> list[li
             raise ConfigError(f"{where}: |Δt| must be < {frames} frames, got Δt={too_far[0]}")
         resolved.append(expand(multiset))
     return resolved
+
+
+def resolve(spec: Any, backbone: BackboneSpec, frames: int) -> HeadOffsets:
+    """`offsets_per_block` as the typed, immutable value the config hands to the models."""
+    per_block = offsets_per_block(spec, backbone, frames)
+    return HeadOffsets(tuple(tuple(dts) for dts in per_block), frames)
