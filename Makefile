@@ -34,8 +34,11 @@ demo: setup
 demo-seeds: setup
 	$(RUN) bash scripts/demo_seeds.sh
 
+# The default suite in TEST_WORKERS pytest-xdist processes (each test still runs alone in one);
+# the slow suite runs one test at a time: its full-size runs each fill the machine.
+TEST_WORKERS ?= 2
 test: setup
-	$(RUN) $(PY) -m pytest -q
+	$(RUN) $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=20
 
 test-slow: setup
 	$(RUN) $(PY) -m pytest -q -m slow

@@ -30,6 +30,16 @@ MOTION_SHARD_SIZE = 128
 # any test module imports Ray; set later, a Cluster binds this machine's network address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+# `make test` runs the suite in N pytest-xdist workers on the machine's cores: each worker's
+# torch gets its share of them. With every worker on all cores, OpenMP threads of one spin
+# while the other's hold the cores: a ~11 s tiny pre-training took 20 min (2 workers × 2
+# threads on 2 cores, on a loaded machine). Subprocess ranks get OMP_NUM_THREADS=1 anyway.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    import torch
+
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
 
 @pytest.fixture(scope="session")
 def synthetic_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
