@@ -17,7 +17,7 @@ from torch import nn
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config, ConfigError
 from zeroi2v.engine import frozen, parallel, tracking, transfer
-from zeroi2v.engine.model_format import CONFIG_KEY
+from zeroi2v.engine.tracking.model_format import CONFIG_KEY
 from zeroi2v.engine.train_state import CLIENT_FILE
 
 # MLflow's codes for a model name, version or run that is not there (an alias: invalid value)

@@ -82,7 +82,7 @@ def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
         # and with kwargs; recomputation costs one extra block forward.
-        from zeroi2v.engine.checkpointing import apply_activation_checkpointing
+        from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, cfg.train.activation_checkpointing_every)
     return model
