@@ -95,7 +95,7 @@ def register_tiny(work: Path) -> tuple[str, list[Path], Path]:
     import zeroi2v
     from data_prep.synthetic import CLASSES, make_synthetic
     from zeroi2v.config import load
-    from zeroi2v.engine.model_format import log_pyfunc_model
+    from zeroi2v.engine.tracking.model_format import log_pyfunc_model
 
     videos = make_synthetic(work / "videos", per_class=1, val_per_class=4)
     uri = f"sqlite:///{work / 'mlflow.db'}"

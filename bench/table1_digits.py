@@ -28,7 +28,7 @@ import torch
 from zeroi2v import build_model
 from zeroi2v.config import from_dict
 from zeroi2v.data.digits import digit_clips
-from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
+from zeroi2v.models.tiny_pretrain import pretrain_tiny_backbone
 from zeroi2v.specs import BACKBONES
 
 BACKBONE, FRAMES, THREADS = "tiny_vit12", 4, 2  # 4 frames: 2 per digit (CPU budget)

@@ -1,4 +1,4 @@
-"""Make image-pre-trained weights for a tiny backbone (see `zeroi2v.engine.tiny_pretrain`).
+"""Make image-pre-trained weights for a tiny backbone (see `zeroi2v.models.tiny_pretrain`).
 
 python launch/pretrain_tiny.py --config configs/tiny_cpu.json --out data/tiny_vit_image.pt
 """
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> float:
     )
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
-    from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone  # torch: once work starts
+    from zeroi2v.models.tiny_pretrain import pretrain_tiny_backbone  # torch: once work starts
 
     accuracy = pretrain_tiny_backbone(
         cfg, args.out, steps=args.steps, seed=args.seed, task=args.task

@@ -7,7 +7,7 @@ val-000000..000001.tar plus manifest.json. Made once per test session (~2 s).
 
 The accuracy tests (slow) need more: `motion_shards` is the same task with 384 train + 32 val
 clips per class (48 clips overfit a frozen backbone's adapters), and `tiny_pretrained` is a
-tiny_vit backbone pre-trained on single frames (`zeroi2v.engine.tiny_pretrain`), the starting point
+tiny_vit backbone pre-trained on single frames (`zeroi2v.models.tiny_pretrain`), the starting point
 the demo uses; a random frozen backbone cannot learn the task. Each is made on first use.
 """
 
@@ -99,7 +99,7 @@ def motion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _pretrain(tmp_path_factory: pytest.TempPathFactory, seed: int) -> Path:
     from zeroi2v.config import load
-    from zeroi2v.engine.tiny_pretrain import pretrain_tiny_backbone
+    from zeroi2v.models.tiny_pretrain import pretrain_tiny_backbone
 
     out = tmp_path_factory.mktemp("tiny_pretrained") / f"tiny_vit_image.seed{seed}.pt"
     cfg = load(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.json")

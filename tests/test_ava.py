@@ -31,7 +31,7 @@ from launch.evaluate import main as evaluate
 from tests.engine_helpers import run_train, tiny_raw, write_config
 from zeroi2v import build_model, merge
 from zeroi2v.config import from_dict
-from zeroi2v.engine.ava_map import GroundTruth, frame_map
+from zeroi2v.engine.evaluation.ava_map import GroundTruth, frame_map
 
 TRAIN_VIDEOS, VAL_VIDEOS, KEYFRAMES = 16, 6, 3
 
@@ -344,7 +344,7 @@ def test_training_learns_the_actions_far_above_shuffled_labels(
     """DeepSpeed trainer end to end: mAP on held-out movies vs the same detections scored
     against ground truth whose labels are shuffled between the people."""
     from zeroi2v.data.pipeline import build_eval_loader
-    from zeroi2v.engine.detection import collect_detections
+    from zeroi2v.engine.evaluation.detection import collect_detections
     from zeroi2v.engine.release import load_checkpoint_model
 
     raw = tiny_raw(

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from zeroi2v.engine.ava_map import (
+from zeroi2v.engine.evaluation.ava_map import (
     Detection,
     GroundTruth,
     average_precision,

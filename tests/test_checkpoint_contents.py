@@ -16,6 +16,7 @@ from engine_helpers import run_train, tiny_raw, write_config
 from zeroi2v import config
 from zeroi2v.engine import ckpt_integrity, frozen, parallel
 from zeroi2v.engine.release import load_checkpoint_model
+from zeroi2v.engine.train_state import TrainState
 from zeroi2v.errors import FrozenBackboneError
 
 RUN_STATE = ("client.json", "manifest.json")  # and the per-rank RNG files, rng_rank*.pt
@@ -49,8 +50,8 @@ def test_a_checkpoint_holds_what_trains_and_no_more(synthetic_shards, tmp_path, 
     saved = parallel.read_checkpoint_weights(out / "checkpoints")
     model = frozen.build(cfg)
     assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
-    client = json.loads((folder / "client.json").read_text())
-    assert client[frozen.KEY] == frozen.fingerprint(model, cfg)
+    state = TrainState.read(folder / "client.json")
+    assert state.frozen_backbone == frozen.fingerprint(model, cfg)
 
     rebuilt, _ = load_checkpoint_model(out / "checkpoints")
     merged = torch.load(out / "merged.pt", weights_only=True)  # the run's own release

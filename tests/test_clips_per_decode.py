@@ -22,6 +22,7 @@ from zeroi2v.data import clips as clips_module
 from zeroi2v.data import count_samples
 from zeroi2v.data.order import Layout
 from zeroi2v.engine import position, trainer
+from zeroi2v.engine.position import Position
 
 SHARD = "train-000000.tar"  # 32 videos: an epoch of 64 clips at N = 2
 
@@ -78,12 +79,12 @@ def test_skip_batches_resumes_the_same_clips(synthetic_shards):
 )
 def test_a_resume_on_another_layout_never_splits_a_video(before: Layout, after: Layout):
     """Positions 2v and 2v + 1 (video v's clips) stay in one micro-batch of one rank."""
-    epoch = position.new_epoch(before, 96, clips_per_decode=2)
+    epoch = Position.new_epoch(before, 96, clips_per_decode=2)
     done = 4  # micro-batches per rank before the resume: 32 and 8 of the 96 positions
-    first = [_played(before, epoch["segments"], r, done) for r in range(before.world_size)]
-    resumed = position.resume({**epoch, "batches": done}, after)
-    assert resumed["clips_per_decode"] == 2
-    rest = [_played(after, resumed["segments"], r) for r in range(after.world_size)]
+    first = [_played(before, epoch.segments, r, done) for r in range(before.world_size)]
+    resumed = epoch.played(done).resume(after)
+    assert resumed.clips_per_decode == 2
+    rest = [_played(after, resumed.segments, r) for r in range(after.world_size)]
     played = [p for share in first + rest for p in share]
     assert Counter(played) == Counter(range(96))
     for share in first + rest:
@@ -95,9 +96,9 @@ def test_steps_schedule_and_position_count_clips(synthetic_shards, tmp_path):
     one = config.from_dict(raw)
     two = config.from_dict({**raw, "data": {**raw["data"], "clips_per_decode": 2}})
     assert trainer.steps_per_epoch(two, 8) == 2 * trainer.steps_per_epoch(one, 8)
-    saved = position.new_epoch(Layout(1, 1, 2), 40, clips_per_decode=2)
+    saved = Position.new_epoch(Layout(1, 1, 2), 40, clips_per_decode=2).played(3)
     with pytest.raises(ConfigError, match="resume with data.clips_per_decode=2"):
-        position.start({**saved, "batches": 3}, 3, Layout(1, 1, 2), 40, clips_per_decode=1)
+        position.start(saved, 3, Layout(1, 1, 2), 40, clips_per_decode=1)
     with pytest.raises(ConfigError, match=r"multiple of data.clips_per_decode \(3\)"):
         config.from_dict({**raw, "data": {**raw["data"], "clips_per_decode": 3}})
     with pytest.raises(ConfigError, match="needs data.decoder 'torchcodec'"):

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from zeroi2v import build_model, merge
 from zeroi2v.config import from_dict
-from zeroi2v.engine.checkpointing import apply_activation_checkpointing
+from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
 from zeroi2v.models.adapters import transformer_blocks
 
 SWIN_OFFSETS = [[[1, 1], [0, 1]], [[1, 1], [-1, 1], [0, 2]]]  # per stage (2 and 4 heads)

@@ -16,15 +16,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zeroi2v"
 # another group of its own layer (tune and use stay independent). `specs` and `offsets` are
 # the config's vocabulary (torch-free facts of the backbones, the head-offset grammar), so
 # they sit beside it and import nothing above it.
+# The engine's two rooms, MLflow (`tracking`) and scoring (`evaluation`), sit below the loop
+# that uses them and know nothing of each other nor of DeepSpeed.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "errors", ("zeroi2v.errors", "zeroi2v.redact", "zeroi2v.files")),
     (0, "logs", ("zeroi2v.logs", "zeroi2v.lazy")),
     (1, "config", ("zeroi2v.config", "zeroi2v.specs", "zeroi2v.offsets")),
     (2, "data", ("zeroi2v.data",)),
     (3, "models", ("zeroi2v.models",)),
-    (4, "engine", ("zeroi2v.engine",)),
-    (5, "tune", ("zeroi2v.tune",)),
-    (5, "use", ("zeroi2v.use",)),
+    (4, "evaluation", ("zeroi2v.engine.evaluation",)),
+    (4, "tracking", ("zeroi2v.engine.tracking",)),
+    (5, "engine", ("zeroi2v.engine",)),
+    (6, "tune", ("zeroi2v.tune",)),
+    (6, "use", ("zeroi2v.use",)),
 ]
 
 

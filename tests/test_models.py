@@ -7,7 +7,7 @@ import torch
 
 from zeroi2v import build_model
 from zeroi2v.config import ConfigError, from_dict
-from zeroi2v.engine.checkpointing import apply_activation_checkpointing
+from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
 from zeroi2v.models.adapters import adaptations
 
 

@@ -11,6 +11,7 @@ import pytest
 from zeroi2v.config import ConfigError
 from zeroi2v.data.order import EpochOrder, Layout, total
 from zeroi2v.engine import position
+from zeroi2v.engine.position import Position
 
 
 def _played(layout: Layout, segments, rank: int, batches: int | None = None, skip: int = 0):
@@ -35,30 +36,27 @@ LAYOUTS = [Layout(1, 1, 4), Layout(2, 1, 4), Layout(2, 2, 2), Layout(4, 3, 1), L
 def test_resume_on_another_layout_plays_every_position_once(before: Layout, after: Layout):
     """Global batch 8 samples per step; 6 steps = 48 positions; the first layout plays 2 steps."""
     steps, global_batch, done_steps = 6, 8, 2
-    epoch = position.new_epoch(before, steps * global_batch)
+    epoch = Position.new_epoch(before, steps * global_batch)
     batches_per_step = global_batch // (before.world_size * before.micro_batch_size)
     done = done_steps * batches_per_step
-    first = [
-        p for r in range(before.world_size) for p in _played(before, epoch["segments"], r, done)
-    ]
-    resumed = position.resume({**epoch, "batches": done}, after)
-    assert resumed["batches"] == 0 and total(resumed["segments"]) == 48 - len(first)
-    rest = [p for r in range(after.world_size) for p in _played(after, resumed["segments"], r)]
+    first = [p for r in range(before.world_size) for p in _played(before, epoch.segments, r, done)]
+    resumed = epoch.played(done).resume(after)
+    assert resumed.batches == 0 and total(resumed.segments) == 48 - len(first)
+    rest = [p for r in range(after.world_size) for p in _played(after, resumed.segments, r)]
     assert Counter(first + rest) == Counter(range(48))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_resume_on_the_same_layout_continues_batch_for_batch(layout: Layout):
-    epoch = position.new_epoch(layout, 48)
-    count = layout.batches(epoch["segments"])
+    epoch = Position.new_epoch(layout, 48)
+    count = layout.batches(epoch.segments)
     for rank in range(layout.world_size):
-        full = _played(layout, epoch["segments"], rank)
-        at = position.resume({**epoch, "batches": 3}, layout)
-        assert at["segments"] == epoch["segments"] and at["batches"] == 3
+        full = _played(layout, epoch.segments, rank)
+        at = epoch.played(3).resume(layout)
+        assert at.segments == epoch.segments and at.batches == 3
         # what the loader of a resumed run plays: stream (w + 3) % W for worker w
         assert (
-            _played(layout, at["segments"], rank, count, skip=3)
-            == full[3 * layout.micro_batch_size :]
+            _played(layout, at.segments, rank, count, skip=3) == full[3 * layout.micro_batch_size :]
         )
 
 
@@ -83,19 +81,18 @@ def test_epoch_order_is_a_permutation_of_each_pass():
 
 
 def test_another_global_batch_is_refused_with_the_fix():
-    saved = {"train_batch_size": 16, "world_size": 2}
     one = {
         "train_batch_size": 8,
         "train_micro_batch_size_per_gpu": 8,
         "gradient_accumulation_steps": 1,
     }
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=2"):
-        position.check_global_batch("step3", saved, one)
+        position.check_global_batch("step3", 16, 2, one)
     three = {
         "train_batch_size": 24,
         "train_micro_batch_size_per_gpu": 8,
         "gradient_accumulation_steps": 1,
     }
     with pytest.raises(ConfigError, match="number of processes that divides 16"):
-        position.check_global_batch("step3", saved, three)
-    position.check_global_batch("step3", saved, {**one, "train_batch_size": 16})
+        position.check_global_batch("step3", 16, 2, three)
+    position.check_global_batch("step3", 16, 2, {**one, "train_batch_size": 16})

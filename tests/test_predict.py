@@ -21,8 +21,8 @@ def register_tiny(tmp: Path, shards: Path, name: str, overrides: dict | None = N
     import zeroi2v
     from zeroi2v.config import load
     from zeroi2v.data.shards import read_manifest
-    from zeroi2v.engine.model_format import log_pyfunc_model
     from zeroi2v.engine.tracking import Tracker
+    from zeroi2v.engine.tracking.model_format import log_pyfunc_model
 
     cfg = load(
         "configs/tiny_cpu.json",

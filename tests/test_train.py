@@ -288,7 +288,8 @@ def test_unreachable_mlflow_server_fails_before_training(synthetic_shards, tmp_p
 
 
 def test_server_check_is_quick():
-    from zeroi2v.engine.tracking import TrackingServerError, check_server
+    from zeroi2v.engine.tracking import check_server
+    from zeroi2v.errors import TrackingServerError
 
     start = time.perf_counter()
     with pytest.raises(TrackingServerError, match="tracking.enabled=false"):

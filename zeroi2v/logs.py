@@ -28,7 +28,7 @@ _WARNINGS = (  # (category, message regex) for `warnings.filterwarnings`
 _LOG_RECORDS = {  # logger name -> start of a message to drop
     # torch's C++ extension builder, when DeepSpeed builds its CPU ops on a machine without CUDA.
     "torch.utils.cpp_extension": "No CUDA runtime is found",
-    # zeroi2v logs models with pickle on purpose (see engine/model_format.py).
+    # zeroi2v logs models with pickle on purpose (see engine/tracking/model_format.py).
     "mlflow.pytorch": "Saving pytorch model by Pickle or CloudPickle",
 }
 _QUIET_LOGGERS = ("DeepSpeed",)  # INFO chatter per engine build; warnings still shown

@@ -8,7 +8,7 @@ says anything about the label, and a time-reversed "left" clip is exactly a "rig
 chance.
 
 Only rendering lives here (numpy, no video codec): the tiny backbone's image pre-training
-(`zeroi2v.engine.tiny_pretrain`) draws frames from it, and `python -m data_prep synthetic`
+(`zeroi2v.models.tiny_pretrain`) draws frames from it, and `python -m data_prep synthetic`
 encodes its clips to mp4 files (`data_prep/synthetic.py`).
 """
 

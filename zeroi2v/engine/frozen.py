@@ -28,8 +28,6 @@ from zeroi2v.errors import FrozenBackboneError
 if TYPE_CHECKING:
     from zeroi2v.engine.transfer import Parent
 
-KEY = "frozen_backbone"  # the client-state entry: {"sha256": ..., "source": ...}
-
 
 def origin(cfg: Config) -> str:
     """Where `build` gets the frozen weights from, as a phrase naming the config field."""

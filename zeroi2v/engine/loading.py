@@ -17,8 +17,8 @@ from torch import nn
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config, ConfigError
 from zeroi2v.engine import frozen, parallel, tracking, transfer
-from zeroi2v.engine.model_format import CONFIG_KEY
-from zeroi2v.engine.train_state import CLIENT_FILE
+from zeroi2v.engine.tracking.model_format import CONFIG_KEY
+from zeroi2v.engine.train_state import CLIENT_FILE, TrainState
 
 # MLflow's codes for a model name, version or run that is not there (an alias: invalid value)
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -63,10 +63,10 @@ def _from_checkpoint(path: Path, cfg: Config) -> nn.Module:
     fingerprint, under the checkpoint's trainable weights (`frozen`)."""
     directory, tag = parallel.checkpoint_folder(path)
     weights = parallel.read_checkpoint_weights(directory, tag)  # verified against its manifest
-    client = json.loads((directory / tag / CLIENT_FILE).read_text())
+    state = TrainState.read(directory / tag / CLIENT_FILE)
     model = frozen.build(cfg, load_parent(cfg))
     where = f"checkpoint {directory / tag}"
-    frozen.check(client.get(frozen.KEY), frozen.fingerprint(model, cfg), where)
+    frozen.check(state.frozen_backbone, frozen.fingerprint(model, cfg), where)
     frozen.load_trainable(model, weights, where)
     return model.float().eval()
 

@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from zeroi2v.config import Config
-from zeroi2v.engine.checkpointing import apply_activation_checkpointing
+from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
 
 GIB = 2**30
 

@@ -1,4 +1,4 @@
-"""`launch/sync_mlflow.py`: replay a run's `mlflow_pending/` folder (`engine.offline`) into
+"""`launch/sync_mlflow.py`: replay a run's `mlflow_pending/` folder (`tracking.offline`) into
 its MLflow run once the tracking server is back."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from zeroi2v.engine.offline import PendingLog
+from zeroi2v.engine.tracking.offline import PendingLog
 
 log = logging.getLogger(__name__)
 

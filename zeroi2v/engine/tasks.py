@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config
-from zeroi2v.engine import metrics
-from zeroi2v.engine.detection import MultiLabelLoss, evaluate_detection
+from zeroi2v.engine.evaluation import metrics
+from zeroi2v.engine.evaluation.detection import MultiLabelLoss, evaluate_detection
 
 Batch = tuple[Any, Any, list[str]]  # (clips, targets, sample keys), as the loaders yield them
 

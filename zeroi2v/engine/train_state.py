@@ -1,19 +1,20 @@
 """A run's state in its checkpoints: what a save writes, and how a launch continues from it.
 
-A save writes, in `ckpt_integrity`'s commit order, the trainer's client state (epoch, step,
-position in the epoch, MLflow run id, ...) as JSON, so that reading it runs no pickled code;
-every rank's RNG state (`rng`); DeepSpeed's module, optimizer and scheduler files; then rank 0
-commits the manifest and ``latest``. A resume reads them back in the opposite order of need:
-the verified folder's client state first (where the loop continues, and which world size
-wrote it), then DeepSpeed's files, then the RNG. Kept out of `trainer` so that the loop there
-reads as a loop, and so that what a save writes and what a resume reads sit side by side.
+A save writes, in `ckpt_integrity`'s commit order, the run's `TrainState` (epoch, step,
+position in the epoch, MLflow run id, ...; DeepSpeed's "client state") as JSON, so that
+reading it runs no pickled code; every rank's RNG state (`rng`); DeepSpeed's module, optimizer
+and scheduler files; then rank 0 commits the manifest and ``latest``. A resume reads them back
+in the opposite order of need: the verified folder's `TrainState` first (where the loop
+continues, and which world size wrote it), then DeepSpeed's files, then the RNG. Kept out of
+`trainer` so that the loop there reads as a loop, and so that what a save writes and what a
+resume reads sit side by side.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch.distributed as dist
 
 from zeroi2v.config import Config
 from zeroi2v.engine import ckpt_integrity, parallel, position, rng, run_log
+from zeroi2v.engine.position import Position
 from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,58 @@ def checkpoint_dir(cfg: Config) -> Path:
     return Path(cfg.train.output_dir) / "checkpoints"
 
 
-def new_client(world_size: int, train_batch_size: int) -> dict[str, Any]:
-    """A fresh run's client state; a resume replaces it with the checkpoint's."""
-    return {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "global_step": 0,
-        "best_top1": None,  # the best evaluation's score so far (mAP for detection)
-        "best_step": None,  # the step of that evaluation; its checkpoint is never pruned
-        "run_id": None,
-        "world_size": world_size,
-        "train_batch_size": train_batch_size,
-        "position": None,  # within the epoch; None at its start
-    }
+@dataclass
+class TrainState:
+    """Where a run stands, saved with every checkpoint (`CLIENT_FILE`) and moved along by every
+    optimizer step of the loop; a resume continues from the checkpoint's."""
+
+    world_size: int  # processes of the run (in a saved state: those that wrote it)
+    train_batch_size: int  # clips per optimizer step, all ranks together
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float | None = None  # the best evaluation so far: top-1, or mAP for detection
+    best_step: int | None = None  # the step of that evaluation; its checkpoint is never pruned
+    run_id: str | None = None  # the MLflow run, continued by a resume
+    position: Position | None = None  # within the epoch; None at its start
+    metrics_bytes: int | None = None  # metrics.jsonl's size at the save (`run_log`)
+    frozen_backbone: dict[str, Any] | None = None  # `frozen.fingerprint` of the model built
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (the position in its flat form)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.position is not None:
+            values["position"] = self.position.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], where: str) -> TrainState:
+        """`to_dict`'s form, or a client state that code before this class wrote (it named
+        `best_score` ``best_top1``); `where` names the file in the errors."""
+        values = {_RENAMED.get(key, key): value for key, value in saved.items()}
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        missing = [n for n in ("world_size", "train_batch_size") if n not in values]
+        if unknown or missing:
+            what = f"unknown entries {unknown}" if unknown else f"no {' or '.join(missing)}"
+            raise ConfigError(
+                f"{where} has {what}: a zeroi2v version other than this one wrote it; resume "
+                f"or load that checkpoint with the version that wrote it"
+            )
+        if values.get("position") is not None:
+            values["position"] = Position.from_dict(values["position"])
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainState:
+        return cls.from_dict(json.loads(path.read_text()), str(path))
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+
+
+# client-state keys of older checkpoints → their `TrainState` fields
+_RENAMED = {"best_top1": "best_score"}
 
 
 @dataclass(frozen=True)
@@ -83,12 +124,11 @@ def resume_point(
     cfg: Config,
     info: parallel.DistInfo,
     source: Path,
-    client: dict[str, Any],
     ds_config: dict[str, Any],
-) -> Resume:
+) -> tuple[Resume, TrainState]:
     """The checkpoint in `source` to resume from, verified (sizes, sha256) before anything in
     it is loaded; every rank hashes a share of its files and all agree on the verdict, so each
-    file is read once, not once per rank. Updates `client` from it.
+    file is read once, not once per rank; with the run's state saved in it.
 
     Under ZeRO, the optimizer partitions (and ZeRO-3's weight partitions) belong to the world
     size that wrote them: on another one DeepSpeed loads its universal form, converted here
@@ -100,9 +140,10 @@ def resume_point(
     )
     if point.note and info.rank == 0:
         log.warning(point.note)
-    client.update(json.loads((source / point.tag / CLIENT_FILE).read_text()))
-    position.check_global_batch(point.tag, client, ds_config)
-    saved_world, client["world_size"] = client["world_size"], info.world_size
+    state = TrainState.read(source / point.tag / CLIENT_FILE)
+    saved_world = state.world_size
+    position.check_global_batch(point.tag, state.train_batch_size, saved_world, ds_config)
+    state.world_size = info.world_size
     universal = (
         saved_world != info.world_size
         and ds_config.get("zero_optimization", {}).get("stage", 0) > 0
@@ -110,17 +151,17 @@ def resume_point(
     load_dir, load_tag = source, point.tag
     if universal:
         load_dir, load_tag = parallel.to_universal(source, point.tag, info.rank == 0)
-    return Resume(source, point.tag, saved_world, load_dir, load_tag, universal)
+    return Resume(source, point.tag, saved_world, load_dir, load_tag, universal), state
 
 
 def restore(
-    engine: Any, resumed: Resume, seed: int, client: dict[str, Any], info: parallel.DistInfo
+    engine: Any, resumed: Resume, seed: int, state: TrainState, info: parallel.DistInfo
 ) -> None:
     """Load module, optimizer and scheduler into `engine`, then this rank's RNG state."""
     parallel.load_checkpoint(engine, resumed.load_dir, resumed.load_tag)
     if resumed.saved_world_size != info.world_size:
         # no RNG state of this rank was saved; dropout masks change from here on
-        torch.manual_seed(seed + 1000 * client["global_step"] + info.rank)
+        torch.manual_seed(seed + 1000 * state.global_step + info.rank)
     else:
         rng.load(resumed.source / resumed.tag / rng.file_name(info.rank))
     if info.rank == 0:
@@ -128,8 +169,8 @@ def restore(
             "Resumed from %s/%s at epoch %d, step %d (written by %d processes, now %d)",
             resumed.source,
             resumed.tag,
-            client["epoch"],
-            client["global_step"],
+            state.epoch,
+            state.global_step,
             resumed.saved_world_size,
             info.world_size,
         )
@@ -140,10 +181,10 @@ class Checkpoints:
     errors that stop a run name."""
 
     def __init__(
-        self, engine: Any, cfg: Config, client: dict[str, Any], rank: int, resumed: Resume | None
+        self, engine: Any, cfg: Config, state: TrainState, rank: int, resumed: Resume | None
     ) -> None:
-        """`client`: the run's client state, saved as it stands at each save."""
-        self.engine, self.cfg, self.client, self.rank = engine, cfg, client, rank
+        """`state`: the run's state, saved as it stands at each save."""
+        self.engine, self.cfg, self.state, self.rank = engine, cfg, state, rank
         self.directory = checkpoint_dir(cfg)
         self.last = resumed.tag if resumed is not None else None
 
@@ -160,15 +201,15 @@ class Checkpoints:
         if self.rank == 0:
             ckpt_integrity.prepare_folder(self.directory, step)
             # a resume cuts metrics.jsonl back to what was logged up to here
-            self.client["metrics_bytes"] = run_log.metrics_path(self.cfg).stat().st_size
-            (self.directory / name / CLIENT_FILE).write_text(json.dumps(self.client, indent=1))
+            self.state.metrics_bytes = run_log.metrics_path(self.cfg).stat().st_size
+            self.state.write(self.directory / name / CLIENT_FILE)
         dist.barrier()
         rng.save(self.directory / name / rng.file_name(self.rank))
         parallel.save_checkpoint(
-            self.engine, self.directory, name, self.client
+            self.engine, self.directory, name, self.state.to_dict()
         )  # ends in a barrier
         if self.rank == 0:  # every rank's files exist: manifest, then `latest`, then pruning
-            best = self.client.get("best_step")
+            best = self.state.best_step
             ckpt_integrity.commit(
                 self.directory,
                 step,

@@ -82,7 +82,7 @@ def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
         # and with kwargs; recomputation costs one extra block forward.
-        from zeroi2v.engine.checkpointing import apply_activation_checkpointing
+        from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, cfg.train.activation_checkpointing_every)
     return model
@@ -148,7 +148,7 @@ def train(
     ds_config = check_before_launch(cfg, world_size)
     source = Path(resume_from) if resume_from is not None else train_state.checkpoint_dir(cfg)
     resume = resume or resume_from is not None
-    client = train_state.new_client(world_size, ds_config["train_batch_size"])
+    state = train_state.TrainState(world_size, ds_config["train_batch_size"])
     timeout_s = cfg.train.dist_timeout_s
     with (
         parallel.process_group(timeout_s) as info,  # left after a successful run only
@@ -156,7 +156,7 @@ def train(
     ):
         resumed = None
         if resume:
-            resumed = train_state.resume_point(cfg, info, source, client, ds_config)
+            resumed, state = train_state.resume_point(cfg, info, source, ds_config)
         else:  # a fresh run into a folder that holds one: every rank stops, nothing written
             train_state.refuse_overwrite(cfg, info)
         tracker = None
@@ -164,12 +164,12 @@ def train(
             tracker = tracking.Tracker(
                 cfg,
                 world_size=world_size,
-                run_id=client["run_id"],
+                run_id=state.run_id,
                 parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
             )
-            client["run_id"] = tracker.run_id
+            state.run_id = tracker.run_id
         with tracking.run_ends_with(tracker):
-            return _train(cfg, info, ds_config, tracker, client, resumed, on_epoch)
+            return _train(cfg, info, ds_config, tracker, state, resumed, on_epoch)
 
 
 @dataclass(kw_only=True)
@@ -183,7 +183,7 @@ class _Run:
     engine: Any
     task: tasks.Task
     tracker: Any
-    client: dict[str, Any]  # where the run stands; saved with every checkpoint
+    state: train_state.TrainState  # where the run stands; saved with every checkpoint
     records: run_log.RunLog
     ckpts: train_state.Checkpoints
     device: torch.device
@@ -194,21 +194,21 @@ def _train(
     info: parallel.DistInfo,
     ds_config: dict[str, Any],
     tracker: Any,
-    client: dict[str, Any],
+    state: train_state.TrainState,
     resumed: train_state.Resume | None,
     on_epoch: EpochHook | None,
 ) -> TrainResult:
-    """Epochs from where `client` stands, each followed by an evaluation every
+    """Epochs from where `state` stands, each followed by an evaluation every
     `train.eval_every_epochs` (and after the last); then the final checkpoint and the merge."""
     per_epoch = steps_per_epoch(cfg, ds_config["train_batch_size"])
     if info.rank == 0:
         _record_start(cfg, info, ds_config, per_epoch)
-    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker, client)
+    engine = _engine(cfg, ds_config, per_epoch, resumed, tracker, state)
     if resumed is not None:  # weights, optimizer, schedule, this rank's RNG
-        train_state.restore(engine, resumed, cfg.train.seed, client, info)
-    ckpts = train_state.Checkpoints(engine, cfg, client, info.rank, resumed)
+        train_state.restore(engine, resumed, cfg.train.seed, state, info)
+    ckpts = train_state.Checkpoints(engine, cfg, state, info.rank, resumed)
     task = tasks.task_for(cfg)  # classification or detection: loss, batches, evaluation
-    with contextlib.closing(run_log.RunLog(cfg, info, client.get("metrics_bytes"))) as records:
+    with contextlib.closing(run_log.RunLog(cfg, info, state.metrics_bytes)) as records:
         run = _Run(
             cfg=cfg,
             info=info,
@@ -217,7 +217,7 @@ def _train(
             engine=engine,
             task=task,
             tracker=tracker,
-            client=client,
+            state=state,
             records=records,
             ckpts=ckpts,
             device=parallel.device(),
@@ -225,25 +225,25 @@ def _train(
         result = None
         bar = logs.progress(
             total=per_epoch * cfg.train.epochs,
-            initial=client["global_step"],
+            initial=state.global_step,
             disable=info.rank != 0,
             desc="train",
             logger=log,
         )
         engine.train()
-        for epoch in range(client["epoch"], cfg.train.epochs):
+        for epoch in range(state.epoch, cfg.train.epochs):
             _train_epoch(run, epoch, bar)
             if (epoch + 1) % cfg.train.eval_every_epochs == 0 or epoch + 1 == cfg.train.epochs:
                 result = _evaluate(run)
-                if client["best_top1"] is None or result.score > client["best_top1"]:
+                if state.best_score is None or result.score > state.best_score:
                     # a new best is checkpointed, and that checkpoint is never pruned
-                    client.update(best_top1=result.score, best_step=client["global_step"])
-                    ckpts.ensure(client["global_step"])
+                    state.best_score, state.best_step = result.score, state.global_step
+                    ckpts.ensure(state.global_step)
                 if on_epoch is not None and epoch + 1 < cfg.train.epochs:
-                    saved = ckpts.ensure(client["global_step"])
+                    saved = ckpts.ensure(state.global_step)
                     on_epoch(epoch + 1, result.as_metrics(), saved)
         bar.close()
-        saved = ckpts.ensure(client["global_step"])
+        saved = ckpts.ensure(state.global_step)
         report_last = on_epoch is not None and result is not None  # this call ran the last epoch
         if result is None:  # resumed after the final eval was already done
             result = _evaluate(run)
@@ -252,7 +252,7 @@ def _train(
         on_epoch(cfg.train.epochs, result.as_metrics(), saved)
     out = Path(cfg.train.output_dir)
     return TrainResult(
-        client["global_step"], model_uri=model_uri, output_dir=out, **task.result_fields(result)
+        state.global_step, model_uri=model_uri, output_dir=out, **task.result_fields(result)
     )
 
 
@@ -276,12 +276,12 @@ def _engine(
     per_epoch: int,
     resumed: train_state.Resume | None,
     tracker: Any,
-    client: dict[str, Any],
+    state: train_state.TrainState,
 ) -> Any:
     """The DeepSpeed engine of the model built from `cfg`, from `model.init_from`'s parent
     if any; configured to load `resumed` (which `train_state.restore` then does).
 
-    The frozen backbone's fingerprint goes into `client` (saved with every checkpoint), after
+    The frozen backbone's fingerprint goes into `state` (saved with every checkpoint), after
     a resume only once it matches the checkpoint's: taken here, on the model as built, because
     ZeRO-3 partitions it and bf16 casts it once the engine wraps it.
     """
@@ -295,35 +295,35 @@ def _engine(
     built = frozen.fingerprint(model, cfg)
     frozen.agree(built, parallel.world_size_from_env())
     if resumed is not None:
-        frozen.check(client.get(frozen.KEY), built, f"checkpoint {resumed.source / resumed.tag}")
-    client[frozen.KEY] = built
+        frozen.check(state.frozen_backbone, built, f"checkpoint {resumed.source / resumed.tag}")
+    state.frozen_backbone = built
     if resumed is not None:
         ds_config = resumed.engine_config(ds_config)
     return parallel.build_engine(model, cfg, ds_config, per_epoch * cfg.train.epochs, per_epoch)
 
 
 def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
-    """`epoch` from where `run.client` stands (mid-epoch after a resume), a checkpoint every
-    `train.checkpoint_every_steps`; every optimizer step moves the client state along."""
-    cfg, client, engine, task = run.cfg, run.client, run.engine, run.task
+    """`epoch` from where `run.state` stands (mid-epoch after a resume), a checkpoint every
+    `train.checkpoint_every_steps`; every optimizer step moves the state along."""
+    cfg, state, engine, task = run.cfg, run.state, run.engine, run.task
     micro = run.ds_config["train_micro_batch_size_per_gpu"]
     accum = run.ds_config["gradient_accumulation_steps"]
     layout = Layout(run.info.world_size, max(cfg.data.num_workers, 1), micro)
-    first = client["step_in_epoch"] * accum  # micro-batches already played; 0 at a new epoch
+    first = state.step_in_epoch * accum  # micro-batches already played; 0 at a new epoch
     clips = run.steps_per_epoch * run.ds_config["train_batch_size"]  # positions of the order
-    at = position.start(client["position"], first, layout, clips, cfg.data.clips_per_decode)
+    at = position.start(state.position, first, layout, clips, cfg.data.clips_per_decode)
     loader = build_train_loader(
         cfg,
         rank=run.info.rank,
         world_size=run.info.world_size,
         epoch=epoch,
         micro_batch_size=micro,
-        num_batches=layout.batches(at["segments"]),
-        skip_batches=at["batches"],
-        segments=at["segments"],
+        num_batches=layout.batches(at.segments),
+        skip_batches=at.batches,
+        segments=at.segments,
         device=run.device,
     )
-    dtype, step = parallel.input_dtype(run.ds_config), client["global_step"]
+    dtype, step = parallel.input_dtype(run.ds_config), state.global_step
     losses = step_losses.StepLosses(parallel.step_guard(engine), run.info.world_size)
     speed = run_log.Throughput(run.device)
     for micro_index, micro_batch in enumerate(rng.outside_training_rng(loader), start=first):
@@ -335,13 +335,9 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
         if (micro_index + 1) % accum:
             continue
         step += 1
-        played = at["batches"] + micro_index + 1 - first
-        client.update(
-            epoch=epoch,
-            step_in_epoch=(micro_index + 1) // accum,
-            global_step=step,
-            position={**at, "batches": played},
-        )
+        state.epoch, state.global_step = epoch, step
+        state.step_in_epoch = (micro_index + 1) // accum
+        state.position = at.played(at.batches + micro_index + 1 - first)
         bar.update()
         losses.record({"step": step, "epoch": epoch, "lr": lr})
         logged = step % cfg.train.log_every_steps == 0
@@ -351,7 +347,7 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> None:
         if saving:
             run.ckpts.save(step)
     _write_losses(run, losses, None)
-    client.update(epoch=epoch + 1, step_in_epoch=0, position=None)
+    state.epoch, state.step_in_epoch, state.position = epoch + 1, 0, None
 
 
 def _write_losses(
@@ -380,7 +376,7 @@ def _write_losses(
 @torch.random.fork_rng(devices=[])  # evaluation leaves the training RNG untouched
 def _evaluate(run: _Run) -> Any:
     """Every rank scores its share of `data.val_shards`; rank 0 logs the metrics."""
-    step, rank0 = run.client["global_step"], run.info.rank == 0
+    step, rank0 = run.state.global_step, run.info.rank == 0
     run.engine.eval()
     loader = build_eval_loader(
         run.cfg,

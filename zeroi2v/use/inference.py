@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from zeroi2v.config import Config
-from zeroi2v.engine.model_format import CLASSES_KEY
+from zeroi2v.engine.tracking.model_format import CLASSES_KEY
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class VideoPredictor:
     @torch.no_grad()
     def scores(self, views: Tensor) -> Tensor:
         """(B, V, C, T, H, W) → (B, K) softmax averaged over views (as evaluation does)."""
-        from zeroi2v.engine.metrics import view_scores
+        from zeroi2v.engine.evaluation.metrics import view_scores
 
         return view_scores(self.model, views.to(self.device)).cpu()
 

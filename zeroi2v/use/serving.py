@@ -1,6 +1,6 @@
 """The registered model as an MLflow pyfunc that takes videos and returns labels and scores.
 
-A model logged by `zeroi2v.engine.model_format.log_pyfunc_model` names this module as the
+A model logged by `zeroi2v.engine.tracking.model_format.log_pyfunc_model` names this module as the
 loader of its ``python_function`` flavor: `mlflow.pyfunc.load_model(uri)` and
 ``mlflow models serve -m models:/NAME@ALIAS --env-manager local`` call `_load_pyfunc`, which
 gives `VideoPyfunc`: it decodes videos into the config's test views
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, from_dict
-from zeroi2v.engine.model_format import (
+from zeroi2v.engine.tracking.model_format import (
     CLASSES_KEY,
     CONFIG_KEY,
     DEFAULT_MAX_REQUEST_BYTES,

@@ -14,10 +14,10 @@ because no other machine could load the model from it.
 
 Aliases: MLflow 3 reserves `latest` (it always resolves to the newest version), so every new
 version is `@latest` automatically; `champion` is the version with the best val top-1 (the
-version tag `val_top1`), kept right under concurrent registrations (`engine.champion`).
+version tag `val_top1`), kept right under concurrent registrations (`champion`).
 
 A server that goes away mid-run costs no training: the tracker switches to the local
-`mlflow_pending/` folder of the run (`engine.offline`) and says at the end what to replay.
+`mlflow_pending/` folder of the run (`offline`) and says at the end what to replay.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from torch import nn
 
 from zeroi2v import config as config_lib
 from zeroi2v.config import Config
-from zeroi2v.engine.champion import SCORE_TAG, promote_champion, score_tag
-from zeroi2v.engine.model_format import log_pyfunc_model
-from zeroi2v.engine.offline import PendingLog
+from zeroi2v.engine.tracking.champion import SCORE_TAG, promote_champion, score_tag
+from zeroi2v.engine.tracking.model_format import log_pyfunc_model
+from zeroi2v.engine.tracking.offline import PendingLog
 from zeroi2v.errors import ConfigError, TrackingServerError
 from zeroi2v.redact import mask_config, mask_secrets
 

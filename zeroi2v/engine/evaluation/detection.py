@@ -4,7 +4,7 @@ The loss is binary cross-entropy over every (box, class) of a micro-batch, as Vi
 head; a micro-batch without any box (keyframes whose proposals all scored too low) gives a
 zero loss with zero gradients rather than the NaN of an empty mean. Evaluation scores every
 test proposal, gathers detections and ground truth from all ranks and computes the official
-frame-level mAP@0.5 (`zeroi2v.engine.ava_map`) once, on the whole validation set.
+frame-level mAP@0.5 (`zeroi2v.engine.evaluation.ava_map`) once, on the whole validation set.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroi2v import logs
-from zeroi2v.engine.ava_map import (
+from zeroi2v.engine.evaluation.ava_map import (
     DETECTIONS_PER_FRAME,
     Detection,
     GroundTruth,
