@@ -415,7 +415,7 @@ _GATHER_EVERY_FORWARD = {
 }
 
 
-def _zero3_run(ava_shards: Path, out: Path, **train: Any) -> dict[str, Any]:
+def _zero3_run(ava_shards: Path, out: Path) -> dict[str, Any]:
     """2 processes under ZeRO 3: the val shards hold 10 + 8 keyframes, one shard per rank, so
     rank 0 has 10 evaluation batches and rank 1 8; proposals below 0.92 are dropped, which
     leaves one of rank 0's keyframes without any box (a forward on 0 rois)."""
@@ -431,7 +431,6 @@ def _zero3_run(ava_shards: Path, out: Path, **train: Any) -> dict[str, Any]:
             "log_every_steps": 1,
             "log_sample_keys": True,
             "dist_timeout_s": 120,
-            **train,
         },
         deepspeed={
             "train_micro_batch_size_per_gpu": 2,
@@ -451,40 +450,55 @@ def _eval_keys(out: Path, rank: int) -> list[int]:
     return [found[step] for step in sorted(found)]
 
 
-def test_zero3_detection_evaluates_uneven_ranks_in_lockstep_and_resumes(ava_shards, tmp_path):
+@pytest.fixture(scope="module")
+def zero3_run(ava_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The config of a finished 2-epoch ZeRO-3 run (`_zero3_run`), its outputs in run/ beside."""
+    root = tmp_path_factory.mktemp("zero3")
+    config = write_config(root / "ava.json", _zero3_run(ava_shards, root / "run"))
+    result = run_train(config, processes=2, timeout=420)  # a hang ends at train.dist_timeout_s
+    assert result.returncode == 0, result.stderr[-3000:]
+    return config
+
+
+def _reported_map(out: Path) -> list[float]:
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["val/mAP"] for r in records if "val/mAP" in r]
+
+
+def test_zero3_detection_evaluates_uneven_ranks_in_lockstep(zero3_run):
     """Under ZeRO 3 every forward gathers the partitioned weights collectively, so a rank that
-    skipped one (no boxes) or finished its keyframes first used to leave the other waiting:
-    the config refused detection with stage 3. Here 2 DeepSpeed processes evaluate 10 and 8
-    keyframes after each epoch, the mAP they report is the one-process evaluation's of the
-    merged model and of the ZeRO-3 checkpoint, and a run resumed from step 2 ends the same."""
+    skipped one (no boxes) or ran out of keyframes first left the other waiting (the old
+    evaluation aborted on a collective mismatch, or hung until train.dist_timeout_s; the
+    config refused detection with stage 3). Here 2 DeepSpeed processes evaluate 10 and 8
+    keyframes after each epoch, and the mAP they report is the one-process evaluation's of
+    the merged model and of the ZeRO-3 checkpoint (`launch/evaluate.py`)."""
     from zeroi2v.engine.release import load_checkpoint_model
 
-    raw = _zero3_run(ava_shards, tmp_path / "run")
-    config = write_config(tmp_path / "ava.json", raw)  # the old code refused it here
-    result = run_train(config, processes=2, timeout=420)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "run"
+    run = zero3_run.parent / "run"
     assert _eval_keys(run, 0) == [10, 10] and _eval_keys(run, 1) == [8, 8]
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    reported = [r["val/mAP"] for r in records if "val/mAP" in r]
+    reported = _reported_map(run)
     assert len(reported) == 2
-    model, cfg = load_checkpoint_model(run / "merged.pt")
+    _, cfg = load_checkpoint_model(run / "merged.pt")
     rois = [len(t.rois) for _, t, _ in build_eval_loader(cfg, rank=0, world_size=1, batch_size=1)]
     assert len(rois) == VAL_VIDEOS * KEYFRAMES and 0 in rois and max(rois) > 0
     for model_path in (run / "merged.pt", run / "checkpoints" / "step4"):
-        one = evaluate(["--model", str(model_path), "--config", str(config)])
+        one = evaluate(["--model", str(model_path), "--config", str(zero3_run)])
         assert one["count"] == VAL_VIDEOS * KEYFRAMES
         assert one["mAP"] == pytest.approx(reported[-1], abs=1e-6)
 
-    # resumed from the epoch-1 checkpoint: the same steps 3-4 and the same final mAP
-    resumed = tmp_path / "resumed"
+
+@pytest.mark.slow  # one more 2-process launch (~20 s on an idle 2-core machine)
+def test_zero3_detection_resumes_to_the_same_losses_and_map(zero3_run, tmp_path):
+    """Resumed from the epoch-1 checkpoint of the run above: steps 3-4 and the final mAP."""
+    run, resumed = zero3_run.parent / "run", tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(run / "checkpoints" / "step2", resumed / "checkpoints" / "step2")
     (resumed / "checkpoints" / "latest").write_text("step2")
-    again = write_config(tmp_path / "resumed.json", _zero3_run(ava_shards, resumed))
+    raw = json.loads(zero3_run.read_text())
+    raw["train"]["output_dir"] = str(resumed)
+    again = write_config(tmp_path / "resumed.json", raw)
     result = run_train(again, "--resume", processes=2, timeout=420)
     assert result.returncode == 0, result.stderr[-3000:]
     want, got = losses(run), losses(resumed)
     assert [got[s] for s in (3, 4)] == pytest.approx([want[s] for s in (3, 4)], rel=1e-6)
-    final = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
-    assert [r["val/mAP"] for r in final if "val/mAP" in r][-1] == pytest.approx(reported[-1])
+    assert _reported_map(resumed)[-1] == pytest.approx(_reported_map(run)[-1], abs=1e-6)
