@@ -98,7 +98,7 @@ def evaluate_detection(
     def on_device(clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         return forward(clips.to(device, dtype), rois.to(device, dtype))
 
-    # iter(): the eval loader's length depends on the data
+    # iter(): the eval loader's length depends on the data (`logs.progress` would ask for it)
     unsized = in_lockstep(loader, device) if lockstep else iter(loader)
     batches = logs.progress(unsized, desc="eval", disable=not progress, leave=False)
     keys, truth, found = collect_detections(on_device, batches, num_classes)

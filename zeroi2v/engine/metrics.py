@@ -57,13 +57,21 @@ def in_lockstep(batches: Iterable[T], device: torch.device) -> Iterator[T | None
 
     Under ZeRO-3 each forward gathers the partitioned parameters collectively, so a rank whose
     share of the evaluation set is done must keep calling `forward` (on a throwaway input, for
-    each None) while any other rank still has a batch. One all-reduce per batch decides.
+    each None) while any other rank still has a batch. One all-reduce per batch decides. The
+    throwaway input is the rank's own last batch, so a rank without any batch cannot take part.
     """
+    seen = False
     for batch in itertools.chain(batches, itertools.repeat(None)):
         alive = torch.tensor([float(batch is not None)], device=device)
         dist.all_reduce(alive, op=dist.ReduceOp.MAX)
         if alive.item() == 0:  # a host sync per evaluation batch, not per training step
             return
+        if batch is None and not seen:
+            raise RuntimeError(
+                f"rank {dist.get_rank()} has no evaluation sample to run ZeRO-3's collective "
+                "forwards with; give data.val_shards at least one sample per process"
+            )
+        seen = True
         yield batch
 
 
@@ -87,7 +95,8 @@ def evaluate(
     k = min(5, num_classes)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, total
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
-    batches = in_lockstep(loader, device) if lockstep else iter(loader)  # iter: no len()
+    # iter(): `logs.progress` would ask the loader for a length it does not have
+    batches = in_lockstep(loader, device) if lockstep else iter(loader)
     last = None
     for batch in logs.progress(batches, desc="eval", disable=not progress, leave=False):
         if batch is None:  # this rank is done, another is not
