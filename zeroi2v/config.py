@@ -259,7 +259,6 @@ class Config(_Section):
                 f"model.task 'detection' needs a ViT backbone (its patch tokens form the RoI "
                 f"feature map), not '{self.model.backbone}'"
             )
-        stage = self.deepspeed.get("zero_optimization", {}).get("stage", 0)
         if self.model.task == "detection" and self.data.augment_on != "cpu":
             raise ConfigError(
                 "model.task 'detection' needs data.augment_on 'cpu' (its boxes follow the "
@@ -271,11 +270,6 @@ class Config(_Section):
                 f"data.detection_jitter_scales {list(jitter)} must be [min, max] with "
                 f"model.image_size ({self.model.image_size}) <= min <= max: the training crop "
                 "is cut from the rescaled frame"
-            )
-        if self.model.task == "detection" and stage == 3:
-            raise ConfigError(
-                "model.task 'detection' does not support deepspeed.zero_optimization.stage 3: "
-                "its evaluation does not keep the ranks in lockstep; use stage 0, 1 or 2"
             )
         if self.model.init_from is not None and self.model.pretrained is not None:
             raise ConfigError(

@@ -98,7 +98,7 @@ class Classification(Task):
 
 class Detection(Task):
     """Person boxes with multi-hot actions: binary cross-entropy per (box, class) and the
-    frame-level mAP@0.5. Never under ZeRO-3 (the config refuses it)."""
+    frame-level mAP@0.5."""
 
     scorer = staticmethod(evaluate_detection)
 

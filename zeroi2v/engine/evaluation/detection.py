@@ -5,6 +5,7 @@ head; a micro-batch without any box (keyframes whose proposals all scored too lo
 zero loss with zero gradients rather than the NaN of an empty mean. Evaluation scores every
 test proposal, gathers detections and ground truth from all ranks and computes the official
 frame-level mAP@0.5 (`zeroi2v.engine.evaluation.ava_map`) once, on the whole validation set.
+Under ZeRO-3 it keeps the ranks in lockstep as classification does (`metrics.in_lockstep`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from zeroi2v.engine.evaluation.ava_map import (
     ground_truth_of,
     scored_detections,
 )
+from zeroi2v.engine.evaluation.metrics import in_lockstep
 
 
 class MultiLabelLoss(nn.Module):
@@ -45,17 +47,25 @@ def collect_detections(
 ) -> tuple[list[Key], list[GroundTruth], list[Detection]]:
     """(keyframes seen, their ground truth, scored detections of `forward(clips, rois)`) over
     `batches`, gathered from every rank (each rank reads its own share of the keyframes).
-    `forward` receives the loader's CPU tensors: moving them is its business."""
+    `forward` receives the loader's CPU tensors: moving them is its business.
+
+    Every batch runs `forward`, even one whose keyframes have no proposal left (K = 0), and a
+    None batch (`metrics.in_lockstep`: this rank is done, another is not) runs its last
+    batch's first clip without boxes: under ZeRO-3 every forward is a collective.
+    """
     keys: list[Key] = []
     truth: list[GroundTruth] = []
     found: list[Detection] = []
     classes = list(range(num_classes))
-    for clips, targets, _ in batches:
-        rois = targets.rois
-        scores = torch.zeros(0, num_classes)
-        if len(rois):
-            logits = forward(clips[:, 0], rois)  # (K, C)
-            scores = logits.float().sigmoid().cpu()
+    last = None
+    for batch in batches:
+        if batch is None:
+            forward(*last)  # every module runs (on 0 boxes the head's too); result discarded
+            continue
+        clips, targets, _ = batch
+        rois = targets.rois  # (K, 5)
+        last = clips[:1, 0], rois[:0]
+        scores = forward(clips[:, 0], rois).float().sigmoid().cpu()  # (K, C)
         for b, frame in enumerate(targets.frames):
             mine = rois[:, 0] == b
             scored = scored_detections(frame["key"], rois[mine, 1:], scores[mine], classes)
@@ -81,16 +91,15 @@ def evaluate_detection(
 ) -> MapResult:
     """Frame-level mAP@0.5 of `forward(clips, rois)` over the keyframes of `loader`.
 
-    The signature of `metrics.evaluate`, so that `tasks.Task.evaluate` runs either; but
-    `lockstep` cannot be honoured: detection never runs under ZeRO-3 (the config refuses it).
+    The signature of `metrics.evaluate`, so that `tasks.Task.evaluate` runs either;
+    `lockstep=True` (ZeRO-3) keeps every rank calling `forward` until all ranks are done.
     """
-    if lockstep:
-        raise ValueError("detection evaluation cannot keep ZeRO-3 ranks in lockstep")
 
     def on_device(clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         return forward(clips.to(device, dtype), rois.to(device, dtype))
 
-    unsized = (batch for batch in loader)  # the eval loader's length depends on the data
+    # iter(): the eval loader's length depends on the data (`logs.progress` would ask for it)
+    unsized = in_lockstep(loader, device) if lockstep else iter(loader)
     batches = logs.progress(unsized, desc="eval", disable=not progress, leave=False)
     keys, truth, found = collect_detections(on_device, batches, num_classes)
     if not keys:

@@ -7,14 +7,17 @@ summed with all_reduce, so top-1 over N ranks equals top-1 on one process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from zeroi2v import logs
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +52,29 @@ def _sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def in_lockstep(batches: Iterable[T], device: torch.device) -> Iterator[T | None]:
+    """This rank's `batches`, then None until every rank has run out of its own.
+
+    Under ZeRO-3 each forward gathers the partitioned parameters collectively, so a rank whose
+    share of the evaluation set is done must keep calling `forward` (on a throwaway input, for
+    each None) while any other rank still has a batch. One all-reduce per batch decides. The
+    throwaway input is the rank's own last batch, so a rank without any batch cannot take part.
+    """
+    seen = False
+    for batch in itertools.chain(batches, itertools.repeat(None)):
+        alive = torch.tensor([float(batch is not None)], device=device)
+        dist.all_reduce(alive, op=dist.ReduceOp.MAX)
+        if alive.item() == 0:  # a host sync per evaluation batch, not per training step
+            return
+        if batch is None and not seen:
+            raise RuntimeError(
+                f"rank {dist.get_rank()} has no evaluation sample to run ZeRO-3's collective "
+                "forwards with; give data.val_shards at least one sample per process"
+            )
+        seen = True
+        yield batch
+
+
 @torch.no_grad()
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -62,27 +88,20 @@ def evaluate(
 ) -> EvalResult:
     """Top-1/top-5 and confusion matrix of `forward` over `loader` (this rank's share).
 
-    `lockstep=True` (ZeRO-3) keeps every rank calling `forward` until all ranks are done,
-    because each forward gathers parameters collectively; a rank that ran out of samples
-    runs its last batch again and discards the result.
+    `lockstep=True` (ZeRO-3) keeps every rank calling `forward` until all ranks are done
+    (`in_lockstep`); a rank that ran out of samples runs the first clip of its last batch
+    again and discards the result.
     """
     k = min(5, num_classes)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, total
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
-    batches = iter(loader)
+    # iter(): `logs.progress` would ask the loader for a length it does not have
+    batches = in_lockstep(loader, device) if lockstep else iter(loader)
     last = None
-    for _ in logs.progress(iter(int, 1), desc="eval", disable=not progress, leave=False):
-        batch = next(batches, None)
-        if lockstep:
-            alive = torch.tensor([float(batch is not None)], device=device)
-            dist.all_reduce(alive, op=dist.ReduceOp.MAX)
-            if alive.item() == 0:
-                break
-            if batch is None:
-                view_scores(forward, last.to(device, dtype))
-                continue
-        elif batch is None:
-            break
+    for batch in logs.progress(batches, desc="eval", disable=not progress, leave=False):
+        if batch is None:  # this rank is done, another is not
+            view_scores(forward, last.to(device, dtype))
+            continue
         videos, labels = batch[0], batch[1].to(device)
         last = videos[:1]
         scores = view_scores(forward, videos.to(device, dtype))  # (B, K)
