@@ -26,6 +26,7 @@ from torch import nn
 
 from zeroi2v.config import Config, ConfigError, check_batch_sizes
 from zeroi2v.engine import frozen, zero_comm
+from zeroi2v.engine.ckpt_integrity import CheckpointDamagedError, problem
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +456,6 @@ def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str
     name = "mp_rank_00_model_states.pt"
     if not (directory / tag / name).is_file():
         name = f"zero_pp_rank_0_{name}"
-    from zeroi2v.engine.ckpt_integrity import CheckpointDamagedError, problem
 
     why = problem(directory / tag)
     if why is not None:  # verified before anything in it is unpickled

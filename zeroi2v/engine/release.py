@@ -21,6 +21,9 @@ from zeroi2v.engine import parallel, tracking
 from zeroi2v.engine.loading import load_checkpoint_model as load_checkpoint_model
 from zeroi2v.engine.loading import load_model as load_model
 from zeroi2v.engine.tasks import task_for
+from zeroi2v.models.compilation import compile_for_inference
+from zeroi2v.models.merge import merge, verify_merge
+from zeroi2v.models.video import build_model
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
 
@@ -34,7 +37,6 @@ def example_clips(cfg: Config, batch: int = 2) -> torch.Tensor:
 
 
 def unmerged_from_state_dict(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
-    from zeroi2v import build_model
 
     model = build_model(cfg)
     model.load_state_dict(state)
@@ -43,8 +45,6 @@ def unmerged_from_state_dict(cfg: Config, state: dict[str, torch.Tensor]) -> nn.
 
 def merge_checked(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """`zeroi2v.merge` (a copy), failing loudly when merged logits drift from unmerged ones."""
-    from zeroi2v import merge
-    from zeroi2v.models.merge import verify_merge
 
     merged = merge(model)
     diff = verify_merge(model, merged, example)
@@ -114,8 +114,6 @@ def evaluate_model(
     from zeroi2v.data.pipeline import build_eval_loader
 
     if compile:
-        from zeroi2v.models.compilation import compile_for_inference
-
         compile_for_inference(model.eval(), "cpu")
 
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=cfg.data.eval_batch_size)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from zeroi2v import config as config_lib
 from zeroi2v.engine.tracking.offline import PendingLog
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ def sync(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
     """
     from mlflow import MlflowClient
 
-    from zeroi2v import config as config_lib
     from zeroi2v.engine.tracking import check_server
 
     pending = PendingLog(run_dir)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from zeroi2v.config import ModelConfig
+from zeroi2v.models.clip_options import apply_clip_options
 from zeroi2v.models.stdha import install_temporal_attention
 from zeroi2v.specs import BACKBONES, BackboneSpec
 
@@ -49,8 +50,6 @@ def build_backbone(model_cfg: ModelConfig) -> VideoBackbone:
         module = build_swin_backbone(spec, model_cfg)
         return VideoBackbone(module, model_cfg.num_frames // kt, feature_dim(module), kt)
     if spec.impl == "open_clip":
-        from zeroi2v.models.clip_options import apply_clip_options
-
         module = apply_clip_options(_open_clip_vit(spec, model_cfg), model_cfg)
     else:
         module = _timm_vit(spec, model_cfg)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError
+from zeroi2v.models.video import build_model
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,6 @@ def load_official(
 ) -> nn.Module:
     """Our unmerged model (eval mode) carrying the official weights; one offsets list per block
     is also accepted. `cfg` should include `OFFICIAL_RECIPE`."""
-    from zeroi2v.models.video import build_model
 
     model = build_model(cfg)
     blocks = sum(1 for k in official if k.endswith(".attn.in_proj_weight"))

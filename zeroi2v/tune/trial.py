@@ -31,6 +31,7 @@ from typing import Any
 from zeroi2v import config as config_lib
 from zeroi2v import logs
 from zeroi2v.config import Config
+from zeroi2v.engine.ckpt_integrity import last_committed
 from zeroi2v.tune.allocation import trial_overrides
 
 FAULT_ENV = "ZEROI2V_TUNE_FAULT_FILE"  # tests only: a trial/worker deletes this file, raises once
@@ -86,7 +87,6 @@ def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run
     import torch
     from ray import tune
 
-    from zeroi2v.engine.ckpt_integrity import last_committed
     from zeroi2v.engine.parallel import select_accelerator
     from zeroi2v.engine.trainer import train
 

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from zeroi2v.config import Config
+from zeroi2v.engine.evaluation.metrics import view_scores
 from zeroi2v.engine.tracking.model_format import CLASSES_KEY
+from zeroi2v.models.compilation import compile_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,6 @@ class VideoPredictor:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         if compile:  # the views of every video have one shape: one graph (CUDA graph on GPU)
-            from zeroi2v.models.compilation import compile_for_inference
-
             compile_for_inference(self.model, self.device)
         self.loader = ClipLoader.for_eval(cfg)
         self.skipped: list[tuple[str, str]] = []  # (video, reason) of videos that fail to decode
@@ -132,7 +132,6 @@ class VideoPredictor:
     @torch.no_grad()
     def scores(self, views: Tensor) -> Tensor:
         """(B, V, C, T, H, W) → (B, K) softmax averaged over views (as evaluation does)."""
-        from zeroi2v.engine.evaluation.metrics import view_scores
 
         return view_scores(self.model, views.to(self.device)).cpu()
 

@@ -23,6 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from zeroi2v.config import Config
+from zeroi2v.engine.tracking import tracking_uri
+from zeroi2v.models.adapters import transformer_blocks
+from zeroi2v.models.backbones import token_layout
+from zeroi2v.models.stdha import TemporalMixing
+from zeroi2v.models.stdha_shift import time_index
+from zeroi2v.use.inference import VideoPredictor, read_video
 
 
 @dataclass
@@ -37,8 +43,6 @@ class AttentionMaps:
 
 def last_attention(model: nn.Module) -> nn.Module:
     """The STDHA module of the last ViT block (Swin's window attention has no [CLS])."""
-    from zeroi2v.models.adapters import transformer_blocks
-    from zeroi2v.models.stdha import TemporalMixing
 
     blocks = transformer_blocks(getattr(model, "backbone", model))
     if not blocks or not isinstance(blocks[-1].attn, TemporalMixing):
@@ -106,8 +110,6 @@ def _display_frames(clip: Tensor) -> np.ndarray:
 @torch.no_grad()
 def attention_maps(model: nn.Module, clip: Tensor) -> AttentionMaps:
     """Maps of the last block for one clip (1, C, T, H, W)."""
-    from zeroi2v.models.backbones import token_layout
-    from zeroi2v.models.stdha_shift import time_index
 
     if clip.dim() != 5 or clip.shape[0] != 1:
         raise ValueError(f"expected one clip (1, C, T, H, W), got shape {tuple(clip.shape)}")
@@ -176,8 +178,6 @@ def visualize(
     """Maps for test view `view` of `video`, saved as a PNG at `out` (and to MLflow run)."""
     import matplotlib.pyplot as plt
 
-    from zeroi2v.use.inference import VideoPredictor, read_video
-
     data, name = read_video(video)
     views = VideoPredictor(model, cfg).views(data, name)  # (V, C, T, H, W)
     if not 0 <= view < len(views):
@@ -187,8 +187,6 @@ def visualize(
     plt.close(fig)
     if run_id is not None:
         import mlflow
-
-        from zeroi2v.engine.tracking import tracking_uri
 
         mlflow.MlflowClient(tracking_uri(cfg)).log_artifact(run_id, str(out), "attention")
     return result
