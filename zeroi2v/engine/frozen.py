@@ -20,6 +20,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from zeroi2v.config import Config
@@ -91,7 +92,6 @@ def agree(now: dict[str, str], world_size: int) -> None:
     ``model.pretrained`` file that differs between nodes). One all-gather, once per run."""
     if world_size == 1:
         return
-    import torch.distributed as dist
 
     found: list[Any] = [None] * world_size
     dist.all_gather_object(found, now["sha256"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError, check_batch_sizes
@@ -73,7 +74,6 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     """
     select_accelerator()
     import deepspeed
-    import torch.distributed as dist
 
     if not dist.is_initialized():
         if "RANK" not in os.environ:
@@ -109,7 +109,6 @@ def _unlink_shm_allreduce_buffer() -> None:
     barrier every rank has, so the names can go: the mappings live on until the processes
     end, and then the kernel frees the memory, also after a SIGKILL.
     """
-    import torch.distributed as dist
 
     world = dist.get_world_size()
     if os.environ.get("LOCAL_SIZE") != str(world) or torch.cuda.is_available():
@@ -146,7 +145,6 @@ def process_group(timeout_s: float = 1800.0) -> Iterator[DistInfo]:
     A group that already existed (Ray Train's; a test's that trains several times in one
     process) is left to whoever made it.
     """
-    import torch.distributed as dist
 
     made_here = not dist.is_initialized()
     info = init_distributed(timeout_s)
@@ -343,7 +341,6 @@ def local_params(engine: Any) -> list[torch.Tensor]:
 def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     """Gather the full fp32 module weights on rank 0 (None elsewhere); collective call."""
     import deepspeed
-    import torch.distributed as dist
 
     module = engine.module
     params = list(module.parameters()) if zero_stage(engine) == 3 else []
@@ -385,7 +382,6 @@ def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
     rewrites them per parameter, and ``checkpoint.load_universal`` loads that on any number.
     Collective: every rank waits until the conversion exists.
     """
-    import torch.distributed as dist
 
     out = Path(directory) / "universal"
     done = out / "latest_universal"  # written last: a conversion of `tag` is complete

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -195,7 +196,6 @@ def _numpy_globals() -> list[Any]:
     """numpy arrays, scalars and dtypes, which mmaction's `meta` may hold beside the tensors
     (e.g. a best score): they rebuild values from bytes and call no other code. Files written
     under numpy 1 (the released ones) name two of them ``numpy.core.multiarray.*``."""
-    import numpy as np
 
     dtypes = [getattr(np.dtypes, name) for name in np.dtypes.__all__]
     multiarray = np._core.multiarray

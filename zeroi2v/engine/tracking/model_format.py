@@ -17,6 +17,7 @@ The resolved config and the class names travel as model metadata (`CONFIG_KEY`,
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,6 @@ def log_pyfunc_model(
     The signature is the pyfunc's (videos in, labels out); no input example is stored
     (a video would have to be embedded in every logged model).
     """
-    import sys
 
     from mlflow.models import Model
 
