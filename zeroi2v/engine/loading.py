@@ -81,6 +81,7 @@ def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, C
     """
     text = str(uri)
     if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        # lazy: MLflow ([train]/[serve] extra)
         import mlflow
         from mlflow.exceptions import MlflowException
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def _pending_metrics(pending: PendingLog) -> list[Any]:
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # lazy: MLflow ([train]/[serve] extra)
 
     path = pending.root / "metrics.jsonl"
     if not path.is_file():
@@ -36,6 +36,7 @@ def sync(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
 
     Steps already done are recorded in state.json, so a sync that fails half way can be rerun.
     """
+    # lazy: MLflow ([train]/[serve] extra); torch (this module stays torch-free)
     from mlflow import MlflowClient
 
     from zeroi2v.engine.tracking import check_server
@@ -68,6 +69,7 @@ def sync(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
 
 
 def _log_model(cfg: Any, run_id: str, model: dict[str, Any], status: str) -> str | None:
+    # lazy: torch (this module stays torch-free)
     import torch
 
     from zeroi2v.engine.release import load_checkpoint_model

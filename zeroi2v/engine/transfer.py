@@ -52,7 +52,7 @@ def lineage_tags(uri: str, cfg: Config) -> dict[str, str]:
     tags = {"lineage.parent_uri": uri}
     match = _ALIAS.match(uri)
     if match:
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # lazy: MLflow ([train]/[serve] extra)
 
         client = MlflowClient(tracking_uri(cfg))
         name = match["name"]

@@ -44,6 +44,7 @@ def build_backbone(model_cfg: ModelConfig) -> VideoBackbone:
     """Backbone of `model_cfg.backbone` with `model_cfg.temporal_op` installed."""
     spec = BACKBONES[model_cfg.backbone]
     if spec.family == "swin":
+        # lazy: timm and torchvision, for Swin only
         from zeroi2v.models.swin import build_swin_backbone
 
         kt = model_cfg.temporal_patch_size
@@ -81,6 +82,7 @@ def token_layout(backbone: nn.Module) -> tuple[tuple[int, int], int] | None:
 
 
 def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
+    # lazy: open_clip is slow to import, CLIP only
     from open_clip.transformer import QuickGELU, VisionTransformer
 
     pretrained = model_cfg.pretrained
@@ -98,7 +100,7 @@ def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
         if pretrained is not None:
             _load_local(visual, pretrained, model_cfg.backbone)
         return visual
-    import open_clip
+    import open_clip  # lazy: open_clip is slow to import, CLIP only
 
     # OpenAI's CLIP weights were trained with QuickGELU; open_clip only warns on a mismatch.
     tag_cfg = open_clip.get_pretrained_cfg(spec.library_name, pretrained) if pretrained else {}
@@ -120,6 +122,7 @@ def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
 
 
 def _timm_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
+    # lazy: timm is slow to import, timm models only
     import timm
     from timm.models.vision_transformer import VisionTransformer
 

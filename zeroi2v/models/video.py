@@ -88,6 +88,7 @@ def build_model(cfg) -> nn.Module:
         adapter_dropout=adapt.adapter_dropout,
     )
     if model_cfg.task == "detection":
+        # lazy: torchvision, for detection heads only
         from zeroi2v.models.detection import ActionDetector, token_width
 
         model: nn.Module = ActionDetector(

@@ -69,7 +69,7 @@ def trial_config(
 
 def tag_run(trial_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
     """Name the trainer's MLflow run after the trial and log the trial's shape; its id or ''."""
-    import mlflow
+    import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
     run = mlflow.active_run()  # the trainer's run (None when tracking is off)
     if run is None:
@@ -84,6 +84,7 @@ def tag_run(trial_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
 
 def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None):
     """Ray function trainable: the training of `launch/train.py` with this trial's overrides."""
+    # lazy: torch (this module stays torch-free); Ray ([tune] extra)
     import torch
     from ray import tune
 
@@ -141,6 +142,7 @@ def train_driver(
     The job is named after the trial and stored under the trial's folder, so a restarted
     trial (Tune retry, `Tuner.restore`) finds and restores the same job.
     """
+    # lazy: Ray ([tune] extra)
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -210,6 +212,7 @@ def _link_or_copy(source: Path, target: Path) -> int:
 
 def worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DeepSpeed rank of the trial's training."""
+    # lazy: Ray ([tune] extra); torch (this module stays torch-free)
     import ray
     import ray.train
     import torch

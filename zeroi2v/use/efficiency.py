@@ -275,7 +275,7 @@ def describe_compilation() -> str:
     """What torch.compile did in this process. A CUDA graph skip (a CPU tensor or an input
     mutation in a graph) means "compiled" timings ran without CUDA graphs, launch-bound again:
     the reason is in the log with ``TORCH_LOGS=cudagraphs``."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # lazy: torch._dynamo is slow to import
 
     graphs = counters["stats"]["unique_graphs"]
     skips = counters["inductor"]["cudagraph_skips"]

@@ -177,7 +177,7 @@ def onnx_names_and_params(path: Path) -> tuple[list[str], int]:
     Integer initializers are index or shape constants (STDHA's frame index, reshapes), not
     weights, so they are not counted as parameters.
     """
-    import onnx
+    import onnx  # lazy: onnx ([export] extra)
 
     graph = onnx.load(str(path)).graph
     float_types = {
@@ -193,7 +193,7 @@ def onnx_names_and_params(path: Path) -> tuple[list[str], int]:
 
 
 def run_onnx(path: Path, clips: torch.Tensor) -> np.ndarray:
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime ([export] extra)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {"clips": clips.numpy()})[0]

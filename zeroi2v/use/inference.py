@@ -45,6 +45,7 @@ class Prediction:
 
 def load_model(uri: str | Path) -> tuple[nn.Module, Config]:
     """`models:/NAME@ALIAS`, a run/model URI or a checkpoint → (eval model on CPU, config)."""
+    # lazy: decord ([data] extra), for checkpoints only
     from zeroi2v.engine.release import load_model as release_load
 
     model, cfg = release_load(uri)
@@ -57,13 +58,13 @@ def class_names(cfg: Config, uri: str | Path | None = None) -> list[str]:
     Falling back to indices is announced (a log warning), never silent.
     """
     if uri is not None and _is_mlflow_uri(str(uri)):
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         metadata = mlflow.models.get_model_info(str(uri)).metadata or {}
         if CLASSES_KEY in metadata:
             return list(metadata[CLASSES_KEY])
     if cfg.data.val_shards:
-        from zeroi2v.data.shards import read_manifest
+        from zeroi2v.data.shards import read_manifest  # lazy: webdataset ([data] extra)
 
         try:
             classes = read_manifest(cfg.data.val_shards)["classes"]
@@ -106,7 +107,7 @@ class VideoPredictor:
         device: str | torch.device = "cpu",
         compile: bool = False,
     ) -> None:
-        from zeroi2v.data.clips import ClipLoader
+        from zeroi2v.data.clips import ClipLoader  # lazy: decord and av ([data] extra)
 
         self.cfg = cfg
         self.device = torch.device(device)

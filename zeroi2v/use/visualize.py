@@ -99,6 +99,7 @@ def head_groups(offsets: list[int]) -> list[tuple[str, int, list[int]]]:
 
 def _display_frames(clip: Tensor) -> np.ndarray:
     """(1, C, T, H, W) normalised clip → (T, H, W, 3) in [0, 1]."""
+    # lazy: torchvision, to show frames only
     from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD
 
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1)
@@ -133,10 +134,10 @@ def attention_maps(model: nn.Module, clip: Tensor) -> AttentionMaps:
 
 def plot_attention(result: AttentionMaps, path: str | Path | None = None, title: str = ""):
     """One row per head group, one column per frame; each map over the frame it looks at."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib ([train]/[serve] extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib ([train]/[serve] extra)
 
     rows, cols = result.maps.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1, 1.6 * rows + 0.6), squeeze=False)
@@ -176,7 +177,7 @@ def visualize(
     view: int = 0,
 ) -> AttentionMaps:
     """Maps for test view `view` of `video`, saved as a PNG at `out` (and to MLflow run)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib ([train]/[serve] extra)
 
     data, name = read_video(video)
     views = VideoPredictor(model, cfg).views(data, name)  # (V, C, T, H, W)
@@ -186,7 +187,7 @@ def visualize(
     fig = plot_attention(result, out, title=f"{Path(name).name}: last block, [CLS]→patches")
     plt.close(fig)
     if run_id is not None:
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         mlflow.MlflowClient(tracking_uri(cfg)).log_artifact(run_id, str(out), "attention")
     return result

@@ -43,6 +43,7 @@ def signature():
     the request (a ``vid`` column arrived as no columns and no rows), so the pyfunc checks its
     own input (``video`` / ``path`` columns, `zeroi2v.use.serving`) and names what it got.
     """
+    # lazy: MLflow ([train]/[serve] extra)
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
@@ -68,7 +69,7 @@ def save_model(
     **kwargs: Any,
 ) -> None:
     """Flavor hook for `mlflow.models.Model.log`: pytorch flavor + our pyfunc loader."""
-    import mlflow
+    import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
     metadata = {**(mlflow_model.metadata or {}), **(kwargs.pop("metadata", None) or {})}
     metadata[CONFIG_KEY] = mask_config(to_dict(cfg))  # the registry never sees credentials
@@ -108,7 +109,7 @@ def log_pyfunc_model(
     (a video would have to be embedded in every logged model).
     """
 
-    from mlflow.models import Model
+    from mlflow.models import Model  # lazy: MLflow ([train]/[serve] extra)
 
     if pip_requirements is None:
         names = ("torch", "timm", "open_clip_torch", "decord", "torchvision", "mlflow")
