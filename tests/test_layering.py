@@ -216,11 +216,13 @@ def _function_level_import_runs(tree: ast.Module) -> list[list[ast.stmt]]:
 
 def test_every_function_level_import_says_why_it_is_lazy():
     """A function-level import hides a dependency from the reader, so it has to buy something:
-    an optional extra, a slow library off a fast path, torch kept out of a torch-free module.
-    A ``# lazy: <why>`` comment on the import (or the line above a run of them) says which;
-    everything else belongs at the top of the module."""
+    an optional extra, a slow library off a fast path (a launch script's --help), torch kept
+    out of a torch-free module. A ``# lazy: <why>`` comment on the import (or on the line above
+    a run of them) says which; everything else belongs at the top of the module. The library
+    and the applications alike."""
+    apps = [p for app in ("launch", "data_prep") for p in (PACKAGE.parent / app).glob("*.py")]
     unexplained = []
-    for path in module_files().values():
+    for path in [*module_files().values(), *sorted(apps)]:
         lines = path.read_text().splitlines()
         runs = _function_level_import_runs(ast.parse("\n".join(lines), str(path)))
         for run in {r[0].lineno: r for r in runs}.values():  # a nested def is walked twice
