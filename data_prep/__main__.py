@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _shard(args: argparse.Namespace) -> int:
+    # lazy: a subcommand loads only its own module: a fast --help
     from data_prep.shard import shard_split
     from data_prep.sources import load_source
 
@@ -178,6 +179,7 @@ def _gop_note(longest: int | None) -> str:
 
 
 def _shard_ava(args: argparse.Namespace) -> int:
+    # lazy: a subcommand loads only its own module: a fast --help
     from data_prep.ava import shard_ava
 
     if len(args.annotations) != 1 or args.label_map is None:
@@ -200,6 +202,7 @@ def _shard_ava(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
+    # lazy: a subcommand loads only its own module: a fast --help
     from data_prep.synthetic import make_synthetic
 
     out = make_synthetic(
@@ -210,6 +213,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _subset(args: argparse.Namespace) -> int:
+    # lazy: a subcommand loads only its own module: a fast --help
     from data_prep.subset import make_subset
 
     keys = None if args.keys is None else args.keys.read_text().split()
@@ -228,6 +232,7 @@ def _subset(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    # lazy: a subcommand loads only its own module: a fast --help
     from data_prep.inspect import contact_sheet, count, format_table
 
     print(format_table(count(args.shards)))

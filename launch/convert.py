@@ -22,6 +22,7 @@ from pathlib import Path
 from zeroi2v import logs
 from zeroi2v.config import ConfigError, apply_overrides, from_dict, parse_args_with_overrides
 from zeroi2v.redact import run_cli
+from zeroi2v.specs import BACKBONES
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args_with_overrides(parser, argv)
     if not args.config.is_file():
         raise ConfigError(f"config file not found: {args.config}")
+    # lazy: torch and the extras load once work starts: a fast --help
     import torch
 
     from zeroi2v.engine import release
@@ -50,7 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
         official_head_offsets,
         read_official,
     )
-    from zeroi2v.specs import BACKBONES
 
     raw = json.loads(args.config.read_text())
     raw = apply_overrides(raw, {**OFFICIAL_RECIPE, "adapt.adapter_scale": args.adapter_scale})
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         top1 = metrics.top1
         result.update(top1=metrics.top1, top5=metrics.top5, count=metrics.count)
     if args.register:
+        # lazy: torch and the extras load once work starts: a fast --help
         from zeroi2v.data.shards import read_manifest
         from zeroi2v.engine.tracking import Tracker
 

@@ -36,6 +36,7 @@ def evaluate_one(
     model_uri: str, local: Config | None, overrides: list[str], *, compile: bool = False
 ) -> dict:
     """Top-1/top-5 of one model on the val shards `local` names (or its own config's)."""
+    # lazy: torch and the extras load once work starts: a fast --help
     from zeroi2v.engine.release import evaluate_model, load_model
 
     model, model_cfg = load_model(model_uri, local)

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rtol", type=float, default=1e-4, help="max relative output error")
     args = parser.parse_args(argv)
-    from zeroi2v.use.export import export  # torch: only once work starts
+    # lazy: torch and the extras load once work starts: a fast --help
+    from zeroi2v.use.export import export
     from zeroi2v.use.inference import load_model
 
     model, cfg = load_model(args.model)

@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     source = args.source or Path(cfg.data.train_shards).parent
     if not (source / "manifest.json").is_file():
         raise ConfigError(f"no manifest.json in {source} (the folder of data.train_shards)")
+    # lazy: torch and the extras load once work starts: a fast --help
     from data_prep.subset import make_subset
-    from zeroi2v.engine.tracking import Tracker, run_ends_with  # torch: only once work starts
+    from zeroi2v.engine.tracking import Tracker, run_ends_with
 
     tracker = None
     if cfg.tracking.enabled:
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
         print(text)
         (args.workdir / "few_shot.md").write_text(text)
         if tracker is not None:
+            # lazy: MLflow ([train] extra)
             import mlflow
 
             for shots, values in results.items():

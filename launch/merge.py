@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="section.key=value or --section.key=value")
     args, overrides = parse_args_with_overrides(parser, argv)
     cfg = load(args.config, overrides)
+    # lazy: torch and the extras load once work starts: a fast --help
     from zeroi2v.engine.parallel import select_accelerator
 
     select_accelerator()
+    # lazy: torch and the extras load once work starts: a fast --help
     from zeroi2v.engine.release import merge_checkpoint
 
     result = merge_checkpoint(cfg, args.checkpoint, args.out, register=args.register)

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> list[Prediction]:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
-    from zeroi2v.use.inference import format_predictions, predict  # torch: only once work starts
+    # lazy: torch and the extras load once work starts: a fast --help
+    from zeroi2v.use.inference import format_predictions, predict
 
     predictions = predict(
         args.model,

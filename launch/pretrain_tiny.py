@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> float:
     )
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
-    from zeroi2v.models.tiny_pretrain import pretrain_tiny_backbone  # torch: once work starts
+    # lazy: torch and the extras load once work starts: a fast --help
+    from zeroi2v.models.tiny_pretrain import pretrain_tiny_backbone
 
     accuracy = pretrain_tiny_backbone(
         cfg, args.out, steps=args.steps, seed=args.seed, task=args.task

@@ -70,10 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args, overrides = parse_args_with_overrides(parser, argv)
     cfg = load(args.config, overrides)
-    from zeroi2v.models.profile import profile  # torch: only once work starts
+    # lazy: torch and the extras load once work starts: a fast --help
+    from zeroi2v.models.profile import profile
 
     result = profile(cfg, merged=args.merged)
     if args.train_memory:
+        # lazy: torch and the extras load once work starts: a fast --help
         from zeroi2v import build_model
         from zeroi2v.engine.memory_estimate import training_step_memory
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print(json.dumps(result))
     if args.latency:
+        # lazy: torch and the extras load once work starts: a fast --help
         from zeroi2v.use.efficiency import (
             VARIANTS,
             describe_compilation,

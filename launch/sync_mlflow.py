@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from zeroi2v import logs
+from zeroi2v.engine.sync import sync
 from zeroi2v.redact import run_cli
 
 
@@ -25,7 +26,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tracking-uri", help="the server now (default: the one of the run)")
     args = parser.parse_args(argv)
     logs.setup()
-    from zeroi2v.engine.sync import sync
 
     result = sync(args.run_dir, args.tracking_uri)
     print(

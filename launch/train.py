@@ -39,9 +39,11 @@ def main(argv: list[str] | None = None):
         return None
     redact.install()  # no credentials in any log line or traceback
     logs.setup()  # INFO on rank 0, WARNING elsewhere ($ZEROI2V_LOG_ALL_RANKS=1: all INFO)
-    from zeroi2v.engine import parallel  # torch: only once work starts
+    # lazy: torch and the extras load once work starts: a fast --help
+    from zeroi2v.engine import parallel
 
     parallel.select_accelerator()  # before anything imports deepspeed
+    # lazy: imports deepspeed, so only after select_accelerator
     from zeroi2v.engine.trainer import train
 
     return train(cfg, resume=args.resume)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from zeroi2v import config as config_lib
 from zeroi2v import logs, redact
+from zeroi2v.tune.search import run_search
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(redact.mask_config(config_lib.to_dict(cfg)), indent=2, ensure_ascii=False))
         return 0
-    from zeroi2v.tune.search import run_search
 
     result = run_search(raw, resume=args.resume)
     print(f"{len(result.rows)} trials; outputs in {result.output_dir}")

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> AttentionMaps:
     parser.add_argument("--run-id", default=None, help="MLflow run to log the PNG to (attention/)")
     parser.add_argument("--view", type=int, default=0, help="which test view (clip-major) to show")
     args = parser.parse_args(argv)
-    from zeroi2v.use.inference import load_model  # torch: only once work starts
+    # lazy: torch and the extras load once work starts: a fast --help
+    from zeroi2v.use.inference import load_model
     from zeroi2v.use.visualize import visualize
 
     model, cfg = load_model(args.model)

@@ -191,3 +191,45 @@ def test_the_library_imports_no_application():
                 names = [node.module or ""]
             found += [f"{module} imports {n}" for n in names if n.split(".")[0] in apps]
     assert not found, "the library imports an application:\n" + "\n".join(sorted(found))
+
+
+def _function_level_import_runs(tree: ast.Module) -> list[list[ast.stmt]]:
+    """Runs of consecutive import statements inside any function (nested blocks included)."""
+    runs: list[list[ast.stmt]] = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for block in ast.walk(func):
+            for field in ("body", "orelse", "finalbody"):
+                stmts = getattr(block, field, None)
+                if not isinstance(stmts, list):  # absent, or an expression (a lambda's body)
+                    continue
+                run: list[ast.stmt] = []
+                for stmt in [*stmts, None]:
+                    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        run.append(stmt)
+                    elif run:
+                        runs.append(run)
+                        run = []
+    return runs
+
+
+def test_every_function_level_import_says_why_it_is_lazy():
+    """A function-level import hides a dependency from the reader, so it has to buy something:
+    an optional extra, a slow library off a fast path (a launch script's --help), torch kept
+    out of a torch-free module. A ``# lazy: <why>`` comment on the import (or on the line above
+    a run of them) says which; everything else belongs at the top of the module. The library
+    and the applications alike."""
+    apps = [p for app in ("launch", "data_prep") for p in (PACKAGE.parent / app).glob("*.py")]
+    unexplained = []
+    for path in [*module_files().values(), *sorted(apps)]:
+        lines = path.read_text().splitlines()
+        runs = _function_level_import_runs(ast.parse("\n".join(lines), str(path)))
+        for run in {r[0].lineno: r for r in runs}.values():  # a nested def is walked twice
+            first, last = run[0].lineno, run[-1].end_lineno
+            if not any("# lazy:" in line for line in lines[first - 2 : last]):
+                unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{first}")
+    assert not unexplained, (
+        "function-level imports without a `# lazy: <why>` comment (hoist them to the top of "
+        "the module, or say why they must wait):\n" + "\n".join(unexplained)
+    )

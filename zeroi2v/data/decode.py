@@ -55,6 +55,7 @@ class TorchcodecReader:
     builds it, not from the container header's estimate."""
 
     def __init__(self, data: bytes, width: int, height: int, device: str) -> None:
+        # lazy: torchcodec ([data] extra) loads the system's FFmpeg
         from torchcodec.decoders import VideoDecoder  # loads the system's FFmpeg: only when used
         from torchcodec.transforms import Resize
 

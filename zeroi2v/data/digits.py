@@ -37,7 +37,7 @@ _TRAIN_IMAGES = 1200  # images [0, 1200) make training clips, the other 597 vali
 @cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8×8 digits as (N, 16, 16) uint8 (0-255, upscaled 2×), labels."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn (dev only)
 
     data = load_digits()
     images = (data.images * (255 / 16)).round().astype(np.uint8)  # values 0-16 → 0-255

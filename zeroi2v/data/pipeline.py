@@ -52,6 +52,7 @@ from zeroi2v.data.shards import (
     stream_url,
 )
 from zeroi2v.data.transforms import TrainTransform
+from zeroi2v.data.ava import KeyframeLoader, collate_keyframes
 
 __all__ = [
     "SkipCounter",
@@ -93,7 +94,6 @@ def _sample_loader(cfg: Config, *, train: bool, epoch: int = 0) -> tuple[Any, Ca
     """(sample → (clip, target), collate) of the task: classification clips with a label, or
     AVA keyframes with person boxes (`zeroi2v.data.ava`)."""
     if cfg.model.task == "detection":
-        from zeroi2v.data.ava import KeyframeLoader, collate_keyframes
 
         return KeyframeLoader(cfg, train=train, epoch=epoch), collate_keyframes
     if train:

@@ -194,7 +194,7 @@ def job_resume_point(
     hashing and agree on the verdicts, one all-gather per folder examined."""
     if world_size == 1:
         return resume_point(directory, on_damaged)
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: torch (this module stays torch-free)
 
     def agree(why: str | None) -> str | None:
         found: list[str | None] = [None] * world_size
@@ -221,7 +221,7 @@ def job_last_committed(directory: Path, rank: int, world_size: int) -> str | Non
     """
     if world_size == 1:
         return last_committed(directory)
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: torch (this module stays torch-free)
 
     found, error = None, None
     if rank == 0:

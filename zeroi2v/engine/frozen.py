@@ -20,10 +20,13 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from zeroi2v.config import Config
+from zeroi2v.engine.transfer import initialise_from
 from zeroi2v.errors import FrozenBackboneError
+from zeroi2v.models.video import build_model
 
 if TYPE_CHECKING:
     from zeroi2v.engine.transfer import Parent
@@ -41,13 +44,10 @@ def origin(cfg: Config) -> str:
 def build(cfg: Config, parent: Parent | None = None) -> nn.Module:
     """The model exactly as training builds it: seeded (a random backbone and the head's init
     depend on it), then `parent`'s weights (``model.init_from``, `loading.load_parent`)."""
-    from zeroi2v import build_model
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
     if parent is not None:
-        from zeroi2v.engine.transfer import initialise_from
-
         initialise_from(model, parent, cfg)
     return model
 
@@ -92,7 +92,6 @@ def agree(now: dict[str, str], world_size: int) -> None:
     ``model.pretrained`` file that differs between nodes). One all-gather, once per run."""
     if world_size == 1:
         return
-    import torch.distributed as dist
 
     found: list[Any] = [None] * world_size
     dist.all_gather_object(found, now["sha256"])

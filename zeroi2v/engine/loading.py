@@ -19,6 +19,8 @@ from zeroi2v.config import Config, ConfigError
 from zeroi2v.engine import frozen, parallel, tracking, transfer
 from zeroi2v.engine.tracking.model_format import CONFIG_KEY
 from zeroi2v.engine.train_state import CLIENT_FILE, TrainState
+from zeroi2v.models.merge import merge
+from zeroi2v.models.video import build_model
 
 # MLflow's codes for a model name, version or run that is not there (an alias: invalid value)
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -36,7 +38,6 @@ def load_checkpoint_model(path: Path, cfg: Config | None = None) -> tuple[nn.Mod
 
     The config saved with the weights wins; `cfg` is used only when none was saved.
     """
-    from zeroi2v import build_model, merge
 
     path = Path(path)
     if path.is_file():
@@ -80,6 +81,7 @@ def load_model(uri: str | Path, cfg: Config | None = None) -> tuple[nn.Module, C
     """
     text = str(uri)
     if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        # lazy: MLflow ([train]/[serve] extra)
         import mlflow
         from mlflow.exceptions import MlflowException
 

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError, check_batch_sizes
 from zeroi2v.engine import frozen, zero_comm
+from zeroi2v.engine.ckpt_integrity import CheckpointDamagedError, problem
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,14 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     fails instead of waiting forever.
     """
     select_accelerator()
-    import deepspeed
-    import torch.distributed as dist
+    import deepspeed  # lazy: DeepSpeed ([train] extra)
 
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        from deepspeed.accelerator import get_accelerator
+        from deepspeed.accelerator import get_accelerator  # lazy: DeepSpeed ([train] extra)
 
         backend = get_accelerator().communication_backend_name()
         deepspeed.init_distributed(
@@ -108,7 +109,6 @@ def _unlink_shm_allreduce_buffer() -> None:
     barrier every rank has, so the names can go: the mappings live on until the processes
     end, and then the kernel frees the memory, also after a SIGKILL.
     """
-    import torch.distributed as dist
 
     world = dist.get_world_size()
     if os.environ.get("LOCAL_SIZE") != str(world) or torch.cuda.is_available():
@@ -145,13 +145,12 @@ def process_group(timeout_s: float = 1800.0) -> Iterator[DistInfo]:
     A group that already existed (Ray Train's; a test's that trains several times in one
     process) is left to whoever made it.
     """
-    import torch.distributed as dist
 
     made_here = not dist.is_initialized()
     info = init_distributed(timeout_s)
     yield info  # an exception in the block is re-raised here: nothing below runs
     if made_here:
-        from deepspeed import comm
+        from deepspeed import comm  # lazy: DeepSpeed ([train] extra)
 
         dist.barrier()  # every rank is past its last collective
         comm.destroy_process_group()  # torch's, and forgets DeepSpeed's cached groups of it
@@ -169,7 +168,7 @@ def describe_rank(info: DistInfo) -> dict[str, Any]:
 
 
 def device() -> torch.device:
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # lazy: DeepSpeed ([train] extra)
 
     return torch.device(get_accelerator().current_device_name())
 
@@ -254,7 +253,7 @@ def build_engine(
     parameters (`param_groups`); ``deepspeed.initialize``'s ``model_parameters`` is not used
     when an optimizer is given (engine.py `_configure_optimizer`, DeepSpeed 0.19.8).
     """
-    import deepspeed
+    import deepspeed  # lazy: DeepSpeed ([train] extra)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ds_config = zero_comm.fit(ds_config, trainable)
@@ -303,6 +302,7 @@ def deepspeed_safe_globals() -> list[type]:
     """The only non-tensor classes DeepSpeed pickles into its checkpoint files (fp16 loss
     scalers, the ZeRO stage enum, ZeRO's partition slice addresses): allowed by name, so those
     files load with weights_only=True."""
+    # lazy: DeepSpeed ([train] extra)
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -319,6 +319,7 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
 def _weights_only_engine(default: Any) -> Any:
     """DeepSpeed's torch checkpoint engine with a `load` that runs no pickled code (its own
     `load` passes weights_only=False, torch_checkpoint_engine.py in DeepSpeed 0.19.8)."""
+    # lazy: DeepSpeed ([train] extra)
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
@@ -341,8 +342,7 @@ def local_params(engine: Any) -> list[torch.Tensor]:
 
 def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     """Gather the full fp32 module weights on rank 0 (None elsewhere); collective call."""
-    import deepspeed
-    import torch.distributed as dist
+    import deepspeed  # lazy: DeepSpeed ([train] extra)
 
     module = engine.module
     params = list(module.parameters()) if zero_stage(engine) == 3 else []
@@ -384,12 +384,11 @@ def to_universal(directory: Path, tag: str, convert: bool) -> tuple[Path, str]:
     rewrites them per parameter, and ``checkpoint.load_universal`` loads that on any number.
     Collective: every rank waits until the conversion exists.
     """
-    import torch.distributed as dist
 
     out = Path(directory) / "universal"
     done = out / "latest_universal"  # written last: a conversion of `tag` is complete
     if convert and not (done.is_file() and done.read_text() == tag):
-        from deepspeed.checkpoint import ds_to_universal
+        from deepspeed.checkpoint import ds_to_universal  # lazy: DeepSpeed ([train] extra)
 
         args = argparse.Namespace(  # ds_to_universal's command-line options, no process pool
             input_folder=str(Path(directory) / tag),
@@ -455,7 +454,6 @@ def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str
     name = "mp_rank_00_model_states.pt"
     if not (directory / tag / name).is_file():
         name = f"zero_pp_rank_0_{name}"
-    from zeroi2v.engine.ckpt_integrity import CheckpointDamagedError, problem
 
     why = problem(directory / tag)
     if why is not None:  # verified before anything in it is unpickled
@@ -466,6 +464,7 @@ def read_checkpoint_weights(directory: Path, tag: str | None = None) -> dict[str
     if stage > 0:  # trainable weights: the fp32 master copy held in the ZeRO partitions
         # Third-party loader: zero_to_fp32 unpickles the optimizer files with weights_only=False
         # (DeepSpeed 0.19.8, zero_to_fp32.py); they were just checked against the manifest.
+        # lazy: DeepSpeed ([train] extra)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         weights.update(get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag))

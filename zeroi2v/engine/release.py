@@ -21,20 +21,22 @@ from zeroi2v.engine import parallel, tracking
 from zeroi2v.engine.loading import load_checkpoint_model as load_checkpoint_model
 from zeroi2v.engine.loading import load_model as load_model
 from zeroi2v.engine.tasks import task_for
+from zeroi2v.models.compilation import compile_for_inference
+from zeroi2v.models.merge import merge, verify_merge
+from zeroi2v.models.video import build_model
 
 MERGE_TOLERANCE = 1e-4  # fp32 re-association error only, relative to max(1, |logits|)
 
 
 def example_clips(cfg: Config, batch: int = 2) -> torch.Tensor:
     """(B, C, T, H, W) of the first view of the first val clips: the merge check's input."""
-    from zeroi2v.data.pipeline import build_eval_loader
+    from zeroi2v.data.pipeline import build_eval_loader  # lazy: webdataset ([data] extra)
 
     videos = next(iter(build_eval_loader(cfg, rank=0, world_size=1, batch_size=batch)))[0]
     return videos[:, 0].float()  # (B, V, C, T, H, W) → (B, C, T, H, W)
 
 
 def unmerged_from_state_dict(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
-    from zeroi2v import build_model
 
     model = build_model(cfg)
     model.load_state_dict(state)
@@ -43,8 +45,6 @@ def unmerged_from_state_dict(cfg: Config, state: dict[str, torch.Tensor]) -> nn.
 
 def merge_checked(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """`zeroi2v.merge` (a copy), failing loudly when merged logits drift from unmerged ones."""
-    from zeroi2v import merge
-    from zeroi2v.models.merge import verify_merge
 
     merged = merge(model)
     diff = verify_merge(model, merged, example)
@@ -69,7 +69,7 @@ def release_trained(engine: Any, cfg: Config, tracker: Any, score: float) -> str
     """The end of `trainer.train`, on every rank: the trained weights gathered (collective),
     then on rank 0 the model rebuilt in fp32, merged, the merge checked, saved as
     ``merged.pt`` and registered; the registered model's URI, or None (other ranks, no tracker)."""
-    from zeroi2v.data.shards import read_manifest
+    from zeroi2v.data.shards import read_manifest  # lazy: webdataset ([data] extra)
 
     state = parallel.full_state_dict(engine)  # collective (ZeRO-3 gathers); None off rank 0
     if state is None:
@@ -95,7 +95,7 @@ def merge_checkpoint(
     out = save_merged(merged, cfg, out or folder / "merged.pt")
     result: dict[str, Any] = {"merged": str(out), "model_uri": None}
     if register:
-        from zeroi2v.data.shards import read_manifest
+        from zeroi2v.data.shards import read_manifest  # lazy: webdataset ([data] extra)
 
         classes = read_manifest(cfg.data.train_shards)["classes"]
         tracker = tracking.Tracker(cfg)
@@ -111,11 +111,9 @@ def evaluate_model(
 ) -> Any:
     """Multi-view top-1/top-5 of a plain (non-DeepSpeed) model on data.val_shards, one process
     (`metrics.EvalResult`); for ``model.task`` "detection", the frame-level mAP (`MapResult`)."""
-    from zeroi2v.data.pipeline import build_eval_loader
+    from zeroi2v.data.pipeline import build_eval_loader  # lazy: webdataset ([data] extra)
 
     if compile:
-        from zeroi2v.models.compilation import compile_for_inference
-
         compile_for_inference(model.eval(), "cpu")
 
     loader = build_eval_loader(cfg, rank=0, world_size=1, batch_size=cfg.data.eval_batch_size)

@@ -9,13 +9,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from zeroi2v import config as config_lib
 from zeroi2v.engine.tracking.offline import PendingLog
 
 log = logging.getLogger(__name__)
 
 
 def _pending_metrics(pending: PendingLog) -> list[Any]:
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # lazy: MLflow ([train]/[serve] extra)
 
     path = pending.root / "metrics.jsonl"
     if not path.is_file():
@@ -35,9 +36,9 @@ def sync(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
 
     Steps already done are recorded in state.json, so a sync that fails half way can be rerun.
     """
+    # lazy: MLflow ([train]/[serve] extra); torch (this module stays torch-free)
     from mlflow import MlflowClient
 
-    from zeroi2v import config as config_lib
     from zeroi2v.engine.tracking import check_server
 
     pending = PendingLog(run_dir)
@@ -68,6 +69,7 @@ def sync(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
 
 
 def _log_model(cfg: Any, run_id: str, model: dict[str, Any], status: str) -> str | None:
+    # lazy: torch (this module stays torch-free)
     import torch
 
     from zeroi2v.engine.release import load_checkpoint_model

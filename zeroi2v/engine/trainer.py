@@ -43,6 +43,8 @@ from zeroi2v.engine import (
     tracking,
     train_state,
 )
+from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
+from zeroi2v.engine.loading import load_parent
 from zeroi2v.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,6 @@ def _build_model(cfg: Config, parent: Any = None) -> nn.Module:
         # Per block, torch's non-reentrant checkpoint: it works with frozen inputs (reentrant
         # checkpoint drops grads when no input requires grad), with ZeRO-3's parameter hooks
         # and with kwargs; recomputation costs one extra block forward.
-        from zeroi2v.engine.activation_checkpointing import apply_activation_checkpointing
-
         apply_activation_checkpointing(model, cfg.train.activation_checkpointing_every)
     return model
 
@@ -285,7 +285,6 @@ def _engine(
     a resume only once it matches the checkpoint's: taken here, on the model as built, because
     ZeRO-3 partitions it and bf16 casts it once the engine wraps it.
     """
-    from zeroi2v.engine.loading import load_parent
 
     parent = load_parent(cfg)
     if parent is not None and tracker is not None:

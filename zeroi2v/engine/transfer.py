@@ -26,6 +26,8 @@ from pathlib import Path
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError
+from zeroi2v.engine.tracking import tracking_uri
+from zeroi2v.models.merge import merge
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,7 @@ def lineage_tags(uri: str, cfg: Config) -> dict[str, str]:
     tags = {"lineage.parent_uri": uri}
     match = _ALIAS.match(uri)
     if match:
-        from mlflow import MlflowClient
-
-        from zeroi2v.engine.tracking import tracking_uri
+        from mlflow import MlflowClient  # lazy: MLflow ([train]/[serve] extra)
 
         client = MlflowClient(tracking_uri(cfg))
         name = match["name"]
@@ -87,7 +87,6 @@ def initialise_from(model: nn.Module, parent: Parent, cfg: Config) -> str:
 
     Returns a one-line description of what was taken (also logged).
     """
-    from zeroi2v.models.merge import merge
 
     source = parent.model
     if _activations(source.backbone) != _activations(model.backbone):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from zeroi2v.config import ModelConfig
+from zeroi2v.models.clip_options import apply_clip_options
 from zeroi2v.models.stdha import install_temporal_attention
 from zeroi2v.specs import BACKBONES, BackboneSpec
 
@@ -43,14 +44,13 @@ def build_backbone(model_cfg: ModelConfig) -> VideoBackbone:
     """Backbone of `model_cfg.backbone` with `model_cfg.temporal_op` installed."""
     spec = BACKBONES[model_cfg.backbone]
     if spec.family == "swin":
+        # lazy: timm and torchvision, for Swin only
         from zeroi2v.models.swin import build_swin_backbone
 
         kt = model_cfg.temporal_patch_size
         module = build_swin_backbone(spec, model_cfg)
         return VideoBackbone(module, model_cfg.num_frames // kt, feature_dim(module), kt)
     if spec.impl == "open_clip":
-        from zeroi2v.models.clip_options import apply_clip_options
-
         module = apply_clip_options(_open_clip_vit(spec, model_cfg), model_cfg)
     else:
         module = _timm_vit(spec, model_cfg)
@@ -82,6 +82,7 @@ def token_layout(backbone: nn.Module) -> tuple[tuple[int, int], int] | None:
 
 
 def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
+    # lazy: open_clip is slow to import, CLIP only
     from open_clip.transformer import QuickGELU, VisionTransformer
 
     pretrained = model_cfg.pretrained
@@ -99,7 +100,7 @@ def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
         if pretrained is not None:
             _load_local(visual, pretrained, model_cfg.backbone)
         return visual
-    import open_clip
+    import open_clip  # lazy: open_clip is slow to import, CLIP only
 
     # OpenAI's CLIP weights were trained with QuickGELU; open_clip only warns on a mismatch.
     tag_cfg = open_clip.get_pretrained_cfg(spec.library_name, pretrained) if pretrained else {}
@@ -121,6 +122,7 @@ def _open_clip_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
 
 
 def _timm_vit(spec: BackboneSpec, model_cfg: Any) -> nn.Module:
+    # lazy: timm is slow to import, timm models only
     import timm
     from timm.models.vision_transformer import VisionTransformer
 

@@ -30,10 +30,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from zeroi2v.config import Config, ConfigError
+from zeroi2v.models.video import build_model
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +196,6 @@ def _numpy_globals() -> list[Any]:
     """numpy arrays, scalars and dtypes, which mmaction's `meta` may hold beside the tensors
     (e.g. a best score): they rebuild values from bytes and call no other code. Files written
     under numpy 1 (the released ones) name two of them ``numpy.core.multiarray.*``."""
-    import numpy as np
 
     dtypes = [getattr(np.dtypes, name) for name in np.dtypes.__all__]
     multiarray = np._core.multiarray
@@ -252,7 +253,6 @@ def load_official(
 ) -> nn.Module:
     """Our unmerged model (eval mode) carrying the official weights; one offsets list per block
     is also accepted. `cfg` should include `OFFICIAL_RECIPE`."""
-    from zeroi2v.models.video import build_model
 
     model = build_model(cfg)
     blocks = sum(1 for k in official if k.endswith(".attn.in_proj_weight"))

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from zeroi2v.config import Config, from_dict, to_dict
+from zeroi2v.config import MERGEABLE_STRATEGIES, Config, from_dict, to_dict
+from zeroi2v.models.merge import merge
+from zeroi2v.models.video import build_model
 
 MACS_PER_FLOP_COUNT = 2  # FlopCounterMode: one multiply-add = 2 FLOPs; the paper: 1
 
@@ -41,7 +43,6 @@ def _without_weights(cfg: Config, **adapt: Any) -> Config:
 
 
 def _build_on_meta(cfg: Config) -> nn.Module:
-    from zeroi2v import build_model
 
     with torch.device("meta"):
         model = build_model(cfg)
@@ -67,7 +68,6 @@ def profile(cfg: Config, merged: bool = False) -> dict[str, Any]:
     mergeable strategies, None for the others. With `merged`, FLOPs and params are those of the
     merged (deployed) model, else of the model as trained.
     """
-    from zeroi2v import merge
 
     cfg = _without_weights(cfg)
     model = _build_on_meta(cfg)
@@ -108,6 +108,5 @@ def profile(cfg: Config, merged: bool = False) -> dict[str, Any]:
 
 
 def _mergeable() -> tuple[str, ...]:
-    from zeroi2v.config import MERGEABLE_STRATEGIES
 
     return MERGEABLE_STRATEGIES

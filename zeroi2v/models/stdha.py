@@ -238,6 +238,7 @@ def install_temporal_attention(
     ``model.offsets``. `shift_ratio` (R_c) and `shift_fill` are read by the channel-shift
     operators only.
     """
+    # lazy: timm is slow to import, timm models only
     from timm.layers import Attention as TimmAttention
 
     blocks = transformer_blocks(model)

@@ -21,7 +21,9 @@ import torch
 
 from zeroi2v import logs
 from zeroi2v.config import Config, ConfigError, from_dict, to_dict
+from zeroi2v.data.digits import FRAME_SIZE, digit_frames
 from zeroi2v.data.synthetic import CLASSES, render, sample_params
+from zeroi2v.models.video import build_model
 from zeroi2v.specs import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,6 @@ def _digit_batch(
     rng: np.random.Generator, size: int, batch: int, mean: torch.Tensor, std: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames (B, C, 1, H, W) of training-split digits, normalised, and their digit."""
-    from zeroi2v.data.digits import FRAME_SIZE, digit_frames
 
     if size != FRAME_SIZE:
         raise ConfigError(f"model.image_size must be {FRAME_SIZE} for the digits, got {size}")
@@ -104,7 +105,6 @@ def pretrain_tiny_backbone(
 
 
 def _pretrain(cfg: Config, out: str | Path, steps: int, batch: int, seed: int, task: str) -> float:
-    from zeroi2v import build_model
 
     spec = BACKBONES[cfg.model.backbone]
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zeroi2v.config import ConfigError
+from zeroi2v.models.adapters import attach_adapters, mark_trainable
+from zeroi2v.models.backbones import build_backbone, token_layout
+
 
 class VideoClassifier(nn.Module):
     """(B, C, T, H, W) clip → (B, num_classes) logits."""
@@ -54,9 +58,6 @@ class VideoClassifier(nn.Module):
 def build_model(cfg) -> nn.Module:
     """Backbone + temporal operator + adaptation strategy + trainable flags, from a `Config`:
     a `VideoClassifier`, or an `ActionDetector` for ``model.task`` "detection"."""
-    from zeroi2v.config import ConfigError
-    from zeroi2v.models.adapters import attach_adapters, mark_trainable
-    from zeroi2v.models.backbones import build_backbone, token_layout
 
     model_cfg, adapt = cfg.model, cfg.adapt
     if adapt.strategy == "temporal_heads_only" and model_cfg.temporal_op != "stdha":
@@ -87,6 +88,7 @@ def build_model(cfg) -> nn.Module:
         adapter_dropout=adapt.adapter_dropout,
     )
     if model_cfg.task == "detection":
+        # lazy: torchvision, for detection heads only
         from zeroi2v.models.detection import ActionDetector, token_width
 
         model: nn.Module = ActionDetector(

@@ -148,6 +148,7 @@ def trial_points(cfg: Config, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def check_trial(raw: Mapping[str, Any], point: Mapping[str, Any], workers: int) -> None:
     """The trainer's pre-launch checks on one trial's config at the trial's world size."""
+    # lazy: torch (this module stays torch-free)
     from zeroi2v.engine.trainer import check_before_launch
 
     shown = {**point["overrides"], **point.get("head_allocation", {})}
@@ -163,6 +164,6 @@ def check_trial(raw: Mapping[str, Any], point: Mapping[str, Any], workers: int) 
 
 
 def _this_machine() -> dict[str, float]:
-    import torch
+    import torch  # lazy: torch (this module stays torch-free)
 
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}

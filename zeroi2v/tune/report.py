@@ -52,6 +52,7 @@ def trial_rows(grid: Any, cfg: Config, raw: Mapping[str, Any]) -> list[dict[str,
 
 def _train_checkpoint(metrics: Mapping[str, Any]) -> Any:
     """A Ray Train trial's last checkpoint: Ray Train keeps it, Tune sees only its path."""
+    # lazy: Ray ([tune] extra)
     from ray.train import Checkpoint
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
@@ -96,10 +97,10 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
 
 def plot(rows: list[dict[str, Any]], metric: str, out: Path) -> Path:
     """Metric per trial, labelled by allocation; all-spatial trials in grey."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib ([train]/[serve] extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib ([train]/[serve] extra)
 
     shown = [r for r in rows if r[metric] is not None][::-1]  # best at the top
     searched = [c for c in _columns(rows) if "." in c and c != "mlflow_run_id"]
@@ -145,6 +146,7 @@ def register_best(
     trial_cfg = config_lib.from_dict(raw, best["overrides"])
     if not trial_cfg.tracking.enabled or best["checkpoint"] is None:
         return None
+    # lazy: torch (this module stays torch-free)
     import torch
 
     from zeroi2v import merge

@@ -49,6 +49,7 @@ def _local(path: str) -> bool:
 def trial_base(raw: Mapping[str, Any], cfg: Config) -> dict[str, Any]:
     """The base config as trials see it: relative local paths made absolute (trials run in
     other working directories), and the MLflow URI resolved once, here."""
+    # lazy: torch (this module stays torch-free)
     from zeroi2v.engine.tracking import artifact_location, tracking_uri
 
     base = json.loads(json.dumps(raw))
@@ -70,6 +71,7 @@ def trial_base(raw: Mapping[str, Any], cfg: Config) -> dict[str, Any]:
 
 def build_tuner(cfg: Config, raw: Mapping[str, Any], parent_run_id: str | None, restore: bool):
     """A new `Tuner`, or the interrupted one at `storage_path/name` when `restore`."""
+    # lazy: Ray ([tune] extra)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -143,6 +145,7 @@ def _parent_run(cfg: Config, restore: bool) -> str | None:
     """The search's MLflow run (reused on resume, found by its experiment-path tag)."""
     if not cfg.tracking.enabled:
         return None
+    # lazy: MLflow ([train]/[serve] extra); torch (this module stays torch-free)
     from mlflow import MlflowClient
 
     from zeroi2v.engine.tracking import check_server, tracking_uri
@@ -184,7 +187,7 @@ def _init_ray(dashboard: bool) -> bool:
         # A local Ray serves this machine only: keep it on 127.0.0.1, not the network address.
         # Ray reads this when it is first imported, so it is set before the import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    import ray  # lazy: Ray ([tune] extra)
 
     if ray.is_initialized():
         return False
@@ -208,7 +211,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     path = experiment_path(cfg)
     preflight.check_search(cfg, raw)  # every trial's config, before Ray starts
     started = _init_ray(dashboard=cfg.tune.workers_per_trial > 1)  # Ray's first import
-    from ray import tune
+    from ray import tune  # lazy: Ray ([tune] extra)
 
     try:
         restorable = tune.Tuner.can_restore(path)
@@ -216,7 +219,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
             raise RuntimeError(f"--resume: no interrupted search to resume at {path}")
         if restorable:
             log.warning("Resuming the search at %s (change tune.name for a new one).", path)
-        import ray
+        import ray  # lazy: Ray ([tune] extra)
 
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         check_fits(worker_resources(cfg.tune), cfg.tune.workers_per_trial, nodes)
@@ -225,7 +228,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
         grid = tuner.fit()
     finally:
         if started:
-            import ray
+            import ray  # lazy: Ray ([tune] extra)
 
             ray.shutdown()
     out = output_dir(cfg)
@@ -241,6 +244,7 @@ def run_search(raw: Mapping[str, Any], resume: bool = False) -> SearchResult:
     print(f"best config: {best_path}")
     model_uri = report.register_best(raw, rows[0], metric, trial.CKPT)
     if parent is not None:
+        # lazy: MLflow ([train]/[serve] extra); torch (this module stays torch-free)
         from mlflow import MlflowClient
 
         from zeroi2v.engine.tracking import tracking_uri

@@ -18,7 +18,7 @@ from zeroi2v.tune.allocation import model_section, resolve_space
 
 def to_domain(spec: Any, where: str) -> Any:
     """Config spec → Ray domain: ``{"loguniform": [a, b]}``, a list (= choice), a constant."""
-    from ray import tune
+    from ray import tune  # lazy: Ray ([tune] extra)
 
     kinds: dict[str, Callable[..., Any]] = {
         "uniform": tune.uniform,

@@ -31,6 +31,7 @@ from typing import Any
 from zeroi2v import config as config_lib
 from zeroi2v import logs
 from zeroi2v.config import Config
+from zeroi2v.engine.ckpt_integrity import last_committed
 from zeroi2v.tune.allocation import trial_overrides
 
 FAULT_ENV = "ZEROI2V_TUNE_FAULT_FILE"  # tests only: a trial/worker deletes this file, raises once
@@ -68,7 +69,7 @@ def trial_config(
 
 def tag_run(trial_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
     """Name the trainer's MLflow run after the trial and log the trial's shape; its id or ''."""
-    import mlflow
+    import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
     run = mlflow.active_run()  # the trainer's run (None when tracking is off)
     if run is None:
@@ -83,10 +84,10 @@ def tag_run(trial_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
 
 def trainable(trial_config_: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None):
     """Ray function trainable: the training of `launch/train.py` with this trial's overrides."""
+    # lazy: torch (this module stays torch-free); Ray ([tune] extra)
     import torch
     from ray import tune
 
-    from zeroi2v.engine.ckpt_integrity import last_committed
     from zeroi2v.engine.parallel import select_accelerator
     from zeroi2v.engine.trainer import train
 
@@ -141,6 +142,7 @@ def train_driver(
     The job is named after the trial and stored under the trial's folder, so a restarted
     trial (Tune retry, `Tuner.restore`) finds and restores the same job.
     """
+    # lazy: Ray ([tune] extra)
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -210,6 +212,7 @@ def _link_or_copy(source: Path, target: Path) -> int:
 
 def worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DeepSpeed rank of the trial's training."""
+    # lazy: Ray ([tune] extra); torch (this module stays torch-free)
     import ray
     import ray.train
     import torch

@@ -30,6 +30,10 @@ from torch import nn
 
 from zeroi2v import logs
 from zeroi2v.config import Config, from_dict, to_dict
+from zeroi2v.models.compilation import compile_for_inference
+from zeroi2v.models.merge import merge
+from zeroi2v.models.profile import count_macs
+from zeroi2v.models.video import build_model
 
 VARIANTS = ("plain", "unmerged", "merged")
 
@@ -63,7 +67,6 @@ def build_variants(
     compile: bool = False,
     variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, nn.Module]:
-    from zeroi2v import build_model, merge
 
     configs = variant_configs(cfg)
     plain = build_model(configs["plain"]).eval()
@@ -72,8 +75,6 @@ def build_variants(
     models = {"plain": plain, "unmerged": unmerged, "merged": merged}
     models = {name: models[name].to(device) for name in variants}
     if compile:
-        from zeroi2v.models.compilation import compile_for_inference
-
         for model in models.values():
             compile_for_inference(model, device)
     return models
@@ -177,7 +178,6 @@ def efficiency_table(
     batch size it tries; if that batch runs out of memory, throughput is NaN (the latency
     stays). `variants`: fewer models, fewer compilations (the ratio needs plain and merged).
     """
-    from zeroi2v.models.profile import count_macs
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     max_batch = max_batch or (64 if device.type == "cuda" else 4)
@@ -275,7 +275,7 @@ def describe_compilation() -> str:
     """What torch.compile did in this process. A CUDA graph skip (a CPU tensor or an input
     mutation in a graph) means "compiled" timings ran without CUDA graphs, launch-bound again:
     the reason is in the log with ``TORCH_LOGS=cudagraphs``."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # lazy: torch._dynamo is slow to import
 
     graphs = counters["stats"]["unique_graphs"]
     skips = counters["inductor"]["cudagraph_skips"]

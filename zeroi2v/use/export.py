@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from zeroi2v.config import Config, from_dict, to_dict
+from zeroi2v.models.merge import merge
+from zeroi2v.models.video import build_model
 from zeroi2v.use.export_formats import FORMATS, ONNX_EXPORTERS
 
 OPSET = 18
@@ -79,7 +81,6 @@ def adapter_names(names: list[str]) -> list[str]:
 
 def plain_param_count(cfg: Config) -> int:
     """Params of the image backbone + linear head (no adapters), built on the meta device."""
-    from zeroi2v import build_model
 
     raw = to_dict(cfg)
     raw["model"]["pretrained"] = None
@@ -176,7 +177,7 @@ def onnx_names_and_params(path: Path) -> tuple[list[str], int]:
     Integer initializers are index or shape constants (STDHA's frame index, reshapes), not
     weights, so they are not counted as parameters.
     """
-    import onnx
+    import onnx  # lazy: onnx ([export] extra)
 
     graph = onnx.load(str(path)).graph
     float_types = {
@@ -192,7 +193,7 @@ def onnx_names_and_params(path: Path) -> tuple[list[str], int]:
 
 
 def run_onnx(path: Path, clips: torch.Tensor) -> np.ndarray:
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime ([export] extra)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {"clips": clips.numpy()})[0]
@@ -216,7 +217,6 @@ def export(
     checked at batch V and V + 1 (its batch is dynamic), ONNX on two other batches of V clips
     (its batch is static). Writes ``export_report.json`` beside the files.
     """
-    from zeroi2v import merge
 
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from zeroi2v.config import Config
+from zeroi2v.engine.evaluation.metrics import view_scores
 from zeroi2v.engine.tracking.model_format import CLASSES_KEY
+from zeroi2v.models.compilation import compile_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Prediction:
 
 def load_model(uri: str | Path) -> tuple[nn.Module, Config]:
     """`models:/NAME@ALIAS`, a run/model URI or a checkpoint → (eval model on CPU, config)."""
+    # lazy: decord ([data] extra), for checkpoints only
     from zeroi2v.engine.release import load_model as release_load
 
     model, cfg = release_load(uri)
@@ -55,13 +58,13 @@ def class_names(cfg: Config, uri: str | Path | None = None) -> list[str]:
     Falling back to indices is announced (a log warning), never silent.
     """
     if uri is not None and _is_mlflow_uri(str(uri)):
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         metadata = mlflow.models.get_model_info(str(uri)).metadata or {}
         if CLASSES_KEY in metadata:
             return list(metadata[CLASSES_KEY])
     if cfg.data.val_shards:
-        from zeroi2v.data.shards import read_manifest
+        from zeroi2v.data.shards import read_manifest  # lazy: webdataset ([data] extra)
 
         try:
             classes = read_manifest(cfg.data.val_shards)["classes"]
@@ -104,14 +107,12 @@ class VideoPredictor:
         device: str | torch.device = "cpu",
         compile: bool = False,
     ) -> None:
-        from zeroi2v.data.clips import ClipLoader
+        from zeroi2v.data.clips import ClipLoader  # lazy: decord and av ([data] extra)
 
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         if compile:  # the views of every video have one shape: one graph (CUDA graph on GPU)
-            from zeroi2v.models.compilation import compile_for_inference
-
             compile_for_inference(self.model, self.device)
         self.loader = ClipLoader.for_eval(cfg)
         self.skipped: list[tuple[str, str]] = []  # (video, reason) of videos that fail to decode
@@ -132,7 +133,6 @@ class VideoPredictor:
     @torch.no_grad()
     def scores(self, views: Tensor) -> Tensor:
         """(B, V, C, T, H, W) → (B, K) softmax averaged over views (as evaluation does)."""
-        from zeroi2v.engine.evaluation.metrics import view_scores
 
         return view_scores(self.model, views.to(self.device)).cpu()
 

@@ -261,6 +261,7 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
     """MLflow's loader hook: `data_path` is ``<model>/data`` (the pytorch flavor's data);
     `model_config` may set ``device``, ``path_root`` and ``max_request_bytes`` (see the
     module docstring)."""
+    # lazy: MLflow ([train]/[serve] extra)
     import mlflow
     from mlflow.models import Model
 

@@ -23,6 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from zeroi2v.config import Config
+from zeroi2v.engine.tracking import tracking_uri
+from zeroi2v.models.adapters import transformer_blocks
+from zeroi2v.models.backbones import token_layout
+from zeroi2v.models.stdha import TemporalMixing
+from zeroi2v.models.stdha_shift import time_index
+from zeroi2v.use.inference import VideoPredictor, read_video
 
 
 @dataclass
@@ -37,8 +43,6 @@ class AttentionMaps:
 
 def last_attention(model: nn.Module) -> nn.Module:
     """The STDHA module of the last ViT block (Swin's window attention has no [CLS])."""
-    from zeroi2v.models.adapters import transformer_blocks
-    from zeroi2v.models.stdha import TemporalMixing
 
     blocks = transformer_blocks(getattr(model, "backbone", model))
     if not blocks or not isinstance(blocks[-1].attn, TemporalMixing):
@@ -95,6 +99,7 @@ def head_groups(offsets: list[int]) -> list[tuple[str, int, list[int]]]:
 
 def _display_frames(clip: Tensor) -> np.ndarray:
     """(1, C, T, H, W) normalised clip → (T, H, W, 3) in [0, 1]."""
+    # lazy: torchvision, to show frames only
     from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD
 
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1)
@@ -106,8 +111,6 @@ def _display_frames(clip: Tensor) -> np.ndarray:
 @torch.no_grad()
 def attention_maps(model: nn.Module, clip: Tensor) -> AttentionMaps:
     """Maps of the last block for one clip (1, C, T, H, W)."""
-    from zeroi2v.models.backbones import token_layout
-    from zeroi2v.models.stdha_shift import time_index
 
     if clip.dim() != 5 or clip.shape[0] != 1:
         raise ValueError(f"expected one clip (1, C, T, H, W), got shape {tuple(clip.shape)}")
@@ -131,10 +134,10 @@ def attention_maps(model: nn.Module, clip: Tensor) -> AttentionMaps:
 
 def plot_attention(result: AttentionMaps, path: str | Path | None = None, title: str = ""):
     """One row per head group, one column per frame; each map over the frame it looks at."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib ([train]/[serve] extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib ([train]/[serve] extra)
 
     rows, cols = result.maps.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1, 1.6 * rows + 0.6), squeeze=False)
@@ -174,9 +177,7 @@ def visualize(
     view: int = 0,
 ) -> AttentionMaps:
     """Maps for test view `view` of `video`, saved as a PNG at `out` (and to MLflow run)."""
-    import matplotlib.pyplot as plt
-
-    from zeroi2v.use.inference import VideoPredictor, read_video
+    import matplotlib.pyplot as plt  # lazy: matplotlib ([train]/[serve] extra)
 
     data, name = read_video(video)
     views = VideoPredictor(model, cfg).views(data, name)  # (V, C, T, H, W)
@@ -186,9 +187,7 @@ def visualize(
     fig = plot_attention(result, out, title=f"{Path(name).name}: last block, [CLS]→patches")
     plt.close(fig)
     if run_id is not None:
-        import mlflow
-
-        from zeroi2v.engine.tracking import tracking_uri
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         mlflow.MlflowClient(tracking_uri(cfg)).log_artifact(run_id, str(out), "attention")
     return result

@@ -52,7 +52,7 @@ def best_version(client: Any, name: str) -> str | None:
 
 
 def _current(client: Any, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: MLflow ([train]/[serve] extra)
 
     try:
         return str(client.get_model_version_by_alias(name, ALIAS).version)

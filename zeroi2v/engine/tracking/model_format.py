@@ -17,6 +17,7 @@ The resolved config and the class names travel as model metadata (`CONFIG_KEY`,
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ def signature():
     the request (a ``vid`` column arrived as no columns and no rows), so the pyfunc checks its
     own input (``video`` / ``path`` columns, `zeroi2v.use.serving`) and names what it got.
     """
+    # lazy: MLflow ([train]/[serve] extra)
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
@@ -67,7 +69,7 @@ def save_model(
     **kwargs: Any,
 ) -> None:
     """Flavor hook for `mlflow.models.Model.log`: pytorch flavor + our pyfunc loader."""
-    import mlflow
+    import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
     metadata = {**(mlflow_model.metadata or {}), **(kwargs.pop("metadata", None) or {})}
     metadata[CONFIG_KEY] = mask_config(to_dict(cfg))  # the registry never sees credentials
@@ -106,9 +108,8 @@ def log_pyfunc_model(
     The signature is the pyfunc's (videos in, labels out); no input example is stored
     (a video would have to be embedded in every logged model).
     """
-    import sys
 
-    from mlflow.models import Model
+    from mlflow.models import Model  # lazy: MLflow ([train]/[serve] extra)
 
     if pip_requirements is None:
         names = ("torch", "timm", "open_clip_torch", "decord", "torchvision", "mlflow")

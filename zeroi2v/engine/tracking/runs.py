@@ -77,7 +77,7 @@ def artifact_location(cfg: Config, uri: str) -> str | None:
 
 def experiment_id(client: Any, cfg: Config, uri: str) -> str:
     """The id of `tracking.experiment`, created on first use (two runs may race to create it)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: MLflow ([train]/[serve] extra)
 
     name = cfg.tracking.experiment
     experiment = client.get_experiment_by_name(name)
@@ -121,7 +121,7 @@ def _http_limits(timeout: int, retries: int, *, override: bool = True):
 
 def check_server(uri: str) -> None:
     """Fail before training, in one sentence, when the tracking server can't be reached."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: MLflow ([train]/[serve] extra)
 
     with _http_limits(timeout=15, retries=1):  # quick, but a busy server may be slow
         try:
@@ -207,6 +207,7 @@ class Tracker:
         parent_run_id: str | None = None,
         offline_fallback: bool = True,
     ):
+        # lazy: MLflow ([train]/[serve] extra)
         import mlflow
         from mlflow import MlflowClient
 
@@ -241,6 +242,7 @@ class Tracker:
         """Run one MLflow request; False (and offline from now on) when the server fails."""
         if self.offline:
             return False
+        # lazy: MLflow ([train]/[serve] extra); requests (comes with MLflow)
         from mlflow.exceptions import MlflowException
         from requests import RequestException
 
@@ -265,22 +267,23 @@ class Tracker:
 
     def set_lineage(self, tags: dict[str, str]) -> None:
         """Record the parent model (``model.init_from``) on the run and, later, on the version."""
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         self.lineage = dict(tags)
         self._send(lambda: mlflow.set_tags(self.lineage))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         self.step = step
         if not self._send(lambda: mlflow.log_metrics(metrics, step=step)):
             self.pending.metrics(metrics, step)
 
     def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int) -> None:
-        import matplotlib
+        import matplotlib  # lazy: matplotlib ([train]/[serve] extra)
 
         matplotlib.use("Agg")
+        # lazy: matplotlib ([train]/[serve] extra); MLflow ([train]/[serve] extra)
         import matplotlib.pyplot as plt
         import mlflow
 
@@ -338,7 +341,7 @@ class Tracker:
     def _register(
         self, merged: nn.Module, val_top1: float | None, classes: list[str] | None
     ) -> str:
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         info = log_pyfunc_model(merged, self.cfg, classes, name="model")
         if not self.cfg.tracking.register_model:
@@ -353,7 +356,7 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run; never raises (the training it tracks is done either way)."""
-        import mlflow
+        import mlflow  # lazy: MLflow ([train]/[serve] extra)
 
         if self._send(lambda: mlflow.end_run(status=status)):
             return
