@@ -45,6 +45,16 @@ TINY_ENGINE_OVERRIDES: dict[str, Any] = {
 }
 
 
+# ZeRO-3 as a full-size model runs it: every forward gathers every parameter. By default
+# DeepSpeed keeps parameters under 1e5 elements whole (all of the tiny model's) and keeps the
+# gathered ones that a step reuses, so that a tiny model's forwards need no collective at all.
+ZERO3_GATHER_EVERY_FORWARD = {
+    "stage3_param_persistence_threshold": 0,
+    "stage3_max_reuse_distance": 0,
+    "stage3_max_live_parameters": 0,
+}
+
+
 def tiny_raw(shards: Path, out: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """configs/tiny_cpu.json pointed at `shards` and `out`, with per-section updates."""
     raw = json.loads((REPO / "configs" / "tiny_cpu.json").read_text())

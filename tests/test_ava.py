@@ -30,7 +30,13 @@ from data_prep.inspect import LABEL_HEIGHT, contact_sheet, count
 from data_prep.shard_writer import KILL_HOOK
 from data_prep.synthetic_ava import LABEL_MAP, START, shard_args, write_set
 from launch.evaluate import main as evaluate
-from tests.engine_helpers import losses, run_train, tiny_raw, write_config
+from tests.engine_helpers import (
+    ZERO3_GATHER_EVERY_FORWARD,
+    losses,
+    run_train,
+    tiny_raw,
+    write_config,
+)
 from zeroi2v import build_model, merge
 from zeroi2v.config import from_dict
 from zeroi2v.data.pipeline import build_eval_loader
@@ -405,16 +411,6 @@ def test_detection_configs_that_cannot_work_are_refused():
         from_dict({"model": {"task": "detection"}, "data": {"augment_on": "device"}})
 
 
-# ZeRO-3 as a full-size model runs it: every forward gathers every parameter. By default
-# DeepSpeed keeps parameters under 1e5 elements whole (all of the tiny model's) and keeps the
-# gathered ones that a step reuses, so that a tiny model's forwards need no collective at all.
-_GATHER_EVERY_FORWARD = {
-    "stage3_param_persistence_threshold": 0,
-    "stage3_max_reuse_distance": 0,
-    "stage3_max_live_parameters": 0,
-}
-
-
 def _zero3_run(ava_shards: Path, out: Path) -> dict[str, Any]:
     """2 processes under ZeRO 3: the val shards hold 10 + 8 keyframes, one shard per rank, so
     rank 0 has 10 evaluation batches and rank 1 8; proposals below 0.92 are dropped, which
@@ -435,7 +431,7 @@ def _zero3_run(ava_shards: Path, out: Path) -> dict[str, Any]:
         deepspeed={
             "train_micro_batch_size_per_gpu": 2,
             "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": 3, **_GATHER_EVERY_FORWARD},
+            "zero_optimization": {"stage": 3, **ZERO3_GATHER_EVERY_FORWARD},
         },
     )
 

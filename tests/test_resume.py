@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from engine_helpers import (
+    ZERO3_GATHER_EVERY_FORWARD,
     assert_continues,
     become_rank,
     clean_env,
@@ -154,7 +155,7 @@ def test_two_process_zero3_resume_matches_uninterrupted_run(synthetic_shards, tm
         "train_micro_batch_size_per_gpu": 4,
         "gradient_accumulation_steps": 1,
         "train_batch_size": 8,
-        "zero_optimization": {"stage": 3},
+        "zero_optimization": {"stage": 3, **ZERO3_GATHER_EVERY_FORWARD},
     }
     raws = [
         tiny_raw(synthetic_shards, tmp_path / name, deepspeed=ds, **SECTIONS)
@@ -209,7 +210,7 @@ def test_two_process_checkpoints_resume_on_one_process_for_zero_0_and_3(syntheti
         ds = {
             "train_micro_batch_size_per_gpu": 4,
             "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": stage},
+            "zero_optimization": {"stage": stage, **ZERO3_GATHER_EVERY_FORWARD},
         }
         raws[stage] = tiny_raw(
             synthetic_shards,

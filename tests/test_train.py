@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from engine_helpers import (
+    ZERO3_GATHER_EVERY_FORWARD,
     become_rank,
     end_rank,
     free_port,
@@ -27,6 +28,7 @@ from zeroi2v.config import ConfigError
 
 PARITY_RUNS = [(0, False), (1, False), (2, False), (3, False), (0, True), (3, True)]
 PARITY_STEPS = 3
+GATHER = ZERO3_GATHER_EVERY_FORWARD  # ignored by stages 0-2
 
 
 def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str) -> None:
@@ -44,6 +46,7 @@ def _parity_worker(rank: int, world: int, port: int, raw: dict, result_file: str
             {
                 "deepspeed.zero_optimization.stage": stage,
                 "train.activation_checkpointing": checkpointing,
+                **{f"deepspeed.zero_optimization.{k}": v for k, v in GATHER.items()},
             },
         )
         ds = parallel.deepspeed_config(cfg, world)
