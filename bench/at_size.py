@@ -242,7 +242,7 @@ def run_case(args: argparse.Namespace, name: str, zero: int) -> dict[str, Any]:
         shards = make_shards(base, args.work)
     out = work / "run"
     extra = overrides(args, name, zero, shards, out)
-    config.load(source, extra)  # a combination the framework refuses (detection + ZeRO 3) says so
+    config.load(source, extra)  # a combination the framework refuses says so here
     load_before = os.getloadavg()[1]  # the machine's load: what the timings ran beside
     row: dict[str, Any] = {
         "config": name,
