@@ -72,14 +72,18 @@ def test_encodings_give_the_same_frames(tmp_path, name):
 
 def test_damaged_videos_fail_alike(tmp_path):
     """The lying header: early frames are equal (decord's threaded decoder reads packets ahead
-    and may fail on the empty ones past frame 11, see test_decode_truth), a frame past them
+    and may fail on the empty ones past frame 11, even when asked for early frames, see
+    test_decode_truth; seen once in a fresh clone's 2-worker run), a frame past them
     raises (decord
     counts the header's 48, torchcodec's packet scan 12: the shard's count caps both);
     garbage in the stream and bytes that are no video cannot open in either."""
     clip = variants.write(tmp_path / "clip.mp4", CLIP).read_bytes()
     lying = variants.lying_header(clip, keep=KEEP)
-    a, b = _both(lying, [0, 3, 6])  # at the stored size: pixel for pixel
-    assert np.array_equal(a, b)
+    b = read_frames(open_video(lying, decoder="torchcodec"), [0, 3, 6])
+    try:  # at the stored size: pixel for pixel
+        assert np.array_equal(read_frames(open_video(lying, decoder="decord"), [0, 3, 6]), b)
+    except CorruptVideoError as error:  # decord's read-ahead met the empty packets first
+        assert "cannot decode frames" in str(error)  # (timing decides; loaders skip the sample)
     for decoder in ("decord", "torchcodec"):
         reader = open_video(lying, decoder=decoder)
         assert frame_count(reader, KEEP) == KEEP

@@ -24,7 +24,7 @@ info = parallel.init_distributed(timeout_s=120)
 total = torch.full((4,), float(info.rank + 1))
 comm.inference_all_reduce(total)  # DeepSpeed's shm path, through the mappings kept
 print(f"rank {info.rank} sum {total[0].item():.0f}", flush=True)
-time.sleep(300)  # until the test kills the job
+time.sleep(120)  # until the test kills the job
 """
 
 
@@ -47,7 +47,7 @@ def test_a_killed_two_rank_job_leaves_no_allreduce_buffer_in_dev_shm(tmp_path):
     said = []
     try:
         deadline = time.monotonic() + 240
-        while sum("sum 3" in line for line in said) < 2:
+        while "".join(said).count("sum 3") < 2:  # the ranks' lines may share one line
             assert time.monotonic() < deadline and job.poll() is None, "".join(said)[-3000:]
             said.append(job.stdout.readline())
         # both ranks are alive and all-reduced through the buffers; their names are gone
