@@ -72,7 +72,7 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     share one code path. A collective that makes no progress for `timeout_s` (a lost node)
     fails instead of waiting forever.
     """
-    select_accelerator()
+    accelerator = select_accelerator()
     import deepspeed  # lazy: DeepSpeed ([train] extra)
 
     if not dist.is_initialized():
@@ -86,7 +86,8 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         deepspeed.init_distributed(
             dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout_s)
         )
-        _unlink_shm_allreduce_buffer()
+        if accelerator == "cpu":  # only DeepSpeed's CPU accelerator has the shm op
+            _unlink_shm_allreduce_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -109,10 +110,8 @@ def _unlink_shm_allreduce_buffer() -> None:
     barrier every rank has, so the names can go: the mappings live on until the processes
     end, and then the kernel frees the memory, also after a SIGKILL.
     """
-
-    world = dist.get_world_size()
-    if os.environ.get("LOCAL_SIZE") != str(world) or torch.cuda.is_available():
-        return  # DeepSpeed makes the buffers only when every rank is local, on CPU
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return  # DeepSpeed makes the buffers only when every rank is on this machine
     dist.barrier()
     name = "_".join(
         [
