@@ -19,7 +19,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from zeroi2v import logs
 from zeroi2v.engine.evaluation.ava_map import (
     DETECTIONS_PER_FRAME,
     Detection,
@@ -30,7 +29,7 @@ from zeroi2v.engine.evaluation.ava_map import (
     ground_truth_of,
     scored_detections,
 )
-from zeroi2v.engine.evaluation.metrics import in_lockstep
+from zeroi2v.engine.evaluation.metrics import eval_batches
 
 
 class MultiLabelLoss(nn.Module):
@@ -98,9 +97,7 @@ def evaluate_detection(
     def on_device(clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         return forward(clips.to(device, dtype), rois.to(device, dtype))
 
-    # iter(): the eval loader's length depends on the data (`logs.progress` would ask for it)
-    unsized = in_lockstep(loader, device) if lockstep else iter(loader)
-    batches = logs.progress(unsized, desc="eval", disable=not progress, leave=False)
+    batches = eval_batches(loader, device, lockstep=lockstep, progress=progress)
     keys, truth, found = collect_detections(on_device, batches, num_classes)
     if not keys:
         raise RuntimeError("evaluation saw no keyframes; check data.val_shards")

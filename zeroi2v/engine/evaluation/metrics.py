@@ -75,6 +75,16 @@ def in_lockstep(batches: Iterable[T], device: torch.device) -> Iterator[T | None
         yield batch
 
 
+def eval_batches(
+    loader: Iterable[T], device: torch.device, *, lockstep: bool, progress: bool
+) -> Iterator[T | None]:
+    """`loader`'s batches for an evaluation, behind a progress bar when `progress`; with
+    `lockstep` (ZeRO-3) followed by None until every rank is done (`in_lockstep`)."""
+    # iter(): `logs.progress` would ask the loader for a length it does not have
+    batches = in_lockstep(loader, device) if lockstep else iter(loader)
+    return logs.progress(batches, desc="eval", disable=not progress, leave=False)
+
+
 @torch.no_grad()
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -95,10 +105,8 @@ def evaluate(
     k = min(5, num_classes)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, total
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
-    # iter(): `logs.progress` would ask the loader for a length it does not have
-    batches = in_lockstep(loader, device) if lockstep else iter(loader)
     last = None
-    for batch in logs.progress(batches, desc="eval", disable=not progress, leave=False):
+    for batch in eval_batches(loader, device, lockstep=lockstep, progress=progress):
         if batch is None:  # this rank is done, another is not
             view_scores(forward, last.to(device, dtype))
             continue
