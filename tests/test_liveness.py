@@ -84,6 +84,7 @@ import os, sys, time
 from datetime import timedelta
 import torch, torch.distributed as dist
 from zeroi2v.engine import liveness
+from zeroi2v.engine.process_exit import exit_without_teardown
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", timeout=timedelta(seconds=30))
 try:
@@ -94,8 +95,7 @@ try:
             if rank == 0 and step == 20:
                 os._exit(9)  # rank 0's node dies, the store it hosts with it
 except liveness.LostRankError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    exit_without_teardown(f"error: {error}")  # as launch/train.py ends: sys.exit may SIGABRT
 """
 
 
