@@ -5,6 +5,7 @@ other rank."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,4 +54,5 @@ def test_a_rank_without_a_sample_stops_in_one_sentence_and_its_peer_is_not_left_
         "give data.val_shards at least one sample per process",
     }
     # rank 0 ran its batch; its next collective failed at once, not after the 20 s timeout
-    assert ranks[0]["seen"] == ["a"] and "Connection closed by peer" in ranks[0]["error"]
+    assert ranks[0]["seen"] == ["a"]
+    assert re.search("Connection (closed|reset) by peer", ranks[0]["error"]), ranks[0]["error"]
