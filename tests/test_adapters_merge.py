@@ -205,3 +205,33 @@ def test_st_adapter_matches_a_per_token_temporal_conv_reference():
                 mixed[:, t] += z[:, t + dt] * w[:, tap]
     want = x + adapter.up(mixed.flatten(0, 1))
     assert (adapter(x) - want).abs().max() < 1e-12
+
+
+def test_merge_checked_merges_in_place_from_two_forwards() -> None:
+    """The release's merge: the model itself (no second fp32 copy on rank 0 at the end of
+    training), one unmerged and one merged forward, logits as the unmerged model's."""
+    from zeroi2v.engine.release import merge_checked
+
+    model, clip = _build("zeroi2v"), _clip()
+    with torch.no_grad():
+        unmerged = model(clip)
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    merged = merge_checked(model, clip)
+    assert merged is model and not adaptations(merged) and len(forwards) == 2
+    with torch.no_grad():
+        assert (merged(clip) - unmerged).abs().max() <= 1e-5
+
+
+def test_merge_checked_refuses_a_wrong_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zeroi2v.engine import release
+
+    def merge_and_spoil(model: nn.Module, inplace: bool = False) -> nn.Module:
+        merged = merge(model, inplace)
+        with torch.no_grad():
+            list(merged.parameters())[-1].add_(1.0)  # the head's bias: every logit moves by 1
+        return merged
+
+    monkeypatch.setattr(release, "merge", merge_and_spoil)
+    with pytest.raises(RuntimeError, match="the merge is wrong, not saving it"):
+        release.merge_checked(_build("zeroi2v"), _clip())
