@@ -18,8 +18,9 @@ from zeroi2v.models.adapters import merge_adapters
 
 
 def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The merged model: a deep copy by default (so the trainer can `verify_merge` against
-    the original), or `model` itself with ``inplace=True``. Idempotent.
+    """The merged model: a deep copy by default (so the original stays to `verify_merge`
+    against), or `model` itself with ``inplace=True`` (the release does that, having kept the
+    unmerged logits: no second copy of a large model). Idempotent.
 
     Raises ValueError for strategies with non-linear adapters (gelu_adapter, st_adapter).
     """
