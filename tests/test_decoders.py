@@ -10,6 +10,8 @@ scales with swscale's bicubic filter, torchcodec's Resize is bilinear (at short 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,12 @@ def test_the_tolerances_above_are_needed(tmp_path):
     data = variants.write(tmp_path / "c.mp4", CLIP).read_bytes()
     a, b = _both(data, [0, 20], short_side=40, size=(96, 64))
     assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_a_torchcodec_without_ffmpeg_stops_in_one_sentence(monkeypatch):
+    """torchcodec loads the system's FFmpeg on import: where that fails, the loader says how to
+    mend it before any sample, instead of skipping every video as corrupt."""
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # its import now fails
+    with pytest.raises(ConfigError, match=r"make sysdeps`\) or set data.decoder=decord$"):
+        check_decoder("torchcodec", "cpu")
+    check_decoder("decord", "cpu")

@@ -47,6 +47,20 @@ def check_decoder(decoder: str, device: str) -> None:
             "data.decode_device is 'cuda' but torch sees no CUDA device on this machine; "
             "set data.decode_device=cpu"
         )
+    if decoder == "torchcodec":
+        _load_torchcodec()
+
+
+def _load_torchcodec() -> None:
+    """torchcodec loads the system's FFmpeg libraries when imported (pip cannot install them):
+    where they are missing, say so once and how to mend it."""
+    try:
+        import torchcodec.decoders  # noqa: F401  lazy: loads the system's FFmpeg ([data] extra)
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise ConfigError(
+            f"data.decoder 'torchcodec' cannot load on this machine ({decoder_detail(exc)}); "
+            "install FFmpeg's shared libraries (Debian: `make sysdeps`) or set data.decoder=decord"
+        ) from exc
 
 
 class TorchcodecReader:
