@@ -1,6 +1,7 @@
 """Paper Table 1 (a): every zero-cost temporal operator, same budget, N seeds, on a task.
 
-    python bench/table1.py --task digits [--seeds 0 1 2] [--budgets 30 120] [--batch 8] [--out t.md]
+    python bench/table1.py --task digits [--seeds 0 1 2] [--budgets 300 1200] [--batch 16] \
+        [--out t.md]
     python bench/table1.py [--task motion] [--seeds 0 1 2] [--epochs 3] [--steps-per-epoch 64] \
         [--batch 8] [--shards data/synthetic_shards] [--pretrained data/tiny_vit_image.pt]
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--task", choices=["motion", "digits"], default="motion")
     parser.add_argument(
-        "--budgets", nargs="+", type=int, default=[30, 120], help="digits: steps per run"
+        "--budgets", nargs="+", type=int, default=[300, 1200], help="digits: steps per run"
     )
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "tiny_cpu.json")
     parser.add_argument("--shards", type=Path, default=REPO / "data" / "synthetic_shards")
