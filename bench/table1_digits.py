@@ -67,8 +67,8 @@ def pretrained_backbone(workdir: Path, steps: int = 3000, batch: int = 64) -> Pa
     """The digit-classifying backbone every run starts from (made once, seed 0).
 
     3000 steps × 64 frames (~2.5 min on 2 cores) classify the digits (0.98 on the last batch):
-    the task asks whether frozen features that carry appearance are kept intact, and 400 × 32
-    (0.66) left too little appearance for any operator to learn the order in 1200 steps.
+    the task asks whether the operators keep frozen features that carry appearance intact, and
+    400 × 32 (0.66) gave features that barely told the digits apart.
     """
     out = workdir / f"{BACKBONE}_digits_{steps}x{batch}.pt"
     if not out.is_file():
