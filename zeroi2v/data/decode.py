@@ -55,7 +55,8 @@ def _load_torchcodec() -> None:
     """torchcodec loads the system's FFmpeg libraries when imported (pip cannot install them):
     where they are missing, say so once and how to mend it."""
     try:
-        import torchcodec.decoders  # noqa: F401  lazy: loads the system's FFmpeg ([data] extra)
+        # lazy: loads the system's FFmpeg, only for data.decoder torchcodec
+        import torchcodec.decoders  # noqa: F401
     except (ImportError, OSError, RuntimeError) as exc:
         raise ConfigError(
             f"data.decoder 'torchcodec' cannot load on this machine ({decoder_detail(exc)}); "
