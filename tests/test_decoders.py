@@ -138,7 +138,7 @@ def test_the_tolerances_above_are_needed(tmp_path):
 
 def test_a_torchcodec_without_ffmpeg_stops_in_one_sentence(monkeypatch):
     """torchcodec loads the system's FFmpeg on import: where that fails, the loader says how to
-    mend it before any sample, instead of skipping every video as corrupt."""
+    mend it before any sample, instead of torchcodec's own import error out of the first one."""
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # its import now fails
     with pytest.raises(ConfigError, match=r"make sysdeps`\) or set data.decoder=decord$"):
         check_decoder("torchcodec", "cpu")
