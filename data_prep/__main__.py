@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_prep.video_io import FAST_DECODE, KEYFRAME_INTERVAL, Encoding
+from data_prep.video_io import BFRAMES, FAST_DECODE, KEYFRAME_INTERVAL, Encoding
 
 EXIT_SKIPPED = 3
 
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         default=KEYFRAME_INTERVAL,
         help="key frame every N frames when re-encoding (copied files keep the source's); "
         "shorter decodes a training clip faster, larger files",
+    )
+    shard.add_argument(
+        "--bframes",
+        type=int,
+        default=BFRAMES,
+        help="B-frames between reference frames when re-encoding (x264's preset: 3); 0 decodes "
+        "each frame without a later one first: faster training decode, larger files",
     )
     shard.add_argument(
         "--fast-decode",
@@ -160,7 +167,7 @@ def _writing(args: argparse.Namespace) -> dict[str, Any]:
     """The shard-writing options that every source (`shard_split`, `shard_ava`) takes."""
     return {
         "short_side": args.short_side,
-        "encoding": Encoding(args.crf, args.keyframe_interval, args.fast_decode),
+        "encoding": Encoding(args.crf, args.keyframe_interval, args.fast_decode, args.bframes),
         "shard_size": args.shard_size,
         "workers": args.workers,
         "overwrite": args.overwrite,

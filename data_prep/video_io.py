@@ -24,26 +24,32 @@ MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's demuxer name for the mp4 fami
 # heights 16..48 (the height does not matter); every other even width reads back.
 DECORD_UNREADABLE_WIDTHS = frozenset({2, 4, 6, 8, 12, 16, 24, 48, 72})
 # Re-encoding defaults, chosen for the training reader's speed (docs/data.md, bench/RESULTS.md):
-# decord seeks to the key frame before each wanted frame and decodes from there, so at K400's
-# length (250 frames, 8 frames every 16) a key frame every 8 frames and x264's fastdecode tune
-# (no CABAC, no deblocking) decode 2.5-3x as many clips per core as x264's defaults (key frame
-# every 250, CABAC) on real footage, for 1.6-2.2x the bytes (bench/encodings.py).
-KEYFRAME_INTERVAL = 8
+# both decoders seek to the key frame before each wanted frame and decode from there, so at
+# K400's length (250 frames, 8 frames every 16) short GOPs and x264's fastdecode tune (no CABAC,
+# no deblocking) decode 2.5-3x as many clips per core as x264's defaults (key frame every 250,
+# CABAC) on real footage (bench/encodings.py). Without B-frames no frame waits on a later one
+# being decoded first: a key frame every 4 and no B-frames feed 1.2-1.4x the training clips per
+# worker core of every 8 with x264's 3 B-frames, for 1.42x the bytes (bench/loader.py --feed).
+KEYFRAME_INTERVAL = 4
+BFRAMES = 0
 FAST_DECODE = True
 
 
 @dataclass(frozen=True)
 class Encoding:
-    """x264 settings for lossy writes: quality, key-frame interval (frames), fastdecode tune."""
+    """x264 settings for lossy writes: quality, key-frame interval (frames), fastdecode tune,
+    B-frames between references."""
 
     crf: int = 18
     keyframe_interval: int = KEYFRAME_INTERVAL
     fast_decode: bool = FAST_DECODE
-    bframes: int | None = None  # None: x264's preset (3); 0 measured within ±10 % (bench)
+    bframes: int | None = BFRAMES  # None: x264's preset (3)
 
     def __post_init__(self) -> None:
         if self.keyframe_interval < 1:
             raise ValueError(f"--keyframe-interval must be >= 1, got {self.keyframe_interval}")
+        if self.bframes is not None and not 0 <= self.bframes <= 16:
+            raise ValueError(f"--bframes must be within 0..16 (x264's range), got {self.bframes}")
 
     def x264_options(self) -> dict[str, str]:
         """mbtree (macroblock-tree rate control) is off: with AVX-512, x264 (core 165, PyAV 18)
