@@ -109,6 +109,35 @@ def test_loader_bench_small_measures_every_stage():
     assert [r[4].strip() == "—" for r in rows] == [True] * 5 + [False] * 2  # workers measured
 
 
+def test_feed_bench_takes_encoding_specs_and_prints_their_bytes():
+    """``--encodings`` names data_prep's default or any ``kf<N>[-bf<M>]``: each is encoded as
+    it says, its bytes printed, and it gets a row per recipe; a spec it cannot read is one
+    sentence naming the accepted forms."""
+    out = _run(sys.executable, "bench/loader.py", "--feed",
+               *("--clips", "4", "--rounds", "1", "--size", "96x64", "--frames", "24"),
+               *("--decoders", "decord", "--clips-per-decode", "2"),
+               *("--encodings", "data_prep", "kf8-bf3"))  # fmt: skip
+    assert (
+        "96x64 data_prep: Encoding(crf=18, keyframe_interval=4, fast_decode=True, bframes=0)" in out
+    )
+    assert (
+        "96x64 kf8-bf3: Encoding(crf=18, keyframe_interval=8, fast_decode=True, bframes=3)" in out
+    )
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ViT")]
+    assert [(r[0].strip(), r[3].strip()) for r in rows] == [
+        (recipe, encoding)
+        for encoding in ("data_prep", "kf8-bf3")
+        for recipe in ("ViT-B/16 8f", "ViT-L/14 32f")
+    ]
+    assert all(float(r[6]) > 0 for r in rows)  # clips/s per worker core
+    bad = subprocess.run(
+        [sys.executable, "bench/loader.py", "--feed", "--encodings", "kf8-b3"],
+        cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "--encodings 'kf8-b3': one of ['data_prep', 'intra', 'x264'] or kf" in bad.stderr
+
+
 def test_encodings_bench_small_times_every_setting():
     out = _run(sys.executable, "bench/encodings.py",
                *("--clips", "2", "--intervals", "250", "8", "--size", "96x64"))  # fmt: skip
