@@ -66,7 +66,7 @@ import webdataset as wds
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from data_prep.video_io import Encoding, encode_rgb
+from data_prep.video_io import BFRAMES, Encoding, encode_rgb
 from zeroi2v.config import Config, from_dict, load
 from zeroi2v.data import build_train_loader
 from zeroi2v.data.clips import ClipLoader, seed_from
@@ -95,8 +95,11 @@ def encoding(name: str) -> Encoding:
     spec = re.fullmatch(r"kf(\d+)(?:-bf(\d+))?", name)
     if spec is None:
         raise argparse.ArgumentTypeError(f"{name!r}: one of {sorted(ENCODINGS)} or kf<N>[-bf<M>]")
-    bframes = None if spec[2] is None else int(spec[2])
-    return Encoding(keyframe_interval=int(spec[1]), bframes=bframes)
+    bframes = BFRAMES if spec[2] is None else int(spec[2])
+    try:
+        return Encoding(keyframe_interval=int(spec[1]), bframes=bframes)
+    except ValueError as exc:  # out of x264's range
+        raise argparse.ArgumentTypeError(f"{name!r}: {exc}") from exc
 
 
 def synthetic_frames(rng: np.random.Generator, width: int, height: int, frames: int) -> np.ndarray:
