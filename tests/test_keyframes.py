@@ -54,13 +54,6 @@ def _key_frames(data: bytes) -> list[int]:
     return [int(k) for k in decord.VideoReader(io.BytesIO(data)).get_key_indices()]
 
 
-def _b_frames(data: bytes) -> int:
-    """How many decoded frames are B-frames (frames predicted from a later one too)."""
-    with av.open(io.BytesIO(data)) as container:
-        frames = container.decode(video=0)
-        return sum(frame.pict_type == av.video.frame.PictureType.B for frame in frames)
-
-
 def test_reencoded_videos_have_the_configured_key_frames_and_the_same_frames(tmp_path, capsys):
     """Re-encoded (here: resized) videos get a key frame every `--keyframe-interval` frames,
     `--bframes` B-frames and x264's fastdecode tune; the frame count stays, and the pixels are
@@ -83,7 +76,7 @@ def test_reencoded_videos_have_the_configured_key_frames_and_the_same_frames(tmp
     assert _key_frames(new) == list(range(0, FRAMES, KEYFRAME_INTERVAL))
     assert new_meta["keyframe_interval"] == new_split["longest_keyframe_interval"] == 4
     assert b"keyint=4 " in new and b"cabac=0" in new  # x264's option string: fastdecode
-    assert BFRAMES == 0 and b" bframes=0 " in new and _b_frames(new) == 0
+    assert BFRAMES == 0 and b" bframes=0 " in new  # (this clip gets none with x264's 3 either)
     five, five_meta, _ = _only_sample(tmp_path / "five")
     assert _key_frames(five) == list(range(0, FRAMES, 5)) and five_meta["keyframe_interval"] == 5
     assert b"cabac=1" in five and b" bframes=2 " in five
