@@ -5,7 +5,9 @@ model name at once could both read the old champion and the slower write would w
 it is the worse model. Instead of "compare with the current champion, then set", every
 registering process *reconciles*: it computes the best version over all versions (score tag
 `val_top1`, the earliest version on ties, so an equal score never moves the alias), sets the
-alias if it differs, and re-reads until the alias and the best version agree.
+alias if it differs, and re-reads until the alias and the best version agree. The registry's
+own race, two processes creating the alias at once, fails the slower write: the rival's alias
+stands and the next round reconciles with it (`_set_alias`).
 
 Guarantee: once every registering process has returned, `champion` is the best-scored version
 and no version is lost (MLflow numbers versions in one transaction per version). While two
@@ -66,9 +68,28 @@ def promote_champion(client: Any, name: str) -> str | None:
         best = best_version(client, name)
         if best is None or _current(client, name) == best:
             return best
-        client.set_registered_model_alias(name, ALIAS, best)
-        log.info("Model %s version %s is the champion.", name, best)
+        if _set_alias(client, name, best):
+            log.info("Model %s version %s is the champion.", name, best)
     raise RuntimeError(
         f"the '{ALIAS}' alias of model {name} kept changing under {MAX_ROUNDS} concurrent "
         f"updates; run the registration again"
     )
+
+
+def _set_alias(client: Any, name: str, version: str) -> bool:
+    """Set `champion`; False when a rival created it at the same moment.
+
+    The registry creates an alias with an INSERT under a unique key: when two processes set a
+    model's first `champion` at once, the slower insert fails (the server answers BAD_REQUEST,
+    sqlite's "UNIQUE constraint failed"). The rival's alias then stands and the next round
+    reconciles with it; a failure that leaves no alias behind is a real error and is raised.
+    """
+    from mlflow.exceptions import MlflowException  # lazy: MLflow ([train]/[serve] extra)
+
+    try:
+        client.set_registered_model_alias(name, ALIAS, version)
+    except MlflowException:
+        if _current(client, name) is None:
+            raise
+        return False
+    return True
