@@ -279,14 +279,14 @@ def main(argv: list[str] | None = None) -> None:
         help="--feed: cuda decodes with torchcodec on NVDEC, in the main process (0 workers)",
     )
     args = parser.parse_args(argv)
-    for name in args.encodings or []:
+    encodings: dict[str, Encoding] = {}  # name: its settings, read once
+    for name in args.encodings or (["x264", "data_prep"] if args.k400 else ["data_prep"]):
         try:
-            encoding(name)
+            encodings[name] = encoding(name)
         except argparse.ArgumentTypeError as exc:
             parser.error(f"--encodings {exc}")
     frames = args.frames or (250 if args.k400 else 64)
     interval = args.interval or (16 if args.k400 else 8)
-    encodings = args.encodings or (["x264", "data_prep"] if args.k400 else ["data_prep"])
     stored = [tuple(int(v) for v in size.split("x")) for size in args.size]
     torch.set_num_threads(1)  # one core per process, like a DataLoader worker
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -299,10 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stages: list[tuple[str, Callable[[], int]]] = []
         sizes = {}
-        for name in encodings:
+        for name, settings in encodings.items():
             folder = Path(tmp) / name
             samples = make_shards(folder, args.clips, width, height, frames, footage,
-                                  encoding(name))  # fmt: skip
+                                  settings)  # fmt: skip
             sizes[name] = np.mean([len(sample["mp4"]) for sample in samples])
             tag = f" [{name}]" if len(encodings) > 1 else ""
             stages += _stages(
@@ -312,9 +312,10 @@ def main(argv: list[str] | None = None) -> None:
         what = "bikes.mp4 (real footage)" if footage is not None else "synthetic motion"
         print(f"{args.clips} videos {width}x{height} of {what}, {frames} frames; 8 frames every "
               f"{interval}, short side 256 → 224²; 'device' = {where}")  # fmt: skip
-        for name in encodings:
-            print(f"{name}: {encoding(name)}, {sizes[name] / 1e3:.0f} kB per video "
-                  f"({sizes[name] / sizes[encodings[0]]:.2f}x {encodings[0]})")  # fmt: skip
+        first = next(iter(encodings))
+        for name, settings in encodings.items():
+            print(f"{name}: {settings}, {sizes[name] / 1e3:.0f} kB per video "
+                  f"({sizes[name] / sizes[first]:.2f}x {first})")  # fmt: skip
         print("| stage | clips/s (wall) | clips/s per core | ratio to raw decode "
               "| clips/s per worker core |")  # fmt: skip
         print("|---|---|---|---|---|")
@@ -377,7 +378,7 @@ def _stages(
 
 
 def feed(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int,
-         encodings: list[str], device: torch.device) -> None:  # fmt: skip
+         encodings: dict[str, Encoding], device: torch.device) -> None:  # fmt: skip
     """The cores-per-GPU table: 1-worker loader, augment_on device, per stored size × recipe ×
     decoder × encoding × clips_per_decode; rounds interleave the rows, as the stage table does."""
     need = {name: gpu_clips_per_s(path) for name, (path, _, _) in RECIPES.items()}
@@ -386,10 +387,10 @@ def feed(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int,
     with tempfile.TemporaryDirectory() as tmp:
         for width, height in sizes:
             footage = real_footage(width, height) if args.k400 else None
-            for name in encodings:
+            for name, settings in encodings.items():
                 folder = Path(tmp) / f"{width}x{height}" / name
                 samples = make_shards(folder, args.clips, width, height, frames, footage,
-                                      encoding(name))  # fmt: skip
+                                      settings)  # fmt: skip
                 stored_bytes[f"{width}x{height}", name] = np.mean([len(s["mp4"]) for s in samples])
                 rows += _feed_rows(args, folder, f"{width}x{height}", name, device)
         what = "synthetic motion" if footage is None else "bikes.mp4 (real footage)"
@@ -398,7 +399,7 @@ def feed(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int,
             f"1 worker, augment_on device ({device.type}), {args.rounds} rounds (median)"
         )
         for (size, name), size_bytes in stored_bytes.items():
-            print(f"{size} {name}: {encoding(name)}, {size_bytes / 1e3:.0f} kB per video")
+            print(f"{size} {name}: {encodings[name]}, {size_bytes / 1e3:.0f} kB per video")
         for recipe, clips_per_s in need.items():
             print(f"{recipe}: {clips_per_s:.0f} training clips/s per H100 at 40 % MFU")
         results: dict[str, list] = {label: [] for label, _ in rows}
